@@ -1,0 +1,33 @@
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+"""Argument specs shared by the modules (they match doc_fragments/common.py)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
+
+REGISTRY_ARGS = dict(
+    registry_path=dict(type="path", default=catalog.DEFAULT_REGISTRY_PATH),
+)
+
+WAIT_ARGS = dict(
+    wait=dict(type="bool", default=True),
+    wait_timeout=dict(type="float", default=900),
+    wait_sleep=dict(type="float", default=0.5),
+)
+
+
+def run(module, action):
+    """Run ``action()``; turn TaoInferenceError into fail_json; drop the diff
+    unless diff mode is on."""
+    try:
+        result = action()
+    except TaoInferenceError as exc:
+        fail(module, exc)
+        return
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)

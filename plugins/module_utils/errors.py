@@ -1,0 +1,26 @@
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+"""The one exception type the modules turn into ``fail_json``."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class TaoInferenceError(Exception):
+    """A failure the user can act on.
+
+    ``msg`` says what went wrong and what to do next. ``details`` are extra,
+    secret-free facts returned beside the message (e.g. ``candidates`` when a
+    request is ambiguous, ``logs`` when a model failed to load).
+    """
+
+    def __init__(self, msg, **details):
+        super(TaoInferenceError, self).__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+def fail(module, exc):
+    """Report ``exc`` through ``module.fail_json`` (never a traceback)."""
+    module.fail_json(msg=exc.msg, **exc.details)

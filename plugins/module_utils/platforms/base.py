@@ -1,0 +1,117 @@
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+"""The interface every platform driver implements.
+
+The service layer (service.py) owns the registry, port reservation,
+readiness and idempotency; a driver only knows how to run one container
+description on its platform and how to look at it again::
+
+    preflight(spec)                      -> dict of facts, or TaoInferenceError (changes nothing)
+    prepare(spec)                        -> None: make the image available (pull)
+    port_scope(spec)                     -> str (ports are unique per scope) or None
+    port_is_free(spec, port)             -> bool
+    start(launch)                        -> dict of entry fields (host_url, platform_job_id, ...)
+    status(entry)                        -> PlatformStatus
+    logs(entry, lines)                   -> str (secret values already masked)
+    stop(entry)                          -> bool (something was stopped)
+    find(name=None)                      -> [PlatformStatus] of services it started (orphan search)
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+
+LABEL_PREFIX = "tao.inference."
+MASK = "********"
+
+
+def mask(text, secrets):
+    """Replace every secret value in ``text`` (values of 4+ characters)."""
+    if not text:
+        return text
+    for value in sorted(set(v for v in (secrets or {}).values() if v and len(v) >= 4), key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
+
+
+class Launch(object):
+    """One container to run, the same on every platform."""
+
+    def __init__(self, spec, job_id, command, env, secret_env, host_port, labels):
+        self.spec = spec
+        self.job_id = job_id
+        self.command = command          # the inner shell string
+        self.env = env                  # non-secret container variables
+        self.secret_env = secret_env    # name -> value: secret channel only
+        self.host_port = host_port      # None for platforms that need none
+        self.labels = labels
+
+
+class PlatformStatus(object):
+    """What the platform says about one service."""
+
+    RUNNING = "running"
+    PENDING = "pending"
+    EXITED = "exited"
+    MISSING = "missing"
+
+    def __init__(self, state, detail="", exit_code=None, labels=None, ident=None):
+        self.state = state
+        self.detail = detail
+        self.exit_code = exit_code
+        self.labels = labels or {}
+        self.ident = ident
+
+    @property
+    def running(self):
+        return self.state == self.RUNNING
+
+    @property
+    def gone(self):
+        return self.state in (self.EXITED, self.MISSING)
+
+    def as_dict(self):
+        return {"state": self.state, "detail": self.detail, "exit_code": self.exit_code}
+
+
+class Driver(object):
+    """Base class; see the module docstring for the contract."""
+
+    name = None
+
+    def preflight(self, spec):
+        raise NotImplementedError
+
+    def prepare(self, spec):
+        return None
+
+    def port_scope(self, spec):
+        return None
+
+    def port_is_free(self, spec, port):
+        return True
+
+    def start(self, launch):
+        raise NotImplementedError
+
+    def status(self, entry):
+        raise NotImplementedError
+
+    def logs(self, entry, lines=40):
+        return ""
+
+    def stop(self, entry):
+        raise NotImplementedError
+
+    def find(self, name=None):
+        return []
+
+
+class PortTaken(TaoInferenceError):
+    """The platform refused ``port``: another program took it after the check."""
+
+    def __init__(self, port):
+        super(PortTaken, self).__init__("host port %d is taken" % port)
+        self.port = port

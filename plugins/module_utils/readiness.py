@@ -1,0 +1,142 @@
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+"""Readiness: probe, classify, wait with a deadline, fail fast.
+
+Two answer shapes are understood (CONTRACT §5): the real server's
+``503 {"status": "not_ready", "reason": R}`` and the documented
+``202/503 {"error": {"type": T}}``. Fatal reasons end the wait at once.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import socket
+import time
+
+from ansible.module_utils.six.moves import http_client
+from ansible.module_utils.six.moves.urllib.parse import urlsplit
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+
+READY = "ready"
+WAITING = "waiting"
+FATAL = "fatal"
+
+RETRY_TYPES = frozenset(catalog.REQUEST["retry_types"])
+FATAL_TYPES = frozenset(catalog.REQUEST["fatal_types"])
+
+
+class Probe(object):
+    """One readiness observation."""
+
+    __slots__ = ("state", "reason", "message", "http_status")
+
+    def __init__(self, state, reason, message="", http_status=None):
+        self.state = state
+        self.reason = reason
+        self.message = message
+        self.http_status = http_status
+
+    @property
+    def ready(self):
+        return self.state == READY
+
+    @property
+    def fatal(self):
+        return self.state == FATAL
+
+    def as_dict(self):
+        return {"state": self.state, "reason": self.reason, "message": self.message,
+                "http_status": self.http_status}
+
+    def __eq__(self, other):
+        return isinstance(other, Probe) and self.as_dict() == other.as_dict()
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __repr__(self):
+        return "Probe(%s, %s)" % (self.state, self.reason)
+
+
+def classify(http_status, body):
+    """Turn a readiness answer into a :class:`Probe`."""
+    data = body if isinstance(body, dict) else {}
+    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    reason = data.get("reason") or error.get("type") or data.get("status") or ""
+    message = data.get("message") or error.get("message") or ""
+    if http_status == 200 and data.get("status", READY) == READY and not error:
+        return Probe(READY, READY, message, http_status)
+    if reason in FATAL_TYPES:
+        return Probe(FATAL, reason, message, http_status)
+    if reason in RETRY_TYPES or http_status in (202, 503):
+        return Probe(WAITING, reason or "http_%d" % http_status, message, http_status)
+    return Probe(WAITING, "http_%s" % http_status, message or "unexpected answer", http_status)
+
+
+def probe(base_url, timeout=2.0):
+    """GET the readiness route once. Network trouble means "keep waiting"."""
+    parts = urlsplit(base_url)
+    conn_class = http_client.HTTPSConnection if parts.scheme == "https" else http_client.HTTPConnection
+    conn = conn_class(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout=timeout)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + catalog.REQUEST["endpoints"]["readiness"])
+        response = conn.getresponse()
+        raw = response.read()
+        status = response.status
+    except (socket.error, http_client.HTTPException) as exc:
+        return Probe(WAITING, "unreachable", str(exc) or exc.__class__.__name__)
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw else {}
+    except ValueError:
+        body = {}
+    return classify(status, body)
+
+
+class Deadline(object):
+    """A monotonic deadline."""
+
+    def __init__(self, seconds, clock=time.monotonic):
+        self._clock = clock
+        self.start = clock()
+        self.end = self.start + max(0.0, float(seconds))
+
+    def remaining(self):
+        return max(0.0, self.end - self._clock())
+
+    def elapsed(self):
+        return self._clock() - self.start
+
+    @property
+    def expired(self):
+        return self._clock() >= self.end
+
+
+def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
+               probe_fn=probe, sleep=time.sleep, clock=time.monotonic):
+    """Poll until ready, fatal, or ``timeout`` seconds pass; return the last Probe.
+
+    Polls start 50 ms apart and double up to ``sleep_max``. ``alive()`` may
+    return a fatal :class:`Probe` (e.g. the container exited) to stop at once.
+    ``on_change(probe, elapsed)`` is called whenever the reason changes.
+    """
+    deadline = Deadline(timeout, clock)
+    delay = min(0.05, sleep_max)
+    last = None
+    while True:
+        current = probe_fn(base_url, timeout=max(0.5, min(5.0, deadline.remaining() or 0.5)))
+        if not current.ready and not current.fatal and alive is not None:
+            dead = alive()
+            if dead is not None:
+                current = dead
+        if on_change is not None and (last is None or last.reason != current.reason):
+            on_change(current, deadline.elapsed())
+        last = current
+        if current.ready or current.fatal or deadline.expired:
+            return current
+        sleep(min(delay, deadline.remaining()))
+        delay = min(delay * 2, sleep_max)

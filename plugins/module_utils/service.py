@@ -1,0 +1,358 @@
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+"""Start, stop and inspect services: registry + driver + readiness.
+
+This layer is platform-agnostic. It makes ``state: present`` idempotent by
+name (a spec fingerprint in the registry and on the platform object),
+reserves host ports under the registry lock, and leaves nothing behind when
+a start fails: the container is removed and the reservation dropped.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import copy
+import time
+import datetime
+import uuid
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.tao.inference.plugins.module_utils import readiness
+from ansible_collections.tao.inference.plugins.module_utils.chat import chat_url_of
+from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import LABEL_PREFIX, Launch, PortTaken, mask
+
+STARTING = "starting"
+STARTED = "started"
+LOG_LINES = 40
+_PORT_RETRIES = 5
+
+
+def utc_now():
+    return datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def public_entry(entry):
+    """The entry as modules return it (it never holds secret values)."""
+    if not entry:
+        return {}
+    result = copy.deepcopy(entry)
+    if result.get("host_url"):
+        result["chat_url"] = chat_url_of(result)
+    return result
+
+
+def get_driver(platform, params):
+    """The driver for ``platform``; platforms that have not landed fail clearly."""
+    if platform == "local-docker":
+        from ansible_collections.tao.inference.plugins.module_utils.platforms import local_docker
+
+        if not local_docker.HAS_DOCKER:
+            raise TaoInferenceError(missing_required_lib("docker"), exception=local_docker.DOCKER_IMPORT_ERROR)
+        return local_docker.LocalDockerDriver(docker_host=params.get("docker_host"), pull=params.get("pull") or "missing")
+    raise TaoInferenceError(
+        "platform '%s' is not available in this release of tao.inference yet; the platforms that work "
+        "today: local-docker" % platform
+    )
+
+
+class ServiceManager(object):
+    """Operations behind the three modules."""
+
+    def __init__(self, registry, environ, params=None, driver_factory=get_driver):
+        self.registry = registry
+        self.environ = environ
+        self.params = params or {}
+        self._factory = driver_factory
+        self._drivers = {}
+        self.check_mode = registry.check_mode
+
+    def driver(self, platform):
+        if platform not in self._drivers:
+            self._drivers[platform] = self._factory(platform, self.params)
+        return self._drivers[platform]
+
+    # -- present -------------------------------------------------------------
+    def present(self, spec, wait=True, wait_timeout=900, wait_sleep=0.5):
+        driver = self.driver(spec.platform)
+        fingerprint = spec.fingerprint()
+        replace = []
+        if spec.name:
+            current = self.registry.read().find_name(spec.name)
+            keep = self._reusable(driver, current, fingerprint)
+            if keep is not None:
+                probe = readiness.probe(keep["host_url"]) if keep.get("host_url") else None
+                if probe is None or not probe.fatal:
+                    result = {"changed": False, "service": public_entry(keep),
+                              "diff": {"before": keep, "after": keep}}
+                    if wait and not self.check_mode:
+                        result["readiness"] = self._wait(driver, keep, {}, wait_timeout, wait_sleep)
+                    elif probe is not None:
+                        result["readiness"] = probe.as_dict()
+                    return result
+            replace = current + self._orphans(driver, spec.name, current)
+        before = replace[0] if replace else {}
+        if self.check_mode:
+            after = self._entry(spec, "(new job_id)", fingerprint)
+            return {"changed": True, "service": public_entry(after), "diff": {"before": before, "after": after}}
+
+        driver.preflight(spec)
+        driver.prepare(spec)
+        for old in replace:
+            self._stop_one(driver, old)
+        job_id = str(uuid.uuid4())
+        plain, secret = container_env(spec, job_id, self.environ)
+        entry = self._reserve(driver, spec, job_id, fingerprint)
+        launch = Launch(spec, job_id, inner_command(spec, job_id), plain, secret,
+                        entry.get("host_port"), self._labels(spec, job_id, fingerprint))
+        try:
+            fields = self._start_with_port_retry(driver, spec, launch, entry)
+        except BaseException:
+            self._forget(entry["job_id"])
+            raise
+        entry.update(fields)
+        entry["status"] = STARTED
+        with self.registry.transaction() as state:
+            state.put(entry)
+        result = {"changed": True, "service": public_entry(entry), "diff": {"before": before, "after": entry}}
+        if wait:
+            result["readiness"] = self._wait(driver, entry, secret, wait_timeout, wait_sleep, cleanup=True)
+        return result
+
+    def _reusable(self, driver, current, fingerprint):
+        if len(current) != 1 or current[0].get("fingerprint") != fingerprint:
+            return None
+        status = driver.status(current[0])
+        return current[0] if status.running or status.state == status.PENDING else None
+
+    def _orphans(self, driver, name, known):
+        """Platform objects carrying ``name`` that the registry lost track of."""
+        known_ids = set(e["job_id"] for e in known)
+        orphans = []
+        for found in driver.find(name):
+            job_id = found.labels.get(LABEL_PREFIX + "job_id") or found.ident
+            if job_id and job_id not in known_ids:
+                orphans.append({"job_id": job_id, "name": name, "platform": driver.name, "orphan": True})
+        return orphans
+
+    def _labels(self, spec, job_id, fingerprint):
+        labels = {
+            LABEL_PREFIX + "managed-by": "tao.inference",
+            LABEL_PREFIX + "job_id": job_id,
+            LABEL_PREFIX + "network_arch": spec.network_arch,
+            LABEL_PREFIX + "fingerprint": fingerprint,
+            LABEL_PREFIX + "registry": self.registry.path,
+        }
+        if spec.name:
+            labels[LABEL_PREFIX + "name"] = spec.name
+        return labels
+
+    def _entry(self, spec, job_id, fingerprint):
+        return {
+            "job_id": job_id,
+            "name": spec.name,
+            "platform": spec.platform,
+            "platform_job_id": None,
+            "network_arch": spec.network_arch,
+            "model_path": spec.model_path,
+            "image": spec.image,
+            "num_gpus": spec.num_gpus,
+            "host_port": spec.host_port,
+            "docker_host": spec.docker_host,
+            "secret_env": list(spec.secret_env),
+            "fingerprint": fingerprint,
+            "started_at": utc_now(),
+            "status": STARTING,
+        }
+
+    def _reserve(self, driver, spec, job_id, fingerprint, exclude=()):
+        """Write a ``starting`` entry holding the host port, under the lock."""
+        entry = self._entry(spec, job_id, fingerprint)
+        needs_port = getattr(driver, "needs_host_port", False)
+        with self.registry.transaction() as state:
+            if needs_port:
+                scope = driver.port_scope(spec)
+                entry["port_scope"] = scope
+                if spec.host_port is not None:
+                    self._check_explicit_port(state, driver, spec, scope)
+                    entry["host_port"] = spec.host_port
+                else:
+                    entry["host_port"] = state.allocate_port(
+                        scope, is_free=lambda port: driver.port_is_free(spec, port), exclude=exclude)
+            state.put(entry, make_latest=False)
+        return entry
+
+    @staticmethod
+    def _check_explicit_port(state, driver, spec, scope):
+        for other in state.entries().values():
+            if other.get("port_scope") == scope and other.get("host_port") == spec.host_port:
+                raise TaoInferenceError(
+                    "host_port %d is already used by service %s (%s, name %s); choose another port or "
+                    "leave host_port unset to get a free one"
+                    % (spec.host_port, other["job_id"], other.get("network_arch"), other.get("name"))
+                )
+        if not driver.port_is_free(spec, spec.host_port):
+            raise TaoInferenceError(
+                "host_port %d is in use by another program on this host; choose another port or leave "
+                "host_port unset to get a free one" % spec.host_port
+            )
+
+    def _start_with_port_retry(self, driver, spec, launch, entry):
+        tried = []
+        for _attempt in range(_PORT_RETRIES):
+            try:
+                return driver.start(launch)
+            except PortTaken as exc:
+                if spec.host_port is not None:
+                    raise TaoInferenceError(
+                        "host_port %d was taken by another program; choose another port" % exc.port)
+                tried.append(exc.port)
+                with self.registry.transaction() as state:
+                    state.update(entry["job_id"], host_port=state.allocate_port(
+                        entry["port_scope"], is_free=lambda port: driver.port_is_free(spec, port),
+                        exclude=tried))
+                    entry["host_port"] = state.get(entry["job_id"])["host_port"]
+                launch.host_port = entry["host_port"]
+        raise TaoInferenceError("ports %s were all taken while starting; try again" % tried)
+
+    def _forget(self, job_id):
+        with self.registry.transaction() as state:
+            state.remove(job_id)
+
+    def _wait(self, driver, entry, secrets, timeout, sleep_max, cleanup=False):
+        history = []
+
+        def alive():
+            status = driver.status(entry)
+            if status.gone:
+                return readiness.Probe(readiness.FATAL, "service_exited", status.detail)
+            return None
+
+        def on_change(probe, elapsed):
+            history.append({"elapsed": round(elapsed, 3), "reason": probe.reason})
+
+        probe = readiness.wait_ready(entry["host_url"], timeout, sleep_max, alive=alive, on_change=on_change)
+        if probe.ready:
+            result = probe.as_dict()
+            result["history"] = history
+            return result
+        logs = driver.logs(entry, LOG_LINES, secrets) if hasattr(driver, "logs") else ""
+        if cleanup:
+            self._stop_one(driver, entry)
+        if probe.fatal:
+            what = "failed to start: %s" % probe.reason
+        else:
+            what = "was not ready after %ss (last state: %s)" % (timeout, probe.reason)
+        msg = "service %s (%s) %s%s." % (
+            entry["job_id"], entry["network_arch"], what, (" - " + probe.message) if probe.message else "")
+        if cleanup:
+            msg += " It was stopped and removed from the registry."
+        tail = [line for line in (logs or "").splitlines() if line.strip()][-LOG_LINES:]
+        if tail:
+            msg += " Last container log lines:\n" + "\n".join(tail[-15:])
+        raise TaoInferenceError(mask(msg, secrets), readiness=probe.as_dict(), logs=tail, history=history,
+                                job_id=entry["job_id"])
+
+    # -- absent ----------------------------------------------------------------
+    def _stop_one(self, driver, entry):
+        stopped = driver.stop(entry)
+        removed = False
+        if not entry.get("orphan"):
+            if self.check_mode:
+                removed = entry["job_id"] in self.registry.read().entries()
+            else:
+                with self.registry.transaction() as state:
+                    removed = state.remove(entry["job_id"])
+        return stopped or removed
+
+    def resolve(self, state, job_id=None, name=None):
+        """Entries selected by ``job_id`` (``latest`` only when given) or ``name``."""
+        if job_id == "latest":
+            job_id = state.latest
+            if job_id is None:
+                return []
+        if job_id:
+            entry = state.get(job_id)
+            return [entry] if entry else []
+        return state.find_name(name)
+
+    def absent(self, job_id=None, name=None, platform=None):
+        state = self.registry.read()
+        targets = self.resolve(state, job_id, name)
+        if name:
+            for plat in set([platform or "local-docker"] + [e["platform"] for e in targets]):
+                targets += self._orphans(self.driver(plat), name, targets)
+        elif job_id and not targets and job_id != "latest" and platform:
+            # The registry lost it, but the platform may still run it.
+            targets = [{"job_id": job_id, "platform": platform, "orphan": True}]
+        changed = False
+        before = [e for e in targets if not e.get("orphan")]
+        for entry in targets:
+            driver = self.driver(entry["platform"])
+            if self.check_mode:
+                status = driver.status(entry)
+                changed = changed or not entry.get("orphan") or status.state != status.MISSING
+            else:
+                changed = self._stop_one(driver, entry) or changed
+        return {
+            "changed": changed,
+            "stopped": [e["job_id"] for e in targets],
+            "diff": {"before": before[0] if before else {}, "after": {}},
+        }
+
+    # -- info --------------------------------------------------------------------
+    def info(self, job_id=None, name=None, prune=False, probe_timeout=1.0):
+        state = self.registry.read()
+        if job_id or name:
+            entries = self.resolve(state, job_id, name)
+        else:
+            entries = sorted(state.entries().values(), key=lambda e: e.get("started_at") or "")
+        services = []
+        gone = []
+        for entry in entries:
+            item = public_entry(entry)
+            try:
+                status = self.driver(entry["platform"]).status(entry)
+                item["platform_status"] = status.as_dict()
+                item["running"] = status.running
+                if status.gone:
+                    gone.append(entry["job_id"])
+            except TaoInferenceError as exc:
+                item["platform_status"] = {"state": "unknown", "detail": exc.msg, "exit_code": None}
+                item["running"] = None
+            if item["running"] and entry.get("host_url"):
+                probe = readiness.probe(entry["host_url"], timeout=probe_timeout)
+                item["readiness"] = probe.as_dict()
+                item["ready"] = probe.ready
+            else:
+                item["readiness"] = None
+                item["ready"] = False
+            item["latest"] = entry["job_id"] == state.latest
+            services.append(item)
+        pruned = []
+        if prune and gone:
+            if self.check_mode:
+                pruned = gone
+            else:
+                with self.registry.transaction() as live:
+                    pruned = [j for j in gone if live.remove(j)]
+        return {"changed": bool(pruned), "services": services, "pruned": pruned, "latest": state.latest}
+
+    def watch(self, job_id, previous, timeout, sleep_max=0.5):
+        """Wait up to ``timeout`` s for the readiness reason of ``job_id`` to
+        differ from ``previous``; return :meth:`info` of that service."""
+        deadline = readiness.Deadline(timeout)
+        delay = 0.05
+        while True:
+            result = self.info(job_id=job_id)
+            if not result["services"]:
+                return result
+            item = result["services"][0]
+            current = (item.get("readiness") or {}).get("reason") or item["platform_status"]["state"]
+            if current != previous or item["ready"] or not item["running"] or deadline.expired:
+                return result
+            time.sleep(min(delay, deadline.remaining()))
+            delay = min(delay * 2, sleep_max)

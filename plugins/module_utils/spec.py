@@ -1,0 +1,246 @@
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+"""Validated description of one inference service (platform-agnostic)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import json
+import re
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
+
+_HF_PREFIX = catalog.SERVICE["model_path"]["hf_prefix"]
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+# Options whose value never changes what runs, left out of the fingerprint.
+_NOT_FINGERPRINTED = ("name", "image_source")
+
+
+class ServiceSpec(object):
+    """Everything needed to start a service, validated. Holds no secret value:
+    ``secret_env`` holds variable *names*; values are read at start time."""
+
+    FIELDS = (
+        "name", "network_arch", "model_path", "platform", "num_gpus", "image", "image_source",
+        "host_port", "bind_address", "env", "secret_env", "volumes", "model_key",
+        "server_options", "shm_size", "docker_host",
+    )
+
+    def __init__(self, **values):
+        for field in self.FIELDS:
+            setattr(self, field, values.get(field))
+
+    def as_dict(self):
+        return dict((field, getattr(self, field)) for field in self.FIELDS)
+
+    @property
+    def is_hf_model(self):
+        return self.model_path.startswith(_HF_PREFIX)
+
+    def fingerprint(self):
+        """Short stable hash of everything that shapes the running service."""
+        data = dict((k, v) for k, v in self.as_dict().items() if k not in _NOT_FINGERPRINTED)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def check_model_path(model_path):
+    """``hf_model://<org>/<model>`` or an absolute container path; anything else fails."""
+    value = (model_path or "").strip()
+    if not value:
+        raise TaoInferenceError(
+            "model_path is required: give hf_model://<org>/<model> or an absolute path inside the container"
+        )
+    if value.startswith(_HF_PREFIX):
+        rest = value[len(_HF_PREFIX):]
+        parts = rest.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise TaoInferenceError(
+                "model_path '%s' is not of the form hf_model://<org>/<model>" % value
+            )
+        return value
+    for scheme in catalog.SERVICE["model_path"]["rejected_schemes"]:
+        if value.lower().startswith(scheme):
+            hint = " (HuggingFace models are written hf_model://<org>/<model>)" if scheme == "hf://" else (
+                ": the inference service reads no cloud storage; copy the checkpoint to the host and "
+                "mount it with volumes, or use hf_model://<org>/<model>"
+            )
+            raise TaoInferenceError("model_path scheme %s is not supported%s" % (scheme, hint))
+    if "://" in value:
+        raise TaoInferenceError(
+            "model_path '%s' has an unknown scheme; use hf_model://<org>/<model> or an absolute path" % value
+        )
+    if not value.startswith("/"):
+        raise TaoInferenceError(
+            "model_path '%s' is relative; give the absolute path the checkpoint has inside the container "
+            "(mount a host folder with volumes)" % value
+        )
+    return value
+
+
+def _check_env(env, secret_names):
+    clean = {}
+    for key, value in sorted((env or {}).items()):
+        key = str(key)
+        if not _ENV_NAME.match(key):
+            raise TaoInferenceError("env name '%s' is not a valid variable name" % key)
+        if key in catalog.FORBIDDEN_ENV:
+            raise TaoInferenceError(
+                "env %s must not be set: it turns on callbacks to a TAO API server; remove it" % key
+            )
+        if key in catalog.SECRET_ENV or key in secret_names:
+            raise TaoInferenceError(
+                "env %s is a secret: do not put its value in a playbook. Export it on the host that runs "
+                "the module and list its name in secret_env" % key
+            )
+        if isinstance(value, bool):
+            value = "True" if value else "False"
+        clean[key] = "" if value is None else str(value)
+    return clean
+
+
+def _check_secret_env(names, model_path, environ):
+    """Secret names to pass through. ``None`` means: HF_TOKEN when the model
+    comes from the hub and HF_TOKEN is set."""
+    if names is None:
+        if model_path.startswith(_HF_PREFIX) and environ.get("HF_TOKEN"):
+            return ("HF_TOKEN",)
+        return ()
+    result = []
+    missing = []
+    for name in names:
+        name = str(name)
+        if not _ENV_NAME.match(name):
+            raise TaoInferenceError("secret_env entry '%s' is not a variable name (give names, never values)" % name)
+        if name in catalog.FORBIDDEN_ENV:
+            raise TaoInferenceError("secret_env %s must not be set: remove it" % name)
+        if name not in environ:
+            missing.append(name)
+        if name not in result:
+            result.append(name)
+    if missing:
+        raise TaoInferenceError(
+            "secret_env names %s, which %s not set on the host that runs the module; export %s "
+            "(e.g. `export %s=...`) and run again"
+            % (", ".join(missing), "is" if len(missing) == 1 else "are",
+               " and ".join(missing), missing[0])
+        )
+    return tuple(sorted(result))
+
+
+def _check_volumes(volumes):
+    result = []
+    for item in volumes or []:
+        parts = str(item).split(":")
+        if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
+            raise TaoInferenceError(
+                "volume '%s' is not /host/path:/container/path[:ro|rw]" % item
+            )
+        if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+            raise TaoInferenceError("volume '%s' has mode '%s'; use ro or rw" % (item, parts[2]))
+        result.append(":".join(parts))
+    return tuple(result)
+
+
+def _check_server_options(network_arch, options):
+    allowed = catalog.arch_entry(network_arch).get("optional_flags") or {}
+    clean = {}
+    for key, value in sorted((options or {}).items()):
+        if key not in allowed:
+            raise TaoInferenceError(
+                "server_options.%s is not a %s server option; valid: %s"
+                % (key, network_arch, ", ".join(sorted(allowed)) or "none")
+            )
+        kind = allowed[key]["type"]
+        try:
+            if kind == "bool":
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                        raise ValueError(value)
+                    value = value.lower() in ("true", "yes", "1")
+                clean[key] = bool(value)
+            elif kind == "int":
+                clean[key] = int(value)
+            else:
+                clean[key] = float(value)
+        except (TypeError, ValueError):
+            raise TaoInferenceError("server_options.%s must be of type %s, got %r" % (key, kind, value))
+    return clean
+
+
+def build_spec(params, environ):
+    """Validate module parameters into a :class:`ServiceSpec`.
+
+    ``params`` uses the module option names; ``environ`` is the environment of
+    the host running the module (image overrides and secrets come from it).
+    """
+    name = params.get("name")
+    if name is not None and not _NAME.match(name):
+        raise TaoInferenceError(
+            "name '%s' must start with a letter or digit and hold only letters, digits, '.', '_' "
+            "or '-' (63 at most)" % name
+        )
+    network_arch = params.get("network_arch")
+    if not network_arch:
+        raise TaoInferenceError(
+            "network_arch is required; choose one of: %s" % ", ".join(catalog.NETWORK_ARCHS)
+        )
+    arch = catalog.arch_entry(network_arch)
+    platform = params.get("platform") or "local-docker"
+    if platform not in catalog.PLATFORMS:
+        raise TaoInferenceError(
+            "platform '%s' is not known; choose one of: %s" % (platform, ", ".join(catalog.PLATFORMS))
+        )
+    model_path = check_model_path(params.get("model_path"))
+
+    num_gpus = params.get("num_gpus")
+    num_gpus = 1 if num_gpus is None else int(num_gpus)
+    if num_gpus < 0:
+        raise TaoInferenceError("num_gpus must be 0 (CPU-only image) or more, got %d" % num_gpus)
+
+    host_port = params.get("host_port")
+    if host_port is not None:
+        host_port = int(host_port)
+        if not 1 <= host_port <= 65535:
+            raise TaoInferenceError("host_port %d is not a TCP port (1-65535)" % host_port)
+
+    model_key = params.get("model_key")
+    if arch["style"] == "cosmos_predict" and model_path.startswith(_HF_PREFIX):
+        keys = arch["model_keys"]
+        model_key = model_key or arch["default_model_key"]
+        if model_key not in keys:
+            raise TaoInferenceError(
+                "model_key '%s' is not a registered cosmos-predict2.5 model; choose one of: %s"
+                % (model_key, ", ".join(keys))
+            )
+    elif model_key:
+        raise TaoInferenceError(
+            "model_key applies only to cosmos-predict2.5 with an hf_model:// model_path; remove it"
+        )
+
+    secret_env = _check_secret_env(params.get("secret_env"), model_path, environ)
+    image, image_source = resolve_image(network_arch, environ, override=params.get("image"))
+    return ServiceSpec(
+        name=name,
+        network_arch=network_arch,
+        model_path=model_path,
+        platform=platform,
+        num_gpus=num_gpus,
+        image=image,
+        image_source=image_source,
+        host_port=host_port,
+        bind_address=params.get("bind_address") or "127.0.0.1",
+        env=_check_env(params.get("env"), secret_env),
+        secret_env=secret_env,
+        volumes=_check_volumes(params.get("volumes")),
+        model_key=model_key,
+        server_options=_check_server_options(network_arch, params.get("server_options")),
+        shm_size=params.get("shm_size") or "16g",
+        docker_host=params.get("docker_host"),
+    )

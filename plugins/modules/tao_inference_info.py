@@ -1,0 +1,164 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: tao_inference_info
+short_description: List TAO inference services with their live state
+version_added: 0.1.0
+description:
+  - Lists the services in the registry with what their platform says now (container running,
+    exited, missing) and, for running ones, their readiness (C(ready), C(model_loading),
+    C(model_load_failed)...).
+  - With O(prune=true), drops the registry entries of services that are gone.
+  - With O(watch_from), waits until the readiness of one service differs from that value, so a
+    playbook can show a long start as it progresses.
+author:
+  - tao.inference maintainers
+extends_documentation_fragment:
+  - tao.inference.common
+attributes:
+  check_mode:
+    description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing.
+    support: full
+  diff_mode:
+    description: Nothing to show.
+    support: none
+  idempotent:
+    description: Read-only unless O(prune=true), and pruning twice drops nothing the second time.
+    support: full
+options:
+  job_id:
+    description:
+      - Only this service (V(latest) for the most recently started one).
+    type: str
+  name:
+    description:
+      - Only services with this name.
+    type: str
+  prune:
+    description:
+      - Drop the registry entries of services whose container (or job) is gone.
+    type: bool
+    default: false
+  watch_from:
+    description:
+      - With O(job_id) or O(name), wait until the service's readiness reason (or platform state)
+        is no longer this value, the service is ready, or O(watch_timeout) passes.
+    type: str
+  watch_timeout:
+    description:
+      - Longest wait for O(watch_from), in seconds.
+    type: float
+    default: 30
+seealso:
+  - module: tao.inference.tao_inference_service
+"""
+
+EXAMPLES = r"""
+- name: List every service
+  tao.inference.tao_inference_info:
+  register: info
+
+- name: Show them
+  ansible.builtin.debug:
+    msg: "{{ item.job_id }} {{ item.network_arch }} {{ item.host_url }} ready={{ item.ready }}"
+  loop: "{{ info.services }}"
+
+- name: Forget services whose containers are gone
+  tao.inference.tao_inference_info:
+    prune: true
+"""
+
+RETURN = r"""
+services:
+  description: One item per registry entry, oldest first.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    job_id:
+      description: The job_id.
+      type: str
+    network_arch:
+      description: The arch.
+      type: str
+    host_url:
+      description: Base URL.
+      type: str
+    chat_url:
+      description: Chat completions URL.
+      type: str
+    running:
+      description: Whether the platform runs it (null when the platform cannot be asked).
+      type: bool
+    ready:
+      description: Whether it answered ready just now.
+      type: bool
+    readiness:
+      description: The readiness observation (C(state), C(reason), C(message), C(http_status)), or null.
+      type: dict
+    platform_status:
+      description: What the platform says (C(state) running/pending/exited/missing/unknown, C(detail), C(exit_code)).
+      type: dict
+    latest:
+      description: Whether this is the registry's C(latest).
+      type: bool
+latest:
+  description: The job_id C(latest) points at, or null.
+  returned: always
+  type: str
+pruned:
+  description: job_ids dropped from the registry (or that would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
+from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
+
+
+def main():
+    argument_spec = dict(
+        job_id=dict(type="str"),
+        name=dict(type="str"),
+        prune=dict(type="bool", default=False),
+        watch_from=dict(type="str"),
+        watch_timeout=dict(type="float", default=30),
+    )
+    argument_spec.update(REGISTRY_ARGS)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        mutually_exclusive=[("job_id", "name")],
+    )
+    params = module.params
+    manager = ServiceManager(Registry(params["registry_path"], module.check_mode), os.environ, params)
+
+    def action():
+        if params["watch_from"] is not None:
+            selector = params["job_id"] or params["name"]
+            if not selector:
+                raise TaoInferenceError("watch_from needs job_id or name to say which service to watch")
+            targets = manager.resolve(manager.registry.read(), params["job_id"], params["name"])
+            if len(targets) != 1:
+                raise TaoInferenceError("watch_from needs exactly one service; %s matches %d" % (selector, len(targets)))
+            return manager.watch(targets[0]["job_id"], params["watch_from"], params["watch_timeout"])
+        return manager.info(job_id=params["job_id"], name=params["name"], prune=params["prune"])
+
+    run(module, action)
+
+
+if __name__ == "__main__":
+    main()

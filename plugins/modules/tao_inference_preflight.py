@@ -1,0 +1,134 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: tao_inference_preflight
+short_description: Check that a platform can run a TAO inference service
+version_added: 0.1.0
+description:
+  - Runs the platform checks of M(tao.inference.tao_inference_service) without starting anything
+    - for local-docker, the Docker engine answers, the NVIDIA runtime is there when O(num_gpus) is
+    1 or more - and reports the resolved image and whether the Docker host already has it.
+  - Fails with a message that says what to install or change.
+author:
+  - tao.inference maintainers
+attributes:
+  check_mode:
+    description: Changes nothing in any mode.
+    support: full
+  diff_mode:
+    description: Nothing to show.
+    support: none
+  idempotent:
+    description: Read-only.
+    support: full
+options:
+  platform:
+    description:
+      - The platform to check.
+    type: str
+    choices: [local-docker, brev, lepton, slurm, kubernetes]
+    default: local-docker
+  network_arch:
+    description:
+      - The arch whose image is resolved (see M(tao.inference.tao_inference_service)).
+    type: str
+    required: true
+    choices: [cosmos-predict2.5, cosmos-rl, tao-dataservices]
+  image:
+    description:
+      - Image override (absolute URI or C(versions.yaml) key).
+    type: str
+  num_gpus:
+    description:
+      - GPUs the service will need; 1 or more requires the NVIDIA container runtime.
+    type: int
+    default: 1
+  docker_host:
+    description:
+      - Docker engine to check (default C(DOCKER_HOST) or the local socket).
+    type: str
+  bind_address:
+    description:
+      - Address the service port will be published on (checked against a remote O(docker_host)).
+    type: str
+    default: 127.0.0.1
+requirements:
+  - docker (Python SDK) >= 7.1 for local-docker
+seealso:
+  - module: tao.inference.tao_inference_service
+"""
+
+EXAMPLES = r"""
+- name: Check the local Docker engine can run a CPU-only reference image
+  tao.inference.tao_inference_preflight:
+    network_arch: cosmos-rl
+    image: tao-inference-emulator:latest
+    num_gpus: 0
+  register: preflight
+"""
+
+RETURN = r"""
+image:
+  description: The resolved image.
+  returned: success
+  type: str
+image_source:
+  description: Where the image came from (option, C(IMAGE_<KEY>), or the mapping).
+  returned: success
+  type: str
+image_present:
+  description: Whether the Docker host already has the image (else it is pulled at start).
+  returned: success
+  type: bool
+engine:
+  description: Engine name and version.
+  returned: success
+  type: str
+runtimes:
+  description: Container runtimes the engine offers.
+  returned: success
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.common import run
+from ansible_collections.tao.inference.plugins.module_utils.service import get_driver
+from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
+            network_arch=dict(type="str", required=True, choices=list(catalog.NETWORK_ARCHS)),
+            image=dict(type="str"),
+            num_gpus=dict(type="int", default=1),
+            docker_host=dict(type="str"),
+            bind_address=dict(type="str", default="127.0.0.1"),
+        ),
+        supports_check_mode=True,
+    )
+    params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
+
+    def action():
+        spec = build_spec(params, os.environ)
+        facts = get_driver(spec.platform, params).preflight(spec)
+        facts.update(changed=False, image=spec.image, image_source=spec.image_source)
+        return facts
+
+    run(module, action)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: tao_inference_service
+short_description: Start or stop a TAO inference microservice
+version_added: 0.1.0
+description:
+  - Starts a network-specific TAO inference microservice (C(cosmos-rl), C(cosmos-predict2.5),
+    C(tao-dataservices)) behind an HTTP endpoint, records it in the service registry, and waits
+    until it is ready; or stops it and tidies the registry.
+  - The container image comes from C(<network_arch>.config.json), the image mapping and
+    C(versions.yaml); C(IMAGE_<KEY>) in the environment (e.g. C(IMAGE_COSMOS_RL)) overrides it.
+  - "With O(name) the module is idempotent: a running service with the same spec is left alone
+    (C(changed=false)); a changed spec stops the old service and starts a new one (new job_id).
+    Without O(name) every run starts a fresh service."
+  - When a start fails (the model does not load, the container exits, readiness times out)
+    the container is removed and the registry entry dropped; the error carries the reason
+    and the last lines of the container log.
+  - Secret values (C(HF_TOKEN) and the other names in O(secret_env)) are read from the
+    environment of the host that runs the module and handed only to the container's
+    environment. They never appear in the command line, the registry, labels, results or diffs.
+author:
+  - tao.inference maintainers
+extends_documentation_fragment:
+  - tao.inference.common
+  - tao.inference.common.wait
+attributes:
+  check_mode:
+    description: Predicts C(changed); starts, stops and writes nothing.
+    support: full
+  diff_mode:
+    description: Shows the registry entry before and after (it never holds a secret).
+    support: full
+  idempotent:
+    description: With O(name), or with O(state=absent).
+    support: partial
+options:
+  state:
+    description:
+      - V(present) starts the service (or keeps a matching one); V(absent) stops it.
+    type: str
+    choices: [present, absent]
+    default: present
+  name:
+    description:
+      - A stable name for the service. Makes O(state=present) idempotent and lets
+        O(state=absent) find the service without its job_id.
+    type: str
+  job_id:
+    description:
+      - The service to stop with O(state=absent). The literal V(latest) means the most recently
+        started service, and is accepted only when given explicitly.
+    type: str
+  network_arch:
+    description:
+      - The network architecture; picks the image, the inner command and the request rules.
+      - Required with O(state=present).
+    type: str
+    choices: [cosmos-predict2.5, cosmos-rl, tao-dataservices]
+  model_path:
+    description:
+      - The checkpoint. V(hf_model://<org>/<model>) (HuggingFace Hub; export C(HF_TOKEN) for gated
+        models) or an absolute path inside the container (mount it with O(volumes)).
+      - Cloud URIs (C(s3://), C(gs://), C(az://), C(cs://), C(aws://)) and C(hf://) are refused.
+      - Required with O(state=present).
+    type: str
+  platform:
+    description:
+      - Where the service runs. This release runs V(local-docker); the other platforms fail with
+        a message saying so.
+    type: str
+    choices: [local-docker, brev, lepton, slurm, kubernetes]
+    default: local-docker
+  num_gpus:
+    description:
+      - GPUs to give the service. V(0) is allowed for CPU-only images such as the bundled
+        reference microservice. With 1 or more, the Docker engine must have the NVIDIA runtime
+        (checked before anything starts).
+    type: int
+    default: 1
+  image:
+    description:
+      - Image override, as an absolute URI or a C(versions.yaml) dotted key
+        (e.g. V(tao_toolkit.cosmos_rl)). Takes precedence over C(IMAGE_<KEY>).
+    type: str
+  pull:
+    description:
+      - When to pull the image. V(missing) pulls only images the Docker host does not have.
+    type: str
+    choices: [missing, always, never]
+    default: missing
+  host_port:
+    description:
+      - Host port bound to the container's port 8080. Default is the lowest free port from 8080
+        (8080-8199), chosen under the registry lock and skipping ports other programs hold, so
+        concurrent starts never collide.
+    type: int
+  bind_address:
+    description:
+      - Host address the port is published on. The service has no authentication, so the
+        default keeps it on loopback; use V(0.0.0.0) to reach it from other machines.
+    type: str
+    default: 127.0.0.1
+  env:
+    description:
+      - Extra non-secret environment variables for the container. Secret names (C(HF_TOKEN),
+        C(WANDB_API_KEY), ...) and C(TAO_LOGGING_SERVER_URL)/C(TAO_ADMIN_KEY) are refused.
+    type: dict
+    default: {}
+  secret_env:
+    description:
+      - Names (never values) of secret variables to pass from the environment of the host that
+        runs the module to the container, e.g. V([HF_TOKEN]). Each must be set.
+      - Default is C(HF_TOKEN) when O(model_path) is an V(hf_model://) model and C(HF_TOKEN) is set.
+    type: list
+    elements: str
+  volumes:
+    description:
+      - Host folders to mount, as V(/host/path:/container/path[:ro|rw]), e.g. for a local checkpoint.
+    type: list
+    elements: str
+    default: []
+  model_key:
+    description:
+      - cosmos-predict2.5 with an V(hf_model://) O(model_path) only; the registered model key
+        passed as C(--model).
+    type: str
+    choices: [base-2b, base-14b, auto-multiview]
+  server_options:
+    description:
+      - "Optional server flags for the arch, e.g. V({idle_timeout_minutes: 30}) or
+        V({disable_guardrails: true}) for cosmos-predict2.5. Unknown keys are refused with the list
+        of valid ones."
+    type: dict
+    default: {}
+  shm_size:
+    description:
+      - Size of C(/dev/shm) in the container.
+    type: str
+    default: 16g
+  docker_host:
+    description:
+      - Docker engine to use, e.g. V(unix:///var/run/docker.sock), V(tcp://gpu-host:2376) or
+        V(ssh://user@gpu-host). Default is C(DOCKER_HOST) or the local socket.
+    type: str
+requirements:
+  - docker (Python SDK) >= 7.1 on the host that runs the module
+notes:
+  - The container runs C(/bin/sh -c "umask 0 && <server command>") under an init, named after
+    the job_id, labelled C(tao.inference.*).
+seealso:
+  - module: tao.inference.tao_inference_request
+  - module: tao.inference.tao_inference_info
+"""
+
+EXAMPLES = r"""
+- name: Start a cosmos-rl service and wait until it is ready
+  tao.inference.tao_inference_service:
+    name: reason-eval
+    network_arch: cosmos-rl
+    model_path: hf_model://nvidia/Cosmos-Reason1-7B
+    num_gpus: 1
+  register: svc
+
+- name: Show where it answers
+  ansible.builtin.debug:
+    msg: "{{ svc.job_id }} answers at {{ svc.chat_url }}"
+
+- name: Serve a local checkpoint with tao-dataservices on port 8090
+  tao.inference.tao_inference_service:
+    name: my-llm
+    network_arch: tao-dataservices
+    model_path: /models/my-llm
+    volumes:
+      - /srv/checkpoints/my-llm:/models/my-llm:ro
+    host_port: 8090
+    secret_env: [HF_TOKEN]
+
+- name: Stop it
+  tao.inference.tao_inference_service:
+    name: my-llm
+    state: absent
+
+- name: Stop the most recently started service
+  tao.inference.tao_inference_service:
+    job_id: latest
+    state: absent
+"""
+
+RETURN = r"""
+service:
+  description: The registry entry of the service (no secret values), plus C(chat_url).
+  returned: state=present
+  type: dict
+  sample:
+    job_id: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e
+    name: reason-eval
+    platform: local-docker
+    network_arch: cosmos-rl
+    model_path: hf_model://nvidia/Cosmos-Reason1-7B
+    image: nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl
+    host_url: http://localhost:8080
+    host_port: 8080
+    docker_url: http://6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e:8080
+    chat_url: http://localhost:8080/v1/chat/completions
+    started_at: "2026-11-27T10:00:00.000000Z"
+    fingerprint: 3f2a9c0d1e2b4a5c
+job_id:
+  description: The job_id of the service (the container name).
+  returned: state=present
+  type: str
+host_url:
+  description: Base URL of the service.
+  returned: state=present
+  type: str
+chat_url:
+  description: The chat completions URL.
+  returned: state=present
+  type: str
+readiness:
+  description:
+    - The last readiness observation (C(state), C(reason), C(message), C(http_status)) and
+      C(history), each reason change with the seconds since the wait began.
+  returned: when O(wait=true)
+  type: dict
+stopped:
+  description: job_ids stopped.
+  returned: state=absent
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, WAIT_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
+from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
+from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
+
+
+def main():
+    argument_spec = dict(
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        name=dict(type="str"),
+        job_id=dict(type="str"),
+        network_arch=dict(type="str", choices=list(catalog.NETWORK_ARCHS)),
+        model_path=dict(type="str"),
+        platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
+        num_gpus=dict(type="int", default=1),
+        image=dict(type="str"),
+        pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
+        host_port=dict(type="int"),
+        bind_address=dict(type="str", default="127.0.0.1"),
+        env=dict(type="dict", default={}),
+        secret_env=dict(type="list", elements="str", no_log=False),
+        volumes=dict(type="list", elements="str", default=[]),
+        model_key=dict(type="str", choices=["base-2b", "base-14b", "auto-multiview"], no_log=False),
+        server_options=dict(type="dict", default={}),
+        shm_size=dict(type="str", default="16g"),
+        docker_host=dict(type="str"),
+    )
+    argument_spec.update(REGISTRY_ARGS)
+    argument_spec.update(WAIT_ARGS)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        required_if=[
+            ("state", "present", ("network_arch", "model_path")),
+            ("state", "absent", ("name", "job_id"), True),
+        ],
+        mutually_exclusive=[("name", "job_id")],
+    )
+    params = module.params
+    manager = ServiceManager(Registry(params["registry_path"], module.check_mode), os.environ, params)
+
+    def action():
+        if params["state"] == "absent":
+            return manager.absent(job_id=params["job_id"], name=params["name"], platform=params["platform"])
+        if params["job_id"]:
+            raise TaoInferenceError("job_id selects a service to stop with state=absent; to keep a service "
+                                    "under a stable identity with state=present, use name")
+        spec = build_spec(params, os.environ)
+        result = manager.present(spec, params["wait"], params["wait_timeout"], params["wait_sleep"])
+        service = result["service"]
+        result.update(job_id=service["job_id"], host_url=service.get("host_url"), chat_url=service.get("chat_url"))
+        return result
+
+    run(module, action)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Requests: routing table, sampling policy table, media checks."""
+
+import base64
+
+import pytest
+
+from ansible_collections.tao.inference.plugins.module_utils import chat
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.registry import RegistryState
+
+
+def state_of(*entries):
+    data = {}
+    for job_id, arch, started in entries:
+        data[job_id] = {"job_id": job_id, "network_arch": arch, "started_at": started,
+                        "host_url": "http://localhost:%d" % (8080 + len(data)), "platform": "local-docker"}
+    if entries:
+        data["latest"] = entries[-1][0]
+    return RegistryState(data, "/tmp/reg.json")
+
+
+ONE = state_of(("a", "cosmos-rl", "1"))
+TWO_RL = state_of(("a", "cosmos-rl", "1"), ("b", "cosmos-rl", "2"), ("c", "tao-dataservices", "3"))
+
+
+@pytest.mark.parametrize("state, kwargs, expected", [
+    (ONE, {}, "a"),
+    (ONE, {"job_id": "a"}, "a"),
+    (TWO_RL, {"job_id": "b"}, "b"),
+    (TWO_RL, {"job_id": "latest"}, "c"),
+    (TWO_RL, {"network_arch": "tao-dataservices"}, "c"),
+])
+def test_routing_picks(state, kwargs, expected):
+    assert chat.resolve_target(state, **kwargs)["job_id"] == expected
+
+
+@pytest.mark.parametrize("state, kwargs, message, candidates", [
+    (TWO_RL, {}, "3 services are running and none was chosen", ["a", "b", "c"]),
+    (TWO_RL, {"network_arch": "cosmos-rl"}, "2 cosmos-rl services are running", ["a", "b"]),
+    (TWO_RL, {"network_arch": "cosmos-predict2.5"}, "no cosmos-predict2.5 service is running", ["a", "b", "c"]),
+    (TWO_RL, {"job_id": "zzz"}, "no service with job_id zzz", ["a", "b", "c"]),
+    (state_of(), {}, "no service is running", None),
+])
+def test_routing_refuses_to_guess(state, kwargs, message, candidates):
+    with pytest.raises(TaoInferenceError) as err:
+        chat.resolve_target(state, **kwargs)
+    assert message in err.value.msg
+    if candidates is not None:
+        assert [c["job_id"] for c in err.value.details["candidates"]] == candidates
+        for job_id in candidates:  # the message lists job_id, arch, url and start time
+            assert job_id in err.value.msg
+        assert "http://localhost:" in err.value.msg and "started" in err.value.msg
+
+
+def applied(arch, sampling):
+    _body, result, warnings = chat.apply_sampling(arch, sampling)
+    return dict((a["field"], (a["value"], a["default"])) for a in result), warnings
+
+
+@pytest.mark.parametrize("arch, sampling, expected", [
+    ("cosmos-rl", {}, {"max_tokens": (1024, True), "top_p": (0.8, True), "temperature": (0.7, True)}),
+    ("cosmos-rl", {"max_tokens": "256", "temperature": ""},
+     {"max_tokens": (256, False), "top_p": (0.8, True), "temperature": (0.7, True)}),
+    ("tao-dataservices", {"temperature": 0}, {"max_tokens": (1024, True), "top_p": (0.8, True),
+                                              "temperature": (0.0, False)}),
+    ("cosmos-predict2.5", {"guidance": 5, "seed": None},
+     {"max_tokens": (77, True), "guidance": (5.0, False), "num_steps": (35, True), "seed": (0, True),
+      "negative_prompt": ("", True)}),
+])
+def test_sampling_policy(arch, sampling, expected):
+    assert applied(arch, sampling)[0] == expected
+
+
+def test_server_ignored_fields_warn_when_set():
+    _applied, warnings = applied("cosmos-rl", {"temperature": 0.1})
+    assert warnings == ["cosmos-rl ignores temperature; it was sent as given"]
+    assert applied("cosmos-rl", {})[1] == []
+
+
+@pytest.mark.parametrize("arch, sampling, message", [
+    ("cosmos-rl", {"guidance": 3}, "sampling.guidance belongs to cosmos-predict2.5, but the chosen service runs cosmos-rl"),
+    ("cosmos-predict2.5", {"temperature": 0.5}, "sampling.temperature is not supported by cosmos-predict2.5"),
+    ("cosmos-predict2.5", {"top_p": 0.5}, "not supported by cosmos-predict2.5"),
+    ("cosmos-rl", {"temprature": 0.5}, "not a sampling field"),
+    ("cosmos-rl", {"temperature": 2.5}, "outside 0.0..2.0"),
+    ("cosmos-rl", {"max_tokens": "many"}, "must be a whole number"),
+    ("cosmos-rl", {"max_tokens": 1.5}, "must be a whole number"),
+    ("cosmos-predict2.5", {"guidance": 9}, "outside 0.0..7.0"),
+])
+def test_sampling_refusals(arch, sampling, message):
+    with pytest.raises(TaoInferenceError) as err:
+        chat.apply_sampling(arch, sampling)
+    assert message in err.value.msg
+
+
+def test_sampling_must_be_given_explicitly():
+    with pytest.raises(TaoInferenceError, match="accept every default"):
+        chat.apply_sampling("cosmos-rl", None)
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+
+def test_local_media_becomes_a_data_uri(tmp_path):
+    image = tmp_path / "frame.PNG"
+    image.write_bytes(PNG)
+    messages = chat.build_messages("cosmos-rl", prompt="what?", media=[str(image)], system_prompt="be brief")
+    assert messages[0] == {"role": "system", "content": "be brief"}
+    item = messages[1]["content"][0]
+    assert item["type"] == "image_url"
+    assert item["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert messages[1]["content"][1] == {"type": "text", "text": "what?"}
+
+
+@pytest.mark.parametrize("arch, media, message", [
+    ("cosmos-rl", [], "cosmos-rl needs an image or a video"),
+    ("cosmos-rl", ["s3://bucket/a.png"], "cloud URI"),
+    ("cosmos-rl", ["https://example.invalid/a.gif"], "extension '.gif', which cosmos-rl does not accept"),
+    ("cosmos-rl", ["data:image/gif;base64,AAAA"], "MIME type image/gif, which cosmos-rl does not accept"),
+    ("cosmos-predict2.5", ["https://example.invalid/a.mkv"], "does not accept"),
+    ("cosmos-rl", ["/nonexistent/a.png"], "does not exist"),
+    ("cosmos-rl", ["ftp://x/a.png"], "unknown scheme"),
+])
+def test_media_refusals(arch, media, message):
+    with pytest.raises(TaoInferenceError) as err:
+        chat.build_messages(arch, prompt="p", media=media)
+    assert message in err.value.msg
+
+
+def test_urls_pass_through_and_predict_infers_the_type():
+    messages = chat.build_messages("cosmos-predict2.5", prompt="p", media=["https://h.invalid/v.mp4"])
+    body, _applied, _w = chat.build_body("cosmos-predict2.5", messages, {})
+    assert body["inference_type"] == "video2world"
+    assert messages[0]["content"][0] == {"type": "video_url", "video_url": {"url": "https://h.invalid/v.mp4"}}
+    text_only = chat.build_messages("cosmos-predict2.5", prompt="p")
+    assert chat.build_body("cosmos-predict2.5", text_only, {})[0]["inference_type"] == "text2world"
+    assert "inference_type" not in chat.build_body("tao-dataservices", text_only, {})[0]
+
+
+def test_raw_messages_are_checked_too():
+    with pytest.raises(TaoInferenceError, match="needs an image or a video"):
+        chat.build_messages("cosmos-rl", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(TaoInferenceError, match="no user message"):
+        chat.build_messages("tao-dataservices", messages=[{"role": "system", "content": "x"}])
+    with pytest.raises(TaoInferenceError, match="not both"):
+        chat.build_messages("tao-dataservices", prompt="x", messages=[{"role": "user", "content": "x"}])
