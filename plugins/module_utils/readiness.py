@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Readiness: probe, classify, wait with a deadline, fail fast.
 
 Two answer shapes are understood (CONTRACT §5): the real server's

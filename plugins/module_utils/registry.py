@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The service registry: one JSON file, keyed by job_id, plus ``latest``.
 
 Every read-modify-write holds an exclusive ``flock`` on ``<path>.lock`` and

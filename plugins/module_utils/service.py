@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Start, stop and inspect services: registry + driver + readiness.
 
 This layer is platform-agnostic. It makes ``state: present`` idempotent by
@@ -239,7 +239,7 @@ class ServiceManager(object):
             result = probe.as_dict()
             result["history"] = history
             return result
-        logs = driver.logs(entry, LOG_LINES, secrets) if hasattr(driver, "logs") else ""
+        logs = driver.logs(entry, LOG_LINES, secrets)
         if cleanup:
             self._stop_one(driver, entry)
         if probe.fatal:
@@ -258,15 +258,12 @@ class ServiceManager(object):
 
     # -- absent ----------------------------------------------------------------
     def _stop_one(self, driver, entry):
+        """Stop the platform object and drop the entry; True if something ran."""
         stopped = driver.stop(entry)
-        removed = False
         if not entry.get("orphan"):
-            if self.check_mode:
-                removed = entry["job_id"] in self.registry.read().entries()
-            else:
-                with self.registry.transaction() as state:
-                    removed = state.remove(entry["job_id"])
-        return stopped or removed
+            with self.registry.transaction() as state:
+                state.remove(entry["job_id"])
+        return stopped
 
     def resolve(self, state, job_id=None, name=None):
         """Entries selected by ``job_id`` (``latest`` only when given) or ``name``."""
@@ -288,20 +285,32 @@ class ServiceManager(object):
         elif job_id and not targets and job_id != "latest" and platform:
             # The registry lost it, but the platform may still run it.
             targets = [{"job_id": job_id, "platform": platform, "orphan": True}]
-        changed = False
-        before = [e for e in targets if not e.get("orphan")]
+        # changed = something was running (or left exited) on the platform. Dropping the
+        # entry of a service that is already gone only tidies the registry.
+        stopped, tidied = [], []
         for entry in targets:
             driver = self.driver(entry["platform"])
             if self.check_mode:
-                status = driver.status(entry)
-                changed = changed or not entry.get("orphan") or status.state != status.MISSING
+                ran = driver.status(entry).state != "missing"
             else:
-                changed = self._stop_one(driver, entry) or changed
+                ran = self._stop_one(driver, entry)
+            (stopped if ran else tidied).append(entry["job_id"])
+        before = [e for e in targets if not e.get("orphan")]
         return {
-            "changed": changed,
-            "stopped": [e["job_id"] for e in targets],
+            "changed": bool(stopped),
+            "stopped": stopped,
+            "tidied": [j for j in tidied if any(e["job_id"] == j for e in before)],
             "diff": {"before": before[0] if before else {}, "after": {}},
         }
+
+    def _log_tail(self, entry, lines=15):
+        """Last log lines of a failed service, secret values masked."""
+        secrets = dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
+        try:
+            text = self.driver(entry["platform"]).logs(entry, lines, secrets)
+        except TaoInferenceError:
+            return []
+        return [line for line in (text or "").splitlines() if line.strip()][-lines:]
 
     # -- info --------------------------------------------------------------------
     def info(self, job_id=None, name=None, prune=False, probe_timeout=1.0):
@@ -323,13 +332,13 @@ class ServiceManager(object):
             except TaoInferenceError as exc:
                 item["platform_status"] = {"state": "unknown", "detail": exc.msg, "exit_code": None}
                 item["running"] = None
+            probe = None
             if item["running"] and entry.get("host_url"):
                 probe = readiness.probe(entry["host_url"], timeout=probe_timeout)
-                item["readiness"] = probe.as_dict()
-                item["ready"] = probe.ready
-            else:
-                item["readiness"] = None
-                item["ready"] = False
+            item["readiness"] = probe.as_dict() if probe else None
+            item["ready"] = bool(probe and probe.ready)
+            if (probe is not None and probe.fatal) or entry["job_id"] in gone:
+                item["log_tail"] = self._log_tail(entry)
             item["latest"] = entry["job_id"] == state.latest
             services.append(item)
         pruned = []

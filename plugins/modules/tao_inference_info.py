@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -18,7 +18,7 @@ description:
   - With O(watch_from), waits until the readiness of one service differs from that value, so a
     playbook can show a long start as it progresses.
 author:
-  - tao.inference maintainers
+  - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
 attributes:

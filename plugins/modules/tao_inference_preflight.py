@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -13,10 +13,13 @@ version_added: 0.1.0
 description:
   - Runs the platform checks of M(tao.inference.tao_inference_service) without starting anything
     - for local-docker, the Docker engine answers, the NVIDIA runtime is there when O(num_gpus) is
-    1 or more - and reports the resolved image and whether the Docker host already has it.
+    1 or more - and that the service registry is readable; reports the resolved image and
+    whether the Docker host already has it.
   - Fails with a message that says what to install or change.
 author:
-  - tao.inference maintainers
+  - tao.inference maintainers (@tao-inference)
+extends_documentation_fragment:
+  - tao.inference.common
 attributes:
   check_mode:
     description: Changes nothing in any mode.
@@ -90,6 +93,10 @@ engine:
   description: Engine name and version.
   returned: success
   type: str
+services_in_registry:
+  description: How many services the registry holds.
+  returned: success
+  type: int
 runtimes:
   description: Container runtimes the engine offers.
   returned: success
@@ -102,29 +109,31 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.common import run
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
 from ansible_collections.tao.inference.plugins.module_utils.service import get_driver
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
-            network_arch=dict(type="str", required=True, choices=list(catalog.NETWORK_ARCHS)),
-            image=dict(type="str"),
-            num_gpus=dict(type="int", default=1),
-            docker_host=dict(type="str"),
-            bind_address=dict(type="str", default="127.0.0.1"),
-        ),
-        supports_check_mode=True,
+    argument_spec = dict(
+        platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
+        network_arch=dict(type="str", required=True, choices=list(catalog.NETWORK_ARCHS)),
+        image=dict(type="str"),
+        num_gpus=dict(type="int", default=1),
+        docker_host=dict(type="str"),
+        bind_address=dict(type="str", default="127.0.0.1"),
     )
+    argument_spec.update(REGISTRY_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
 
     def action():
         spec = build_spec(params, os.environ)
         facts = get_driver(spec.platform, params).preflight(spec)
-        facts.update(changed=False, image=spec.image, image_source=spec.image_source)
+        services = Registry(params["registry_path"], check_mode=True).read().entries()
+        facts.update(changed=False, image=spec.image, image_source=spec.image_source,
+                     services_in_registry=len(services))
         return facts
 
     run(module, action)

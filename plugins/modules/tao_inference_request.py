@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -24,7 +24,7 @@ description:
   - Retries answers that mean "still loading" (202, 503 C(model_not_ready)) until O(wait_timeout);
     400, 500 and fatal 503 answers fail with the server's error type and message.
 author:
-  - tao.inference maintainers
+  - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
 attributes:

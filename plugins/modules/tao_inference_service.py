@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -16,6 +16,7 @@ description:
     until it is ready; or stops it and tidies the registry.
   - The container image comes from C(<network_arch>.config.json), the image mapping and
     C(versions.yaml); C(IMAGE_<KEY>) in the environment (e.g. C(IMAGE_COSMOS_RL)) overrides it.
+  - Returns the registry entry (C(job_id), C(host_url), C(host_port), C(started_at)...) and C(chat_url).
   - "With O(name) the module is idempotent: a running service with the same spec is left alone
     (C(changed=false)); a changed spec stops the old service and starts a new one (new job_id).
     Without O(name) every run starts a fresh service."
@@ -26,7 +27,7 @@ description:
     environment of the host that runs the module and handed only to the container's
     environment. They never appear in the command line, the registry, labels, results or diffs.
 author:
-  - tao.inference maintainers
+  - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
   - tao.inference.common.wait
@@ -38,7 +39,9 @@ attributes:
     description: Shows the registry entry before and after (it never holds a secret).
     support: full
   idempotent:
-    description: With O(name), or with O(state=absent).
+    description: >-
+      With O(name), or with O(state=absent): stopping a service that is gone is C(changed=false)
+      and only drops its registry entry.
     support: partial
 options:
   state:
@@ -170,7 +173,7 @@ EXAMPLES = r"""
 
 - name: Show where it answers
   ansible.builtin.debug:
-    msg: "{{ svc.job_id }} answers at {{ svc.chat_url }}"
+    msg: "{{ svc.job_id }} answers at {{ svc.chat_url }} (host port {{ svc.host_port }})"
 
 - name: Serve a local checkpoint with tao-dataservices on port 8090
   tao.inference.tao_inference_service:
@@ -194,35 +197,66 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-service:
-  description: The registry entry of the service (no secret values), plus C(chat_url).
-  returned: state=present
-  type: dict
-  sample:
-    job_id: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e
-    name: reason-eval
-    platform: local-docker
-    network_arch: cosmos-rl
-    model_path: hf_model://nvidia/Cosmos-Reason1-7B
-    image: nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl
-    host_url: http://localhost:8080
-    host_port: 8080
-    docker_url: http://6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e:8080
-    chat_url: http://localhost:8080/v1/chat/completions
-    started_at: "2026-11-27T10:00:00.000000Z"
-    fingerprint: 3f2a9c0d1e2b4a5c
 job_id:
-  description: The job_id of the service (the container name).
+  description: The job_id of the service (also the container name and the registry key).
   returned: state=present
   type: str
+  sample: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e
+name:
+  description: The O(name) given, or null.
+  returned: state=present
+  type: str
+platform:
+  description: The platform.
+  returned: state=present
+  type: str
+  sample: local-docker
+network_arch:
+  description: The arch.
+  returned: state=present
+  type: str
+  sample: cosmos-rl
+model_path:
+  description: The checkpoint.
+  returned: state=present
+  type: str
+image:
+  description: The image the container runs.
+  returned: state=present
+  type: str
+  sample: nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl
 host_url:
   description: Base URL of the service.
+  returned: state=present
+  type: str
+  sample: http://localhost:8080
+host_port:
+  description: Host port bound to the container's port 8080.
+  returned: state=present
+  type: int
+  sample: 8080
+docker_url:
+  description: URL of the service from other containers on the same Docker network.
   returned: state=present
   type: str
 chat_url:
   description: The chat completions URL.
   returned: state=present
   type: str
+  sample: http://localhost:8080/v1/chat/completions
+started_at:
+  description: ISO-8601 UTC start time.
+  returned: state=present
+  type: str
+fingerprint:
+  description: Hash of the spec; a different one makes O(name) recreate the service.
+  returned: state=present
+  type: str
+secret_env:
+  description: Names (never values) of the secret variables handed to the container.
+  returned: state=present
+  type: list
+  elements: str
 readiness:
   description:
     - The last readiness observation (C(state), C(reason), C(message), C(http_status)) and
@@ -230,7 +264,12 @@ readiness:
   returned: when O(wait=true)
   type: dict
 stopped:
-  description: job_ids stopped.
+  description: job_ids whose container (or job) was stopped and removed.
+  returned: state=absent
+  type: list
+  elements: str
+tidied:
+  description: job_ids whose service was already gone; only their registry entries were dropped (not a change).
   returned: state=absent
   type: list
   elements: str
@@ -291,8 +330,7 @@ def main():
                                     "under a stable identity with state=present, use name")
         spec = build_spec(params, os.environ)
         result = manager.present(spec, params["wait"], params["wait_timeout"], params["wait_sleep"])
-        service = result["service"]
-        result.update(job_id=service["job_id"], host_url=service.get("host_url"), chat_url=service.get("chat_url"))
+        result.update(result.pop("service"))
         return result
 
     run(module, action)

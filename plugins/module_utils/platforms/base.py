@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The interface every platform driver implements.
 
 The service layer (service.py) owns the registry, port reservation,
@@ -12,7 +12,7 @@ description on its platform and how to look at it again::
     port_is_free(spec, port)             -> bool
     start(launch)                        -> dict of entry fields (host_url, platform_job_id, ...)
     status(entry)                        -> PlatformStatus
-    logs(entry, lines)                   -> str (secret values already masked)
+    logs(entry, lines, secrets)          -> str (the values of secrets masked)
     stop(entry)                          -> bool (something was stopped)
     find(name=None)                      -> [PlatformStatus] of services it started (orphan search)
 """
@@ -99,7 +99,7 @@ class Driver(object):
     def status(self, entry):
         raise NotImplementedError
 
-    def logs(self, entry, lines=40):
+    def logs(self, entry, lines=40, secrets=None):
         return ""
 
     def stop(self, entry):

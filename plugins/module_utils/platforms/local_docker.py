@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """local-docker: the service runs as a container on a Docker engine.
 
 The container is named after the job_id, runs ``/bin/sh -c <inner command>``

@@ -1,0 +1,81 @@
+# tao.inference - set-up, demo and tests. `make help` lists the targets.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+COLLECTIONS := $(CURDIR)/.build/collections
+LINK := $(COLLECTIONS)/ansible_collections/tao/inference
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_NOCOLOR := 1
+export ANSIBLE_DEPRECATION_WARNINGS := 0
+export ANSIBLE_LOCALHOST_WARNING := 0
+export ANSIBLE_INVENTORY_UNPARSED_WARNING := 0
+PLAYBOOK := $(BIN)/ansible-playbook
+MODULES := tao_inference_service tao_inference_request tao_inference_info tao_inference_preflight
+ROLES := local_docker inference_service
+
+.PHONY: help venv host emulator-image catalog link demo test units integration sanity lint \
+        build docs syntax bench clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(VENV)/.stamp: requirements.txt requirements-dev.txt scripts/ensure-venv.sh
+	scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
+	touch $@
+
+venv: $(VENV)/.stamp ## Make the virtualenv with the collection's Python packages
+
+host: ## Make sure a Docker engine answers (installs and starts one as root on Debian)
+	scripts/ensure-host.sh
+
+emulator-image: host ## Build the reference microservice image tao-inference-emulator:latest (offline, cached)
+	scripts/build-emulator-image.sh
+
+catalog: venv ## Regenerate plugins/module_utils/_catalog.py from references/ and versions.yaml
+	$(BIN)/python scripts/gen-catalog.py
+
+link:
+	@mkdir -p $(dir $(LINK)) && ln -sfn ../../../.. $(LINK)
+
+demo: venv emulator-image link ## Start a service with the reference microservice, ask it, print the answer, stop it
+	$(PLAYBOOK) playbooks/demo.yml
+
+units: venv link ## Unit tests (no Docker needed)
+	$(BIN)/pytest -q tests/unit
+
+integration: venv emulator-image link ## Integration tests through ansible-playbook on the real Docker engine
+	$(BIN)/pytest -q tests/integration
+
+sanity: venv ## ansible-test sanity (empty ignore files)
+	scripts/ansible-test.sh sanity --venv --python 3.11
+
+lint: venv link ## ansible-lint --profile production
+	scripts/lint.sh
+
+build: venv ## ansible-galaxy collection build
+	$(BIN)/ansible-galaxy collection build --force --output-path .build/dist . >/dev/null
+	@ls .build/dist/tao-inference-*.tar.gz
+
+docs: venv link ## ansible-doc renders every module and role
+	@for m in $(MODULES); do $(BIN)/ansible-doc -t module tao.inference.$$m >/dev/null; done
+	@for r in $(ROLES); do $(BIN)/ansible-doc -t role tao.inference.$$r >/dev/null; done
+	@echo "ansible-doc: $(words $(MODULES)) modules and $(words $(ROLES)) roles render"
+
+syntax: venv link ## ansible-playbook --syntax-check for every playbook
+	@for p in playbooks/*.yml; do $(PLAYBOOK) --syntax-check "$$p" >/dev/null; done
+	@echo "syntax-check: playbooks/*.yml ok"
+
+test: venv emulator-image link ## Every test: checks, sanity, lint, build, docs, then unit + integration tests
+	$(BIN)/python scripts/gen-catalog.py --check
+	$(MAKE) --no-print-directory syntax docs build lint sanity
+	$(BIN)/pytest -q tests/unit tests/integration
+
+bench: venv emulator-image link ## Benchmarks under bench/ (each prints one JSON line last)
+	$(BIN)/python bench/start_overhead.py
+
+clean: ## Remove the virtualenv and build outputs
+	rm -rf $(VENV) .build tests/output
