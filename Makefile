@@ -70,6 +70,7 @@ syntax: venv link ## ansible-playbook --syntax-check for every playbook
 	@echo "syntax-check: playbooks/*.yml ok"
 
 test: venv emulator-image link ## Every test: checks, sanity, lint, build, docs, then unit + integration tests
+	scripts/ensure-host.sh --tests
 	$(BIN)/python scripts/gen-catalog.py --check
 	$(MAKE) --no-print-directory syntax docs build lint sanity
 	$(BIN)/pytest -q tests/unit tests/integration

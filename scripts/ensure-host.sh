@@ -4,8 +4,11 @@
 #    start dockerd; no systemd needed);
 #  - static busybox and Debian's python3.11, from which the reference microservice
 #    image is built offline (scripts/build-emulator-image.sh).
+#  - with --tests: shellcheck too, so ansible-test sanity checks the shell scripts.
 # Whatever is missing and cannot be installed here is named, with what to do.
 set -euo pipefail
+for_tests=0
+if [ "${1:-}" = --tests ]; then for_tests=1; fi
 
 log() { printf 'ensure-host: %s\n' "$*" >&2; }
 engine_up() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
@@ -15,6 +18,7 @@ install=()
 if ! engine_up && [ ! -x /usr/sbin/dockerd ]; then install+=(docker.io); fi
 if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then install+=(busybox-static); fi
 if [ ! -x /usr/bin/python3.11 ]; then install+=(python3.11); fi
+if [ "$for_tests" = 1 ] && ! command -v shellcheck >/dev/null 2>&1; then install+=(shellcheck); fi
 
 if [ ${#install[@]} -gt 0 ]; then
   if ! is_root_debian; then

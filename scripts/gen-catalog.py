@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write plugins/module_utils/_catalog.py from references/ and versions.yaml.
 
 Modules run as AnsiballZ payloads that carry Python module_utils only, so
@@ -9,7 +8,6 @@ generated file is stale (used by the unit tests and `make test`).
 import argparse
 import json
 import pathlib
-import pprint
 import sys
 
 import yaml
@@ -44,8 +42,10 @@ def load_catalog(root=ROOT):
 
 
 def render(catalog):
-    body = pprint.pformat(catalog, indent=1, width=100, sort_dicts=True)
-    return HEADER + "CATALOG = " + body + "\n"
+    body = json.dumps(catalog, indent=1, sort_keys=True, ensure_ascii=True)
+    if "'" * 3 in body:
+        raise SystemExit("references/ data must not contain three single quotes in a row")
+    return HEADER + "import json\n\nCATALOG = json.loads(r" + "'" * 3 + "\n" + body + "\n" + "'" * 3 + ")\n"
 
 
 def main():

@@ -7,197 +7,369 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-CATALOG = {'configs': {'cosmos-predict2.5': {'api_params': {'image': 'COSMOS_PREDICT2_5'},
-                                   'spec_params': {'inference': {'model_path': 'checkpoint_folder',
-                                                                 'results_dir': 'output_dir'}}},
-             'cosmos-rl': {'api_params': {'image': 'COSMOS_RL'},
-                           'spec_params': {'inference': {'model_path': 'parent_model_folder',
-                                                         'results_dir': 'output_dir'}}},
-             'tao-dataservices': {'api_params': {'image': 'TAO_DATASERVICES'},
-                                  'spec_params': {'inference': {'model_path': 'huggingface_model_or_folder',
-                                                                'results_dir': 'output_dir'}}}},
- 'request': {'data_uri_max_bytes': 536870912,
-             'endpoints': {'chat': '/v1/chat/completions',
-                           'liveness': '/api/v1/health/liveness',
-                           'readiness': '/api/v1/health/readiness',
-                           'status': '/api/v1/status'},
-             'fatal_types': ['initialization_failed',
-                             'model_load_failed',
-                             'initialization_error',
-                             'model_load_error'],
-             'mime_types': {'.avi': 'video/x-msvideo',
-                            '.bmp': 'image/bmp',
-                            '.gif': 'image/gif',
-                            '.jpeg': 'image/jpeg',
-                            '.jpg': 'image/jpeg',
-                            '.mkv': 'video/x-matroska',
-                            '.mov': 'video/quicktime',
-                            '.mp4': 'video/mp4',
-                            '.png': 'image/png',
-                            '.tif': 'image/tiff',
-                            '.tiff': 'image/tiff',
-                            '.webm': 'video/webm',
-                            '.webp': 'image/webp'},
-             'min_timeout': 300,
-             'network_arch_constraints': {'cosmos-predict2.5': {'extensions': {'image': ['.png',
-                                                                                         '.jpg',
-                                                                                         '.jpeg',
-                                                                                         '.webp'],
-                                                                               'video': ['.mp4']},
-                                                                'fields': {'guidance': {'default': 7.0,
-                                                                                        'description': 'classifier-free '
-                                                                                                       'guidance',
-                                                                                        'max': 7.0,
-                                                                                        'min': 0.0,
-                                                                                        'type': 'float'},
-                                                                           'max_tokens': {'default': 77,
-                                                                                          'description': 'number '
-                                                                                                         'of '
-                                                                                                         'output '
-                                                                                                         'frames'},
-                                                                           'negative_prompt': {'default': '',
-                                                                                               'description': 'what '
-                                                                                                              'the '
-                                                                                                              'video '
-                                                                                                              'must '
-                                                                                                              'not '
-                                                                                                              'show',
-                                                                                               'type': 'str'},
-                                                                           'num_steps': {'default': 35,
-                                                                                         'description': 'diffusion '
-                                                                                                        'steps',
-                                                                                         'min': 1,
-                                                                                         'type': 'int'},
-                                                                           'seed': {'default': 0,
-                                                                                    'description': 'random '
-                                                                                                   'seed',
-                                                                                    'min': 0,
-                                                                                    'type': 'int'}},
-                                                                'inference_type': True,
-                                                                'media_required': False,
-                                                                'unsupported': ['temperature',
-                                                                                'top_p']},
-                                          'cosmos-rl': {'extensions': {'image': ['.jpg',
-                                                                                 '.jpeg',
-                                                                                 '.png',
-                                                                                 '.bmp',
-                                                                                 '.tiff'],
-                                                                       'video': ['.mp4',
-                                                                                 '.mkv',
-                                                                                 '.webm',
-                                                                                 '.avi',
-                                                                                 '.mov']},
-                                                        'fields': {'max_tokens': {'default': 1024},
-                                                                   'temperature': {},
-                                                                   'top_p': {}},
-                                                        'ignored_by_server': ['temperature',
-                                                                              'top_p'],
-                                                        'media_required': True},
-                                          'tao-dataservices': {'extensions': {'image': ['.jpg',
-                                                                                        '.jpeg',
-                                                                                        '.png',
-                                                                                        '.webp',
-                                                                                        '.gif',
-                                                                                        '.bmp',
-                                                                                        '.tiff'],
-                                                                              'video': ['.mp4',
-                                                                                        '.avi',
-                                                                                        '.webm',
-                                                                                        '.mkv',
-                                                                                        '.mov']},
-                                                               'fields': {'max_tokens': {'default': 1024},
-                                                                          'temperature': {'default': 0.7},
-                                                                          'top_p': {}},
-                                                               'ignored_by_server': [],
-                                                               'media_required': False}},
-             'rejected_media_schemes': ['s3://', 'gs://', 'az://', 'cs://', 'aws://'],
-             'retry_types': ['server_initializing',
-                             'model_loading',
-                             'model_not_loaded',
-                             'model_not_ready'],
-             'sampling_fields': {'max_tokens': {'default': 8192,
-                                                'description': 'maximum tokens to generate',
-                                                'min': 1,
-                                                'type': 'int'},
-                                 'temperature': {'default': 0.7,
-                                                 'description': 'sampling temperature',
-                                                 'max': 2.0,
-                                                 'min': 0.0,
-                                                 'type': 'float'},
-                                 'top_p': {'default': 0.8,
-                                           'description': 'nucleus sampling',
-                                           'max': 1.0,
-                                           'min': 0.0,
-                                           'type': 'float'}}},
- 'service': {'command_prefix': 'umask 0 && ',
-             'container_port': 8080,
-             'execution_backend': {'brev': 'local-docker',
-                                   'kubernetes': 'local-k8s',
-                                   'lepton': 'lepton',
-                                   'local-docker': 'local-docker',
-                                   'slurm': 'slurm'},
-             'forbidden_env': ['TAO_LOGGING_SERVER_URL', 'TAO_ADMIN_KEY'],
-             'image_env_prefix': 'IMAGE_',
-             'image_fallback_key': 'COSMOS_RL',
-             'image_mapping': {'COSMOS_PREDICT2_5': 'tao_toolkit.cosmos_predict',
-                               'COSMOS_RL': 'tao_toolkit.cosmos_rl',
-                               'TAO_DATASERVICES': 'tao_toolkit.data_services'},
-             'model_path': {'hf_prefix': 'hf_model://',
-                            'rejected_schemes': ['hf://',
-                                                 's3://',
-                                                 'gs://',
-                                                 'az://',
-                                                 'cs://',
-                                                 'aws://']},
-             'network_archs': {'cosmos-predict2.5': {'default_model_key': 'base-2b',
-                                                     'executable': ['cosmos_predict',
-                                                                    'inference_microservice',
-                                                                    'start'],
-                                                     'leading_args': [],
-                                                     'model_keys': ['base-2b',
-                                                                    'base-14b',
-                                                                    'auto-multiview'],
-                                                     'optional_flags': {'context_parallel_size': {'flag': '--context-parallel-size',
-                                                                                                  'type': 'int'},
-                                                                        'disable_guardrails': {'flag': '--disable-guardrails',
-                                                                                               'type': 'bool'},
-                                                                        'idle_timeout_minutes': {'flag': '--idle-timeout-minutes',
-                                                                                                 'type': 'float'},
-                                                                        'offload_diffusion_model': {'flag': '--offload-diffusion-model',
-                                                                                                    'type': 'bool'},
-                                                                        'offload_guardrail_models': {'flag': '--offload-guardrail-models',
-                                                                                                     'type': 'bool'}},
-                                                     'output_dir': '/tmp/cosmos-predict2.5-output',
-                                                     'style': 'cosmos_predict',
-                                                     'tao_env': False},
-                               'cosmos-rl': {'executable': ['cosmos-rl-inference-microservice'],
-                                             'leading_args': [],
-                                             'optional_flags': {'disable_auto_deletion': {'flag': '--disable_auto_deletion',
-                                                                                          'type': 'bool'},
-                                                                'idle_timeout_minutes': {'flag': '--idle_timeout_minutes',
-                                                                                         'type': 'int'}},
-                                             'style': 'job_blob',
-                                             'tao_env': True},
-                               'tao-dataservices': {'executable': ['python',
-                                                                   '-m',
-                                                                   'nvidia_tao_core.microservices.handlers.huggingface_inference_microservice_server'],
-                                                    'leading_args': ['--port', '8080'],
-                                                    'optional_flags': {'disable_auto_deletion': {'flag': '--disable_auto_deletion',
-                                                                                                 'type': 'bool'},
-                                                                       'idle_timeout_minutes': {'flag': '--idle_timeout_minutes',
-                                                                                                'type': 'int'}},
-                                                    'style': 'job_blob',
-                                                    'tao_env': True}},
-             'platforms': ['local-docker', 'brev', 'lepton', 'slurm', 'kubernetes'],
-             'registry': {'default_path': '/tmp/tao-inf-ms-state.json',
-                          'port_range': [8080, 8199],
-                          'schema_version': 1},
-             'secret_env': ['HF_TOKEN',
-                            'WANDB_API_KEY',
-                            'CLEARML_API_ACCESS_KEY',
-                            'CLEARML_API_SECRET_KEY',
-                            'TAO_API_KEY',
-                            'TAO_USER_KEY']},
- 'versions': {'images': {'tao_toolkit': {'cosmos_predict': 'nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-predict',
-                                         'cosmos_rl': 'nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl',
-                                         'data_services': 'nvcr.io/nvidia/tao/tao-toolkit:7.0.0-data-services'}}}}
+import json
+
+CATALOG = json.loads(r'''
+{
+ "configs": {
+  "cosmos-predict2.5": {
+   "api_params": {
+    "image": "COSMOS_PREDICT2_5"
+   },
+   "spec_params": {
+    "inference": {
+     "model_path": "checkpoint_folder",
+     "results_dir": "output_dir"
+    }
+   }
+  },
+  "cosmos-rl": {
+   "api_params": {
+    "image": "COSMOS_RL"
+   },
+   "spec_params": {
+    "inference": {
+     "model_path": "parent_model_folder",
+     "results_dir": "output_dir"
+    }
+   }
+  },
+  "tao-dataservices": {
+   "api_params": {
+    "image": "TAO_DATASERVICES"
+   },
+   "spec_params": {
+    "inference": {
+     "model_path": "huggingface_model_or_folder",
+     "results_dir": "output_dir"
+    }
+   }
+  }
+ },
+ "request": {
+  "data_uri_max_bytes": 536870912,
+  "endpoints": {
+   "chat": "/v1/chat/completions",
+   "liveness": "/api/v1/health/liveness",
+   "readiness": "/api/v1/health/readiness",
+   "status": "/api/v1/status"
+  },
+  "fatal_types": [
+   "initialization_failed",
+   "model_load_failed",
+   "initialization_error",
+   "model_load_error"
+  ],
+  "mime_types": {
+   ".avi": "video/x-msvideo",
+   ".bmp": "image/bmp",
+   ".gif": "image/gif",
+   ".jpeg": "image/jpeg",
+   ".jpg": "image/jpeg",
+   ".mkv": "video/x-matroska",
+   ".mov": "video/quicktime",
+   ".mp4": "video/mp4",
+   ".png": "image/png",
+   ".tif": "image/tiff",
+   ".tiff": "image/tiff",
+   ".webm": "video/webm",
+   ".webp": "image/webp"
+  },
+  "min_timeout": 300,
+  "network_arch_constraints": {
+   "cosmos-predict2.5": {
+    "extensions": {
+     "image": [
+      ".png",
+      ".jpg",
+      ".jpeg",
+      ".webp"
+     ],
+     "video": [
+      ".mp4"
+     ]
+    },
+    "fields": {
+     "guidance": {
+      "default": 7.0,
+      "description": "classifier-free guidance",
+      "max": 7.0,
+      "min": 0.0,
+      "type": "float"
+     },
+     "max_tokens": {
+      "default": 77,
+      "description": "number of output frames"
+     },
+     "negative_prompt": {
+      "default": "",
+      "description": "what the video must not show",
+      "type": "str"
+     },
+     "num_steps": {
+      "default": 35,
+      "description": "diffusion steps",
+      "min": 1,
+      "type": "int"
+     },
+     "seed": {
+      "default": 0,
+      "description": "random seed",
+      "min": 0,
+      "type": "int"
+     }
+    },
+    "inference_type": true,
+    "media_required": false,
+    "unsupported": [
+     "temperature",
+     "top_p"
+    ]
+   },
+   "cosmos-rl": {
+    "extensions": {
+     "image": [
+      ".jpg",
+      ".jpeg",
+      ".png",
+      ".bmp",
+      ".tiff"
+     ],
+     "video": [
+      ".mp4",
+      ".mkv",
+      ".webm",
+      ".avi",
+      ".mov"
+     ]
+    },
+    "fields": {
+     "max_tokens": {
+      "default": 1024
+     },
+     "temperature": {},
+     "top_p": {}
+    },
+    "ignored_by_server": [
+     "temperature",
+     "top_p"
+    ],
+    "media_required": true
+   },
+   "tao-dataservices": {
+    "extensions": {
+     "image": [
+      ".jpg",
+      ".jpeg",
+      ".png",
+      ".webp",
+      ".gif",
+      ".bmp",
+      ".tiff"
+     ],
+     "video": [
+      ".mp4",
+      ".avi",
+      ".webm",
+      ".mkv",
+      ".mov"
+     ]
+    },
+    "fields": {
+     "max_tokens": {
+      "default": 1024
+     },
+     "temperature": {
+      "default": 0.7
+     },
+     "top_p": {}
+    },
+    "ignored_by_server": [],
+    "media_required": false
+   }
+  },
+  "rejected_media_schemes": [
+   "s3://",
+   "gs://",
+   "az://",
+   "cs://",
+   "aws://"
+  ],
+  "retry_types": [
+   "server_initializing",
+   "model_loading",
+   "model_not_loaded",
+   "model_not_ready"
+  ],
+  "sampling_fields": {
+   "max_tokens": {
+    "default": 8192,
+    "description": "maximum tokens to generate",
+    "min": 1,
+    "type": "int"
+   },
+   "temperature": {
+    "default": 0.7,
+    "description": "sampling temperature",
+    "max": 2.0,
+    "min": 0.0,
+    "type": "float"
+   },
+   "top_p": {
+    "default": 0.8,
+    "description": "nucleus sampling",
+    "max": 1.0,
+    "min": 0.0,
+    "type": "float"
+   }
+  }
+ },
+ "service": {
+  "command_prefix": "umask 0 && ",
+  "container_port": 8080,
+  "execution_backend": {
+   "brev": "local-docker",
+   "kubernetes": "local-k8s",
+   "lepton": "lepton",
+   "local-docker": "local-docker",
+   "slurm": "slurm"
+  },
+  "forbidden_env": [
+   "TAO_LOGGING_SERVER_URL",
+   "TAO_ADMIN_KEY"
+  ],
+  "image_env_prefix": "IMAGE_",
+  "image_fallback_key": "COSMOS_RL",
+  "image_mapping": {
+   "COSMOS_PREDICT2_5": "tao_toolkit.cosmos_predict",
+   "COSMOS_RL": "tao_toolkit.cosmos_rl",
+   "TAO_DATASERVICES": "tao_toolkit.data_services"
+  },
+  "model_path": {
+   "hf_prefix": "hf_model://",
+   "rejected_schemes": [
+    "hf://",
+    "s3://",
+    "gs://",
+    "az://",
+    "cs://",
+    "aws://"
+   ]
+  },
+  "network_archs": {
+   "cosmos-predict2.5": {
+    "default_model_key": "base-2b",
+    "executable": [
+     "cosmos_predict",
+     "inference_microservice",
+     "start"
+    ],
+    "leading_args": [],
+    "model_keys": [
+     "base-2b",
+     "base-14b",
+     "auto-multiview"
+    ],
+    "optional_flags": {
+     "context_parallel_size": {
+      "flag": "--context-parallel-size",
+      "type": "int"
+     },
+     "disable_guardrails": {
+      "flag": "--disable-guardrails",
+      "type": "bool"
+     },
+     "idle_timeout_minutes": {
+      "flag": "--idle-timeout-minutes",
+      "type": "float"
+     },
+     "offload_diffusion_model": {
+      "flag": "--offload-diffusion-model",
+      "type": "bool"
+     },
+     "offload_guardrail_models": {
+      "flag": "--offload-guardrail-models",
+      "type": "bool"
+     }
+    },
+    "output_dir": "/tmp/cosmos-predict2.5-output",
+    "style": "cosmos_predict",
+    "tao_env": false
+   },
+   "cosmos-rl": {
+    "executable": [
+     "cosmos-rl-inference-microservice"
+    ],
+    "leading_args": [],
+    "optional_flags": {
+     "disable_auto_deletion": {
+      "flag": "--disable_auto_deletion",
+      "type": "bool"
+     },
+     "idle_timeout_minutes": {
+      "flag": "--idle_timeout_minutes",
+      "type": "int"
+     }
+    },
+    "style": "job_blob",
+    "tao_env": true
+   },
+   "tao-dataservices": {
+    "executable": [
+     "python",
+     "-m",
+     "nvidia_tao_core.microservices.handlers.huggingface_inference_microservice_server"
+    ],
+    "leading_args": [
+     "--port",
+     "8080"
+    ],
+    "optional_flags": {
+     "disable_auto_deletion": {
+      "flag": "--disable_auto_deletion",
+      "type": "bool"
+     },
+     "idle_timeout_minutes": {
+      "flag": "--idle_timeout_minutes",
+      "type": "int"
+     }
+    },
+    "style": "job_blob",
+    "tao_env": true
+   }
+  },
+  "platforms": [
+   "local-docker",
+   "brev",
+   "lepton",
+   "slurm",
+   "kubernetes"
+  ],
+  "registry": {
+   "default_path": "/tmp/tao-inf-ms-state.json",
+   "port_range": [
+    8080,
+    8199
+   ],
+   "schema_version": 1
+  },
+  "secret_env": [
+   "HF_TOKEN",
+   "WANDB_API_KEY",
+   "CLEARML_API_ACCESS_KEY",
+   "CLEARML_API_SECRET_KEY",
+   "TAO_API_KEY",
+   "TAO_USER_KEY"
+  ]
+ },
+ "versions": {
+  "images": {
+   "tao_toolkit": {
+    "cosmos_predict": "nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-predict",
+    "cosmos_rl": "nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl",
+    "data_services": "nvcr.io/nvidia/tao/tao-toolkit:7.0.0-data-services"
+   }
+  }
+ }
+}
+''')

@@ -18,7 +18,7 @@ import json
 import os
 import time
 
-from ansible.module_utils.six.moves.urllib.parse import urlsplit
+from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError

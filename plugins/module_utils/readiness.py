@@ -15,8 +15,8 @@ import json
 import socket
 import time
 
-from ansible.module_utils.six.moves import http_client
-from ansible.module_utils.six.moves.urllib.parse import urlsplit
+import http.client as http_client
+from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 
@@ -120,12 +120,14 @@ def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
                probe_fn=probe, sleep=time.sleep, clock=time.monotonic):
     """Poll until ready, fatal, or ``timeout`` seconds pass; return the last Probe.
 
-    Polls start 50 ms apart and double up to ``sleep_max``. ``alive()`` may
+    Polls start 20 ms apart and grow by half each time up to ``sleep_max``
+    (20, 30, 45, 68 ms ... 0.5 s), so a fast start is seen at once and a
+    long load costs a couple of requests a second. ``alive()`` may
     return a fatal :class:`Probe` (e.g. the container exited) to stop at once.
     ``on_change(probe, elapsed)`` is called whenever the reason changes.
     """
     deadline = Deadline(timeout, clock)
-    delay = min(0.05, sleep_max)
+    delay = min(0.02, sleep_max)
     last = None
     while True:
         current = probe_fn(base_url, timeout=max(0.5, min(5.0, deadline.remaining() or 0.5)))
@@ -139,4 +141,4 @@ def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
         if current.ready or current.fatal or deadline.expired:
             return current
         sleep(min(delay, deadline.remaining()))
-        delay = min(delay * 2, sleep_max)
+        delay = min(delay * 1.5, sleep_max)

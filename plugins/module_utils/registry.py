@@ -115,8 +115,12 @@ def port_is_free(port, addresses=("0.0.0.0", "127.0.0.1")):
     for address in addresses:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
+        # Like every server (docker-proxy included): a port with only TIME_WAIT
+        # connections left is free; one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
+            sock.listen(1)
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return False

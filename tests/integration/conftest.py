@@ -112,8 +112,9 @@ class Harness(object):
         extra = {"registry_path": self.registry}
         extra.update(extra_vars or {})
         cmd += ["-e", json.dumps(extra)] + list(args)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(dict({"TAO_TEST_RECORD": str(record)},
-                              **(env or {}))), timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL)
+        run_env = self.env(dict({"TAO_TEST_RECORD": str(record)}, **(env or {})))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=timeout, cwd=ROOT,
+                              stdin=subprocess.DEVNULL, check=False)
         records = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
         return Run(proc, records)
 

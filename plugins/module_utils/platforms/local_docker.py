@@ -15,7 +15,7 @@ __metaclass__ = type
 
 import traceback
 
-from ansible.module_utils.six.moves.urllib.parse import urlsplit
+from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
@@ -255,4 +255,3 @@ class LocalDockerDriver(Driver):
         label = LABEL_PREFIX + ("name=%s" % name if name else "job_id")
         found = self.client.containers.list(all=True, filters={"label": label})
         return [self._status_of(c) for c in found]
-

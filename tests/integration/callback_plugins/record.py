@@ -17,6 +17,7 @@ requirements:
 
 import json
 import os
+import time
 
 from ansible.plugins.callback import CallbackBase
 
@@ -27,6 +28,13 @@ class CallbackModule(CallbackBase):
     CALLBACK_NAME = "record"
     CALLBACK_NEEDS_ENABLED = True
 
+    def __init__(self, *args, **kwargs):
+        super(CallbackModule, self).__init__(*args, **kwargs)
+        self._task_started = None
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._task_started = time.time()
+
     def _write(self, result, status):
         path = os.environ.get("TAO_TEST_RECORD")
         if not path:
@@ -35,6 +43,8 @@ class CallbackModule(CallbackBase):
             "task": result.task_name if hasattr(result, "task_name") else result._task.get_name(),
             "host": result._host.get_name(),
             "status": status,
+            "task_started": self._task_started,
+            "finished": time.time(),
             "result": json.loads(json.dumps(result._result, default=str)),
         }
         with open(path, "a") as handle:

@@ -66,13 +66,13 @@ def test_polls_start_fast_and_back_off_to_sleep_max():
     probe_fn, _calls = scripted([Probe(WAITING, "model_loading")], clock, cost=0)
     result = readiness.wait_ready("http://x", 10, 0.5, probe_fn=probe_fn, sleep=clock.sleep, clock=clock)
     assert result.state == WAITING and clock.now == pytest.approx(10)
-    assert clock.sleeps[:4] == [0.05, 0.1, 0.2, 0.4]
+    assert clock.sleeps[:4] == pytest.approx([0.02, 0.03, 0.045, 0.0675])
     assert max(clock.sleeps) == 0.5  # readiness is noticed within 0.5 s
 
 
 def test_dead_container_is_fatal_and_changes_are_reported():
     clock = FakeClock()
-    probe_fn, _ = scripted([Probe(WAITING, "unreachable")], clock)
+    probe_fn, _calls = scripted([Probe(WAITING, "unreachable")], clock)
     seen = []
     dead = Probe(FATAL, "service_exited", "container exited (exit code 2)")
     answers = iter([None, None, dead])

@@ -110,6 +110,6 @@ def test_concurrent_allocations_get_distinct_ports(tmp_path):
         proc.start()
     for proc in procs:
         proc.join(30)
-    ports = sorted(queue.get(timeout=5) for _ in procs)
+    ports = sorted(queue.get(timeout=5) for _proc in procs)
     assert ports == list(range(20000, 20012))
     assert len(Registry(path).read().entries()) == 12

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Build the reference microservice image (tao-inference-emulator:latest) offline.
+#
+# No registry is needed: the image is a `docker import` of a folder holding
+# Debian's python3.11 with its standard library and the shared libraries it
+# links, static busybox for /bin/sh and a few applets, and the emulator sources
+# from tests/emulator/ on PYTHONPATH.
+#
+# Cached: a hash of the emulator sources, this script, the interpreter and
+# busybox is stored as the image label tao.inference.emulator.hash; when the
+# existing image carries the same hash nothing is built.  Prints one line.
+#
+# Environment (optional):
+#   TAO_EMULATOR_IMAGE   image name (default tao-inference-emulator:latest)
+#   TAO_EMULATOR_PYTHON  interpreter to copy (default /usr/bin/python3.11)
+#   TAO_EMULATOR_BUSYBOX static busybox to copy (default /bin/busybox)
+#   TAO_EMULATOR_REBUILD=1  build even when the hash matches
+set -euo pipefail
+
+SCRIPT_PATH="$(readlink -f "${BASH_SOURCE[0]}")"
+REPO_ROOT="$(cd "$(dirname "$SCRIPT_PATH")/.." && pwd -P)"
+EMULATOR_DIR="$REPO_ROOT/tests/emulator"
+IMAGE="${TAO_EMULATOR_IMAGE:-tao-inference-emulator:latest}"
+PYTHON_BIN="${TAO_EMULATOR_PYTHON:-/usr/bin/python3.11}"
+BUSYBOX_BIN="${TAO_EMULATOR_BUSYBOX:-/bin/busybox}"
+HASH_LABEL="tao.inference.emulator.hash"
+APP_DIR="/opt/tao-emulator"
+# Standard library parts the server never needs.
+STDLIB_EXCLUDES=(test idlelib tkinter turtledemo ensurepip lib2to3 pydoc_data distutils
+                 "config-3.*" site-packages dist-packages)
+APPLETS=(sh ash env sleep cat ls mkdir rm cp mv ln echo ps kill true false id pwd
+         grep sed head tail wc tee touch chmod uname date hostname wget nc)
+
+die() { printf 'build-emulator-image: %s\n' "$*" >&2; exit 1; }
+
+command -v docker >/dev/null 2>&1 || die "docker CLI not found"
+[ -x "$PYTHON_BIN" ] || die "$PYTHON_BIN not found (apt-get install -y python3.11)"
+[ -x "$BUSYBOX_BIN" ] || die "$BUSYBOX_BIN not found (apt-get install -y busybox-static)"
+if ldd "$BUSYBOX_BIN" >/dev/null 2>&1; then
+  die "$BUSYBOX_BIN is dynamically linked; install busybox-static"
+fi
+[ -d "$EMULATOR_DIR/tao_emulator" ] || die "emulator sources not found under $EMULATOR_DIR"
+
+# Emulator files, relative to tests/emulator, in a stable order.
+mapfile -t SOURCES < <(cd "$EMULATOR_DIR" && find . -type f ! -path '*/__pycache__/*' ! -name '*.py[co]' \
+  | LC_ALL=C sort)
+
+source_hash() {
+  {
+    for rel in "${SOURCES[@]}"; do
+      printf '%s\n' "$rel"
+      sha256sum <"$EMULATOR_DIR/$rel"
+    done
+    printf 'script\n'; sha256sum <"$SCRIPT_PATH"
+    printf 'python %s\n' "$PYTHON_BIN"; sha256sum <"$PYTHON_BIN"
+    printf 'busybox\n'; sha256sum <"$BUSYBOX_BIN"
+  } | sha256sum | cut -c1-64
+}
+
+image_hash() {
+  docker image inspect --format "{{ index .Config.Labels \"$HASH_LABEL\" }}" "$IMAGE" 2>/dev/null || true
+}
+
+started=$(date +%s.%N)
+HASH="$(source_hash)"
+
+# One build at a time on this machine; the second waits, then finds the cache.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"${TMPDIR:-/tmp}/tao-inference-emulator-build.lock"
+  flock -w 300 9 || die "timed out waiting for another build"
+fi
+
+if [ "${TAO_EMULATOR_REBUILD:-0}" != 1 ] && [ "$(image_hash)" = "$HASH" ]; then
+  printf '%s cached (hash %s)\n' "$IMAGE" "${HASH:0:12}"
+  exit 0
+fi
+
+ROOTFS="$(mktemp -d "${TMPDIR:-/tmp}/tao-emulator-rootfs.XXXXXX")"
+trap 'rm -rf "$ROOTFS"' EXIT
+
+# Mirror the host's merged-/usr symlinks (/lib -> usr/lib...) so library paths match.
+mkdir -p "$ROOTFS/usr/bin" "$ROOTFS/usr/lib" "$ROOTFS/usr/local/bin" "$ROOTFS/etc" "$ROOTFS/tmp" \
+  "$ROOTFS/root" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev"
+chmod 1777 "$ROOTFS/tmp"
+for dir in bin sbin lib lib64; do
+  if [ -L "/$dir" ]; then
+    target="$(readlink "/$dir")"
+    target="${target#/}"  # keep it relative: it must resolve inside the rootfs
+    mkdir -p "$ROOTFS/$target"
+    ln -s "$target" "$ROOTFS/$dir"
+  else
+    mkdir -p "$ROOTFS/$dir"
+  fi
+done
+
+# Interpreter and standard library.
+PY_NAME="$(basename "$PYTHON_BIN")"
+STDLIB="$("$PYTHON_BIN" -S -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
+DYNLOAD="$("$PYTHON_BIN" -S -c 'import sysconfig; print(sysconfig.get_config_var("DESTSHARED"))')"
+cp "$PYTHON_BIN" "$ROOTFS/usr/bin/$PY_NAME"
+ln -s "$PY_NAME" "$ROOTFS/usr/bin/python3"
+ln -s "/usr/bin/$PY_NAME" "$ROOTFS/usr/local/bin/python3"
+ln -s "/usr/bin/$PY_NAME" "$ROOTFS/usr/local/bin/python"
+excludes=()
+for pattern in "${STDLIB_EXCLUDES[@]}"; do excludes+=(--exclude="./$pattern"); done
+mkdir -p "$ROOTFS$STDLIB"
+tar -C "$STDLIB" -c "${excludes[@]}" . | tar -C "$ROOTFS$STDLIB" -x
+
+# Shared libraries of the interpreter and of every extension module (plus the loader).
+mapfile -t LIBS < <(ldd "$PYTHON_BIN" "$DYNLOAD"/*.so 2>/dev/null \
+  | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | LC_ALL=C sort -u)
+[ "${#LIBS[@]}" -gt 0 ] || die "ldd found no libraries for $PYTHON_BIN"
+for lib in "${LIBS[@]}"; do
+  mkdir -p "$ROOTFS$(dirname "$lib")"
+  cp -L "$lib" "$ROOTFS$lib"
+done
+
+# Static busybox as /bin/sh and a few applets.
+cp "$BUSYBOX_BIN" "$ROOTFS/usr/bin/busybox"
+for applet in "${APPLETS[@]}"; do
+  [ -e "$ROOTFS/usr/bin/$applet" ] || ln -s busybox "$ROOTFS/usr/bin/$applet"
+done
+if [ ! -e "$ROOTFS/bin/sh" ]; then ln -s /usr/bin/busybox "$ROOTFS/bin/sh"; fi
+
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$ROOTFS/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOTFS/etc/group"
+
+# The emulator itself.
+mkdir -p "$ROOTFS$APP_DIR"
+for rel in "${SOURCES[@]}"; do
+  mkdir -p "$ROOTFS$APP_DIR/$(dirname "$rel")"
+  cp "$EMULATOR_DIR/$rel" "$ROOTFS$APP_DIR/$rel"
+done
+chmod 0755 "$ROOTFS$APP_DIR"/bin/*
+
+old_id="$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
+if ! new_id="$(tar -C "$ROOTFS" --numeric-owner --owner=0 --group=0 -c . | docker import \
+  -c "ENV PATH=$APP_DIR/bin:/usr/local/bin:/usr/bin:/bin" \
+  -c "ENV PYTHONPATH=$APP_DIR" \
+  -c "ENV PYTHONUNBUFFERED=1" \
+  -c "ENV PYTHONDONTWRITEBYTECODE=1" \
+  -c "ENV PYTHONUTF8=1" \
+  -c "LABEL $HASH_LABEL=$HASH" \
+  -c "LABEL org.opencontainers.image.title=tao-inference-emulator" \
+  -c "EXPOSE 8080" \
+  -c "WORKDIR /" \
+  -m "tao-inference reference microservice" - "$IMAGE")"; then
+  die "docker import failed (is the Docker engine running? see scripts/ensure-docker.sh)"
+fi
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+  docker image rm "$old_id" >/dev/null 2>&1 || true  # still used by a container: keep it
+fi
+
+[ "$(image_hash)" = "$HASH" ] || die "imported $IMAGE but its hash label does not match"
+elapsed=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
+printf '%s built (hash %s, %ss)\n' "$IMAGE" "${HASH:0:12}" "$elapsed"
