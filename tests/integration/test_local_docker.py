@@ -190,6 +190,7 @@ def test_ports_held_by_other_programs_are_skipped(harness):
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind(("127.0.0.1", 8080))
+        listener.listen(1)
     except OSError:
         listener.close()
         listener = None  # 8080 is already held by something else: the rule is tested all the same
@@ -268,3 +269,35 @@ def test_image_env_override_picks_the_image(harness):
 """, env={"IMAGE_TAO_DATASERVICES": IMAGE})
     assert run.rc == 0, run.output
     assert run.task("Start")["result"]["image"] == IMAGE
+
+
+def test_request_retries_while_loading_and_fails_on_a_failed_load(harness):
+    loading = harness.play(service_task(extra='wait: false\nenv: {TAO_EMULATOR_LOAD_SECONDS: "2"}') + """\
+- name: Ask
+  tao.inference.tao_inference_request:
+    job_id: "{{ svc.job_id }}"
+    prompt: hello
+    media: ["%s"]
+    sampling: {}
+  register: answer
+""" % PNG)
+    assert loading.rc == 0, loading.output
+    answer = loading.task("Ask")["result"]
+    assert answer["status"] == 200 and answer["attempts"] > 1  # 202 model_loading was retried
+
+    failed = harness.play(service_task(title="Broken", extra='wait: false\nenv: {TAO_EMULATOR_LOAD_SECONDS: "0.2", '
+                                                             'TAO_EMULATOR_LOAD_FAIL: "bad shard"}') + """\
+- name: Wait for the load to fail
+  ansible.builtin.pause:
+    seconds: 1
+- name: Ask
+  tao.inference.tao_inference_request:
+    job_id: "{{ svc.job_id }}"
+    prompt: hello
+    media: ["%s"]
+    sampling: {}
+""" % PNG)
+    assert failed.rc != 0
+    result = failed.task("Ask")["result"]
+    assert result["status"] == 503 and result["error_type"] == "model_load_error"
+    assert "did not load" in result["msg"]
