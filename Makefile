@@ -15,7 +15,7 @@ export ANSIBLE_LOCALHOST_WARNING := 0
 export ANSIBLE_INVENTORY_UNPARSED_WARNING := 0
 PLAYBOOK := $(BIN)/ansible-playbook
 MODULES := tao_inference_service tao_inference_request tao_inference_info tao_inference_preflight
-ROLES := local_docker inference_service
+ROLES := local_docker slurm inference_service
 
 .PHONY: help venv host emulator-image catalog link demo test units integration sanity lint \
         build docs syntax bench clean
@@ -47,7 +47,9 @@ demo: venv emulator-image link ## Start a service with the reference microservic
 units: venv link ## Unit tests (no Docker needed)
 	$(BIN)/pytest -q tests/unit
 
-integration: venv emulator-image link ## Integration tests through ansible-playbook on the real Docker engine
+integration: venv emulator-image link ## Integration tests through ansible-playbook on the real Docker engine and Slurm
+	scripts/ensure-slurm.sh
+	scripts/ensure-sshd.sh
 	$(BIN)/pytest -q tests/integration
 
 sanity: venv ## ansible-test sanity (empty ignore files)
@@ -71,6 +73,8 @@ syntax: venv link ## ansible-playbook --syntax-check for every playbook
 
 test: venv emulator-image link ## Every test: checks, sanity, lint, build, docs, then unit + integration tests
 	scripts/ensure-host.sh --tests
+	scripts/ensure-slurm.sh
+	scripts/ensure-sshd.sh
 	$(BIN)/python scripts/gen-catalog.py --check
 	$(MAKE) --no-print-directory syntax docs build lint sanity
 	$(BIN)/pytest -q tests/unit tests/integration

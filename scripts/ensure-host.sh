@@ -34,17 +34,7 @@ if [ ${#install[@]} -gt 0 ]; then
     exit 1
   fi
   log "installing ${install[*]}"
-  created_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    # Package scripts must not try to start daemons on a machine without systemd.
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 0755 /usr/sbin/policy-rc.d
-    created_policy=1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${install[@]}" >/dev/null
-  if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  "$(dirname "$0")/apt-install.sh" "${install[@]}"
 fi
 
 if engine_up; then

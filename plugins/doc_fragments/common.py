@@ -44,3 +44,58 @@ options:
     type: float
     default: 0.5
 """
+
+    # Reaching a Slurm cluster and shaping its jobs (platform: slurm).
+    SLURM = r"""
+options:
+  slurm_login_host:
+    description:
+      - O(platform=slurm) only, required there. The cluster's login host, where C(sbatch),
+        C(squeue) and C(scancel) run, reached with C(ssh) in batch mode (keys or an agent, no
+        password prompt). The service is reached through an SSH tunnel from this host's
+        C(127.0.0.1:host_port) to the job's node.
+    type: str
+  slurm_user:
+    description:
+      - SSH user on the login host (default from the ssh configuration).
+    type: str
+  ssh_key_path:
+    description:
+      - Private key for the login host.
+    type: path
+  ssh_port:
+    description:
+      - SSH port of the login host.
+    type: int
+  ssh_config:
+    description:
+      - An ssh client configuration file (C(ssh -F)) that describes how to reach the login host.
+    type: path
+  partition:
+    description:
+      - Slurm partition. Default C(SLURM_PARTITION) from the environment, else the cluster's default.
+    type: str
+  account:
+    description:
+      - Slurm account. Default C(SLURM_ACCOUNT) from the environment, else none.
+    type: str
+  time_limit:
+    description:
+      - Slurm time limit (C(--time)), e.g. V(04:00:00).
+    type: str
+  slurm_container_runtime:
+    description:
+      - How the job runs the container. V(pyxis) uses C(srun --container-image) (enroot),
+        V(apptainer) uses C(apptainer exec docker://...), V(docker) uses C(docker run) on the node
+        (the batch script removes the container when the job is cancelled).
+    type: str
+    choices: [pyxis, apptainer, docker]
+    default: pyxis
+  sbatch_options:
+    description:
+      - Extra C(sbatch) options, each as V(--name) or V(--name=value), e.g. V(--exclusive) or
+        V(--constraint=a100).
+    type: list
+    elements: str
+    default: []
+"""

@@ -19,6 +19,19 @@ WAIT_ARGS = dict(
     wait_sleep=dict(type="float", default=0.5),
 )
 
+SLURM_ARGS = dict(
+    slurm_login_host=dict(type="str"),
+    slurm_user=dict(type="str"),
+    ssh_key_path=dict(type="path", no_log=False),
+    ssh_port=dict(type="int"),
+    ssh_config=dict(type="path"),
+    partition=dict(type="str"),
+    account=dict(type="str"),
+    time_limit=dict(type="str"),
+    slurm_container_runtime=dict(type="str", choices=["pyxis", "apptainer", "docker"], default="pyxis"),
+    sbatch_options=dict(type="list", elements="str", default=[]),
+)
+
 
 def run(module, action):
     """Run ``action()``; turn TaoInferenceError into fail_json; drop the diff

@@ -45,22 +45,44 @@ def public_entry(entry):
     return result
 
 
-def get_driver(platform, params):
+# Module options that say how to reach each platform (no secrets). They are
+# stored in the registry entry, so stop/info need no options to find it again.
+CONNECTION_OPTIONS = {
+    "local-docker": {"docker_host": "docker_host"},
+    "slurm": {"login_host": "slurm_login_host", "user": "slurm_user", "port": "ssh_port",
+              "key_path": "ssh_key_path", "ssh_config": "ssh_config"},
+}
+
+
+def connection_of(platform, params):
+    return dict((key, params.get(option)) for key, option in CONNECTION_OPTIONS.get(platform, {}).items())
+
+
+def get_driver(platform, connection, params):
     """The driver for ``platform``; platforms that have not landed fail clearly."""
     if platform == "local-docker":
         from ansible_collections.tao.inference.plugins.module_utils.platforms import local_docker
 
         if not local_docker.HAS_DOCKER:
             raise TaoInferenceError(missing_required_lib("docker"), exception=local_docker.DOCKER_IMPORT_ERROR)
-        return local_docker.LocalDockerDriver(docker_host=params.get("docker_host"), pull=params.get("pull") or "missing")
+        return local_docker.LocalDockerDriver(docker_host=connection.get("docker_host"),
+                                              pull=params.get("pull") or "missing")
+    if platform == "slurm":
+        from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import SlurmDriver
+
+        if not connection.get("login_host"):
+            raise TaoInferenceError("platform slurm needs slurm_login_host (the cluster's login host, reached "
+                                    "with ssh in batch mode)")
+        return SlurmDriver(connection["login_host"], user=connection.get("user"), port=connection.get("port"),
+                           key_path=connection.get("key_path"), ssh_config=connection.get("ssh_config"))
     raise TaoInferenceError(
         "platform '%s' is not available in this release of tao.inference yet; the platforms that work "
-        "today: local-docker" % platform
+        "today: local-docker, slurm" % platform
     )
 
 
 class ServiceManager(object):
-    """Operations behind the three modules."""
+    """Operations behind the modules."""
 
     def __init__(self, registry, environ, params=None, driver_factory=get_driver):
         self.registry = registry
@@ -70,10 +92,13 @@ class ServiceManager(object):
         self._drivers = {}
         self.check_mode = registry.check_mode
 
-    def driver(self, platform):
-        if platform not in self._drivers:
-            self._drivers[platform] = self._factory(platform, self.params)
-        return self._drivers[platform]
+    def driver(self, platform, entry=None):
+        """The driver for ``platform``, connected as ``entry`` records (else as the options say)."""
+        connection = (entry or {}).get("connection") or connection_of(platform, self.params)
+        key = (platform, tuple(sorted((k, str(v)) for k, v in connection.items())))
+        if key not in self._drivers:
+            self._drivers[key] = self._factory(platform, connection, self.params)
+        return self._drivers[key]
 
     # -- present -------------------------------------------------------------
     def present(self, spec, wait=True, wait_timeout=900, wait_sleep=0.5):
@@ -82,17 +107,11 @@ class ServiceManager(object):
         replace = []
         if spec.name:
             current = self.registry.read().find_name(spec.name)
-            keep = self._reusable(driver, current, fingerprint)
+            keep, status = self._reusable(current, fingerprint)
             if keep is not None:
                 probe = readiness.probe(keep["host_url"]) if keep.get("host_url") else None
                 if probe is None or not probe.fatal:
-                    result = {"changed": False, "service": public_entry(keep),
-                              "diff": {"before": keep, "after": keep}}
-                    if wait and not self.check_mode:
-                        result["readiness"] = self._wait(driver, keep, {}, wait_timeout, wait_sleep)
-                    elif probe is not None:
-                        result["readiness"] = probe.as_dict()
-                    return result
+                    return self._keep(driver, keep, status, probe, wait, wait_timeout, wait_sleep)
             replace = current + self._orphans(driver, spec.name, current)
         before = replace[0] if replace else {}
         if self.check_mode:
@@ -102,12 +121,21 @@ class ServiceManager(object):
         driver.preflight(spec)
         driver.prepare(spec)
         for old in replace:
-            self._stop_one(driver, old)
+            self._stop_one(self.driver(old["platform"], old), old)
         job_id = str(uuid.uuid4())
         plain, secret = container_env(spec, job_id, self.environ)
         entry = self._reserve(driver, spec, job_id, fingerprint)
+
+        def on_submitted(fields):
+            # The platform took the job: record its id at once, so nothing is lost
+            # if this run dies before the service is up.
+            entry.update(fields)
+            with self.registry.transaction() as state:
+                state.update(job_id, **fields)
+
         launch = Launch(spec, job_id, inner_command(spec, job_id), plain, secret,
-                        entry.get("host_port"), self._labels(spec, job_id, fingerprint))
+                        entry.get("host_port"), self._labels(spec, job_id, fingerprint),
+                        timeout=wait_timeout, on_submitted=on_submitted)
         try:
             fields = self._start_with_port_retry(driver, spec, launch, entry)
         except BaseException:
@@ -122,11 +150,31 @@ class ServiceManager(object):
             result["readiness"] = self._wait(driver, entry, secret, wait_timeout, wait_sleep, cleanup=True)
         return result
 
-    def _reusable(self, driver, current, fingerprint):
+    def _reusable(self, current, fingerprint):
+        """The one running entry with this fingerprint, and its status."""
         if len(current) != 1 or current[0].get("fingerprint") != fingerprint:
-            return None
-        status = driver.status(current[0])
-        return current[0] if status.running or status.state == status.PENDING else None
+            return None, None
+        status = self.driver(current[0]["platform"], current[0]).status(current[0])
+        if status.running or status.state == status.PENDING:
+            return current[0], status
+        return None, None
+
+    def _keep(self, driver, entry, status, probe, wait, wait_timeout, wait_sleep):
+        """A matching service runs: leave it, repairing what the platform can (a dead tunnel)."""
+        before = copy.deepcopy(entry)
+        needs_repair = status.extra.get("tunnel_alive") is False
+        if needs_repair and not self.check_mode:
+            fields = driver.repair(entry)
+            entry.update(fields)
+            with self.registry.transaction() as state:
+                state.update(entry["job_id"], **fields)
+        result = {"changed": needs_repair, "repaired": ["tunnel"] if needs_repair else [],
+                  "service": public_entry(entry), "diff": {"before": before, "after": entry}}
+        if wait and not self.check_mode:
+            result["readiness"] = self._wait(driver, entry, {}, wait_timeout, wait_sleep)
+        elif probe is not None:
+            result["readiness"] = probe.as_dict()
+        return result
 
     def _orphans(self, driver, name, known):
         """Platform objects carrying ``name`` that the registry lost track of."""
@@ -162,6 +210,7 @@ class ServiceManager(object):
             "num_gpus": spec.num_gpus,
             "host_port": spec.host_port,
             "docker_host": spec.docker_host,
+            "connection": connection_of(spec.platform, self.params),
             "secret_env": list(spec.secret_env),
             "fingerprint": fingerprint,
             "started_at": utc_now(),
@@ -229,6 +278,8 @@ class ServiceManager(object):
             status = driver.status(entry)
             if status.gone:
                 return readiness.Probe(readiness.FATAL, "service_exited", status.detail)
+            if status.extra.get("tunnel_alive") is False:
+                return readiness.Probe(readiness.FATAL, "tunnel_down", status.detail)
             return None
 
         def on_change(probe, elapsed):
@@ -280,8 +331,12 @@ class ServiceManager(object):
         state = self.registry.read()
         targets = self.resolve(state, job_id, name)
         if name:
-            for plat in set([platform or "local-docker"] + [e["platform"] for e in targets]):
-                targets += self._orphans(self.driver(plat), name, targets)
+            # Platform objects with the name that the registry lost (e.g. labelled containers).
+            drivers = dict((e["platform"], self.driver(e["platform"], e)) for e in targets)
+            if not targets:
+                drivers[platform or "local-docker"] = self.driver(platform or "local-docker")
+            for driver in drivers.values():
+                targets += self._orphans(driver, name, targets)
         elif job_id and not targets and job_id != "latest" and platform:
             # The registry lost it, but the platform may still run it.
             targets = [{"job_id": job_id, "platform": platform, "orphan": True}]
@@ -289,7 +344,7 @@ class ServiceManager(object):
         # entry of a service that is already gone only tidies the registry.
         stopped, tidied = [], []
         for entry in targets:
-            driver = self.driver(entry["platform"])
+            driver = self.driver(entry["platform"], entry)
             if self.check_mode:
                 ran = driver.status(entry).state != "missing"
             else:
@@ -307,7 +362,7 @@ class ServiceManager(object):
         """Last log lines of a failed service, secret values masked."""
         secrets = dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
         try:
-            text = self.driver(entry["platform"]).logs(entry, lines, secrets)
+            text = self.driver(entry["platform"], entry).logs(entry, lines, secrets)
         except TaoInferenceError:
             return []
         return [line for line in (text or "").splitlines() if line.strip()][-lines:]
@@ -324,11 +379,14 @@ class ServiceManager(object):
         for entry in entries:
             item = public_entry(entry)
             try:
-                status = self.driver(entry["platform"]).status(entry)
+                driver = self.driver(entry["platform"], entry)
+                status = driver.status(entry)
                 item["platform_status"] = status.as_dict()
                 item["running"] = status.running
                 if status.gone:
                     gone.append(entry["job_id"])
+                    if not self.check_mode and driver.release(entry):
+                        item["released"] = True  # e.g. the tunnel of a job cancelled elsewhere
             except TaoInferenceError as exc:
                 item["platform_status"] = {"state": "unknown", "detail": exc.msg, "exit_code": None}
                 item["running"] = None

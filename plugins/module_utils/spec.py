@@ -29,7 +29,7 @@ class ServiceSpec(object):
     FIELDS = (
         "name", "network_arch", "model_path", "platform", "num_gpus", "image", "image_source",
         "host_port", "bind_address", "env", "secret_env", "volumes", "model_key",
-        "server_options", "shm_size", "docker_host",
+        "server_options", "shm_size", "docker_host", "platform_options",
     )
 
     def __init__(self, **values):
@@ -174,6 +174,38 @@ def _check_server_options(network_arch, options):
     return clean
 
 
+_SBATCH_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[^\s]+)?$")
+_SLURM_WORD = re.compile(r"^[A-Za-z0-9_.:@+,-]+$")
+SLURM_RUNTIMES = ("pyxis", "apptainer", "docker")
+
+
+def _slurm_options(params, environ):
+    """What shapes a Slurm job (partition, account, limits, runtime); the SSH
+    connection itself is not part of the spec."""
+    if not params.get("slurm_login_host"):
+        raise TaoInferenceError("platform slurm needs slurm_login_host: the login host that runs sbatch, reached "
+                                "with ssh in batch mode (plus slurm_user, ssh_key_path, ssh_port or ssh_config)")
+    options = {
+        "login_host": params["slurm_login_host"],
+        "partition": params.get("partition") or environ.get("SLURM_PARTITION") or None,
+        "account": params.get("account") or environ.get("SLURM_ACCOUNT") or None,
+        "time_limit": params.get("time_limit") or None,
+        "runtime": params.get("slurm_container_runtime") or "pyxis",
+        "sbatch_options": list(params.get("sbatch_options") or []),
+    }
+    if options["runtime"] not in SLURM_RUNTIMES:
+        raise TaoInferenceError("slurm_container_runtime '%s' is not one of %s"
+                                % (options["runtime"], ", ".join(SLURM_RUNTIMES)))
+    for key in ("partition", "account", "time_limit"):
+        if options[key] and not _SLURM_WORD.match(options[key]):
+            raise TaoInferenceError("%s '%s' holds characters Slurm does not take in a name" % (key, options[key]))
+    for option in options["sbatch_options"]:
+        if not _SBATCH_OPTION.match(option):
+            raise TaoInferenceError("sbatch_options entry '%s' must look like --name or --name=value (no spaces)"
+                                    % option)
+    return options
+
+
 def build_spec(params, environ):
     """Validate module parameters into a :class:`ServiceSpec`.
 
@@ -242,5 +274,6 @@ def build_spec(params, environ):
         model_key=model_key,
         server_options=_check_server_options(network_arch, params.get("server_options")),
         shm_size=params.get("shm_size") or "16g",
-        docker_host=params.get("docker_host"),
+        docker_host=params.get("docker_host") if platform == "local-docker" else None,
+        platform_options=_slurm_options(params, environ) if platform == "slurm" else {},
     )

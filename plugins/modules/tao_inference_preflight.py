@@ -13,13 +13,15 @@ version_added: 0.1.0
 description:
   - Runs the platform checks of M(tao.inference.tao_inference_service) without starting anything
     - for local-docker, the Docker engine answers, the NVIDIA runtime is there when O(num_gpus) is
-    1 or more - and that the service registry is readable; reports the resolved image and
-    whether the Docker host already has it.
+    1 or more; for slurm, SSH to the login host works in batch mode, C(sinfo) answers and the
+    partition exists - and that the service registry is readable; reports the resolved image
+    and, for local-docker, whether the Docker host already has it.
   - Fails with a message that says what to install or change.
 author:
   - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
+  - tao.inference.common.slurm
 attributes:
   check_mode:
     description: Changes nothing in any mode.
@@ -87,8 +89,12 @@ image_source:
   type: str
 image_present:
   description: Whether the Docker host already has the image (else it is pulled at start).
-  returned: success
+  returned: platform=local-docker
   type: bool
+partitions:
+  description: Slurm partitions and their availability (V(up), V(down)...).
+  returned: platform=slurm
+  type: dict
 engine:
   description: Engine name and version.
   returned: success
@@ -109,9 +115,9 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, SLURM_ARGS, run
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
-from ansible_collections.tao.inference.plugins.module_utils.service import get_driver
+from ansible_collections.tao.inference.plugins.module_utils.service import connection_of, get_driver
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
 
 
@@ -125,12 +131,14 @@ def main():
         bind_address=dict(type="str", default="127.0.0.1"),
     )
     argument_spec.update(REGISTRY_ARGS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    argument_spec.update(SLURM_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           required_if=[("platform", "slurm", ("slurm_login_host",))])
     params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
 
     def action():
         spec = build_spec(params, os.environ)
-        facts = get_driver(spec.platform, params).preflight(spec)
+        facts = get_driver(spec.platform, connection_of(spec.platform, params), params).preflight(spec)
         services = Registry(params["registry_path"], check_mode=True).read().entries()
         facts.update(changed=False, image=spec.image, image_source=spec.image_source,
                      services_in_registry=len(services))

@@ -31,6 +31,7 @@ author:
 extends_documentation_fragment:
   - tao.inference.common
   - tao.inference.common.wait
+  - tao.inference.common.slurm
 attributes:
   check_mode:
     description: Predicts C(changed); starts, stops and writes nothing.
@@ -75,8 +76,8 @@ options:
     type: str
   platform:
     description:
-      - Where the service runs. This release runs V(local-docker); the other platforms fail with
-        a message saying so.
+      - Where the service runs. This release runs V(local-docker) and V(slurm); the other platforms
+        fail with a message saying so.
     type: str
     choices: [local-docker, brev, lepton, slurm, kubernetes]
     default: local-docker
@@ -190,6 +191,17 @@ EXAMPLES = r"""
     name: my-llm
     state: absent
 
+- name: Run it as a Slurm job, reached through an SSH tunnel via the login host
+  tao.inference.tao_inference_service:
+    name: reason-slurm
+    platform: slurm
+    slurm_login_host: login.cluster.example
+    slurm_user: alice
+    partition: gpu
+    time_limit: "04:00:00"
+    network_arch: cosmos-rl
+    model_path: hf_model://nvidia/Cosmos-Reason1-7B
+
 - name: Stop the most recently started service
   tao.inference.tao_inference_service:
     job_id: latest
@@ -257,6 +269,23 @@ secret_env:
   returned: state=present
   type: list
   elements: str
+platform_job_id:
+  description: The platform's own id (the Slurm job id), or null.
+  returned: state=present
+  type: str
+slurm_node:
+  description: O(platform=slurm) only. The node the job runs on.
+  returned: state=present and O(platform=slurm)
+  type: str
+tunnel_pid:
+  description: O(platform=slurm) only. The pid of the local C(ssh -N -L) tunnel process.
+  returned: state=present and O(platform=slurm)
+  type: int
+repaired:
+  description: What was mended on a matching running service (V(tunnel) when a dead tunnel was re-opened).
+  returned: state=present with O(name)
+  type: list
+  elements: str
 readiness:
   description:
     - The last readiness observation (C(state), C(reason), C(message), C(http_status)) and
@@ -280,7 +309,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, WAIT_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, SLURM_ARGS, WAIT_ARGS, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
@@ -310,11 +339,13 @@ def main():
     )
     argument_spec.update(REGISTRY_ARGS)
     argument_spec.update(WAIT_ARGS)
+    argument_spec.update(SLURM_ARGS)
     module = AnsibleModule(
         argument_spec=argument_spec,
         supports_check_mode=True,
         required_if=[
             ("state", "present", ("network_arch", "model_path")),
+            ("platform", "slurm", ("slurm_login_host",)),
             ("state", "absent", ("name", "job_id"), True),
         ],
         mutually_exclusive=[("name", "job_id")],

@@ -15,6 +15,8 @@ description on its platform and how to look at it again::
     logs(entry, lines, secrets)          -> str (the values of secrets masked)
     stop(entry)                          -> bool (something was stopped)
     find(name=None)                      -> [PlatformStatus] of services it started (orphan search)
+    release(entry)                       -> bool: free local resources of a service that is gone
+    repair(entry)                        -> dict of entry fields changed to mend a running service
 """
 
 from __future__ import absolute_import, division, print_function
@@ -39,8 +41,11 @@ def mask(text, secrets):
 class Launch(object):
     """One container to run, the same on every platform."""
 
-    def __init__(self, spec, job_id, command, env, secret_env, host_port, labels):
+    def __init__(self, spec, job_id, command, env, secret_env, host_port, labels, timeout=900,
+                 on_submitted=None):
         self.spec = spec
+        self.timeout = timeout          # seconds the platform may take to run it (e.g. Slurm PENDING)
+        self.on_submitted = on_submitted or (lambda fields: None)  # record platform ids early
         self.job_id = job_id
         self.command = command          # the inner shell string
         self.env = env                  # non-secret container variables
@@ -57,8 +62,9 @@ class PlatformStatus(object):
     EXITED = "exited"
     MISSING = "missing"
 
-    def __init__(self, state, detail="", exit_code=None, labels=None, ident=None):
+    def __init__(self, state, detail="", exit_code=None, labels=None, ident=None, extra=None):
         self.state = state
+        self.extra = extra or {}  # platform facts, e.g. {"tunnel_alive": False}
         self.detail = detail
         self.exit_code = exit_code
         self.labels = labels or {}
@@ -73,7 +79,9 @@ class PlatformStatus(object):
         return self.state in (self.EXITED, self.MISSING)
 
     def as_dict(self):
-        return {"state": self.state, "detail": self.detail, "exit_code": self.exit_code}
+        result = {"state": self.state, "detail": self.detail, "exit_code": self.exit_code}
+        result.update(self.extra)
+        return result
 
 
 class Driver(object):
@@ -107,6 +115,14 @@ class Driver(object):
 
     def find(self, name=None):
         return []
+
+    def release(self, entry):
+        """Free what this machine holds for a service that is gone (e.g. a tunnel)."""
+        return False
+
+    def repair(self, entry):
+        """Fix what broke around a running service (e.g. a dead tunnel); changed fields."""
+        return {}
 
 
 class PortTaken(TaoInferenceError):

@@ -1,0 +1,171 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run commands on a remote host over OpenSSH, and manage local port forwards.
+
+Commands are argv lists (never a local shell string); the remote command is
+one string of shell-quoted words. Secret values never go on a command line:
+callers send them on stdin. A tunnel is one ``ssh -N -L`` process, started
+in its own session so it outlives the module, and known afterwards by its
+pid, its start time and its command line, so stopping it can never hit
+another process that happens to reuse the pid.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+
+
+class SSHTarget(object):
+    """How to reach one host with ``ssh`` in batch mode."""
+
+    def __init__(self, host, user=None, port=None, key_path=None, config=None, connect_timeout=15):
+        if not host:
+            raise TaoInferenceError("an SSH host is required")
+        self.host = host
+        self.user = user
+        self.port = port
+        self.key_path = key_path
+        self.config = config
+        self.connect_timeout = connect_timeout
+
+    @property
+    def destination(self):
+        return "%s@%s" % (self.user, self.host) if self.user else self.host
+
+    def base_argv(self):
+        argv = ["ssh"]
+        if self.config:
+            argv += ["-F", self.config]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        if self.key_path:
+            argv += ["-i", self.key_path, "-o", "IdentitiesOnly=yes"]
+        argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout]
+        return argv
+
+    def run(self, words, stdin=None, timeout=120, check=True):
+        """Run ``words`` (a list, shell-quoted here) on the host; return ``(rc, out, err)``."""
+        remote = " ".join(w if isinstance(w, Raw) else shlex.quote(str(w)) for w in words)
+        argv = self.base_argv() + [self.destination, "--", remote]
+        try:
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+        except OSError as exc:
+            raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
+        except subprocess.TimeoutExpired:
+            raise TaoInferenceError("ssh %s timed out after %ss running: %s" % (self.destination, timeout, remote))
+        out = proc.stdout.decode("utf-8", "replace")
+        err = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode == 255:
+            raise TaoInferenceError(
+                "cannot reach %s over SSH: %s. Check the host, user, key and port (ssh must work in batch mode, "
+                "without a password prompt)" % (self.destination, err.strip() or "ssh exited with 255"))
+        if check and proc.returncode != 0:
+            raise TaoInferenceError("on %s, `%s` failed (exit %d): %s"
+                                    % (self.destination, remote, proc.returncode, (err or out).strip()))
+        return proc.returncode, out, err
+
+
+class Raw(str):
+    """A remote shell fragment that :meth:`SSHTarget.run` must not quote."""
+
+
+# -- tunnels ---------------------------------------------------------------------
+def forward_spec(local_port, remote_host, remote_port):
+    return "127.0.0.1:%d:%s:%d" % (local_port, remote_host, remote_port)
+
+
+def _proc_start_time(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (IOError, OSError, IndexError):
+        return None, None
+    return fields[0], fields[19]  # state, starttime (clock ticks since boot)
+
+
+def _proc_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read().split(b"\0")
+    except (IOError, OSError):
+        return []
+
+
+def tunnel_alive(pid, start_time, spec):
+    """True when ``pid`` is still our ssh forward (not a zombie, not a reused pid)."""
+    if not pid:
+        return False
+    state, started = _proc_start_time(int(pid))
+    if state is None or state in ("Z", "X") or str(started) != str(start_time):
+        return False
+    return spec.encode("utf-8") in _proc_cmdline(int(pid))
+
+
+def _port_answers(port):
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+    except (socket.error, OSError):
+        return False
+    sock.close()
+    return True
+
+
+def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
+    """Start ``ssh -N -L 127.0.0.1:local:remote_host:remote_port``; return ``(pid, start_time)``.
+
+    Fails (and leaves no process) if the forward cannot be set up in ``timeout`` s."""
+    spec = forward_spec(local_port, remote_host, remote_port)
+    argv = target.base_argv() + ["-N", "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=30",
+                                 "-o", "ServerAliveCountMax=3", "-L", spec, target.destination]
+    errors = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                                start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            errors.seek(0)
+            message = errors.read().decode("utf-8", "replace").strip()
+            raise TaoInferenceError("the SSH tunnel %s through %s failed (exit %d): %s"
+                                    % (spec, target.destination, proc.returncode, message or "no message"))
+        if _port_answers(local_port):
+            _state, started = _proc_start_time(proc.pid)
+            return proc.pid, started
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise TaoInferenceError("the SSH tunnel %s through %s was not up after %ss" % (spec, target.destination, timeout))
+
+
+def close_tunnel(pid, start_time, spec, timeout=5):
+    """Stop exactly our tunnel process; True if it was running."""
+    if not tunnel_alive(pid, start_time, spec):
+        return False
+    pid = int(pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, started = _proc_start_time(pid)
+        if state is None or state in ("Z", "X") or str(started) != str(start_time):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    return True
