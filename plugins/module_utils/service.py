@@ -183,7 +183,8 @@ class ServiceManager(object):
         for found in driver.find(name):
             job_id = found.labels.get(LABEL_PREFIX + "job_id") or found.ident
             if job_id and job_id not in known_ids:
-                orphans.append({"job_id": job_id, "name": name, "platform": driver.name, "orphan": True})
+                orphans.append({"job_id": job_id, "name": name, "platform": driver.name, "orphan": True,
+                                "platform_job_id": found.labels.get("platform_job_id")})
         return orphans
 
     def _labels(self, spec, job_id, fingerprint):

@@ -212,3 +212,39 @@ def test_load_failure_fails_fast_with_the_log_and_cancels_the_job(slurm):
     msg = run.task("Start")["result"]["msg"]
     assert "model_load_failed" in msg and "shard 2 is corrupt" in msg
     assert not squeue_ids() and slurm.entries() == {}
+
+
+def test_absent_by_name_finds_a_job_the_registry_lost(slurm):
+    run = slurm.play(slurm_task(name="s-lost", extra="wait: false"))
+    svc = run.task("Start")["result"]
+    tunnel = slurm.entries()[svc["job_id"]]
+    os.unlink(slurm.registry)  # the registry is lost; the job runs on
+    stop = slurm.play("""\
+- name: Stop
+  tao.inference.tao_inference_service:
+    name: s-lost
+    state: absent
+    platform: slurm
+    slurm_login_host: tao-login
+    ssh_config: %s
+""" % SSH_CONFIG)
+    assert stop.task("Stop")["status"] == "changed", stop.output
+    assert stop.task("Stop")["result"]["stopped"] == [svc["job_id"]]
+    assert svc["platform_job_id"] not in squeue_ids()
+    # The tunnel was recorded only in the lost registry: stop it here.
+    if tunnel_running(tunnel):
+        os.kill(int(tunnel["tunnel_pid"]), signal.SIGKILL)
+
+
+def test_start_playbook_on_slurm_runs_the_preflight_role(slurm):
+    run = slurm.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
+        "platform": "slurm", "slurm_login_host": "tao-login", "ssh_config": SSH_CONFIG,
+        "slurm_container_runtime": "docker", "network_arch": "cosmos-rl", "model_path": "hf_model://a/b",
+        "image": IMAGE, "num_gpus": 0, "name": "s-play"})
+    assert run.rc == 0, run.output
+    assert "Slurm via tao-login: partitions" in run.stdout
+    job_id = run.task("Start the service")["result"]["job_id"]
+    assert "%s: ready after" % job_id in run.stdout
+    stop = slurm.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"name": "s-play"})
+    assert stop.rc == 0, stop.output
+    assert slurm.entries() == {} and not squeue_ids()

@@ -38,6 +38,7 @@ from ansible_collections.tao.inference.plugins.module_utils.ssh import (
 RUNTIMES = ("pyxis", "apptainer", "docker")
 WORKDIR = ".tao-inference"  # on the login host, relative to the home folder
 PORT_MARKER = "TAO_NODE_PORT="
+COMMENT_PREFIX = "tao.inference:job_id="
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
 _SBATCH_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=.*)?$")
 
@@ -55,7 +56,9 @@ def pyxis_image(image):
 def _directives(spec, options, job_id):
     lines = ["#SBATCH --job-name=tao-%s" % job_id[:8],
              "#SBATCH --output=%s.log" % job_id,
-             "#SBATCH --ntasks=1"]
+             "#SBATCH --ntasks=1",
+             # Finds the job again without the registry (name, if any, is validated: no spaces).
+             "#SBATCH --comment=%s%s,name=%s" % (COMMENT_PREFIX, job_id, spec.name or "")]
     if options.get("partition"):
         lines.append("#SBATCH --partition=%s" % options["partition"])
     if options.get("account"):
@@ -323,6 +326,21 @@ class SlurmDriver(Driver):
         pid, started = open_tunnel(self.target, int(entry["host_port"]),
                                    entry.get("slurm_node_addr") or entry["slurm_node"], int(entry["node_port"]))
         return {"tunnel_pid": pid, "tunnel_start_time": started}
+
+    def find(self, name=None):
+        """Active jobs this collection submitted (optionally only those named ``name``)."""
+        _rc, out, _err = self._run(["squeue", "-h", "-o", "%i|%k"], check=False)
+        found = []
+        for line in out.splitlines():
+            slurm_id, _sep, comment = line.partition("|")
+            if not comment.startswith(COMMENT_PREFIX):
+                continue
+            fields = dict(part.split("=", 1) for part in comment[len("tao.inference:"):].split(",") if "=" in part)
+            if name is None or fields.get("name") == name:
+                found.append(PlatformStatus(PlatformStatus.RUNNING, "job %s" % slurm_id, ident=fields.get("job_id"),
+                                            labels={"tao.inference.job_id": fields.get("job_id"),
+                                                    "platform_job_id": slurm_id}))
+        return found
 
     def stop(self, entry):
         stopped = False

@@ -21,6 +21,7 @@ EXPECTED_PYXIS = r'''#!/bin/bash
 #SBATCH --job-name=tao-0f8c2e4a
 #SBATCH --output=0f8c2e4a-1b2c-4d3e-8f90-123456789abc.log
 #SBATCH --ntasks=1
+#SBATCH --comment=tao.inference:job_id=0f8c2e4a-1b2c-4d3e-8f90-123456789abc,name=
 #SBATCH --partition=gpu
 #SBATCH --account=proj
 #SBATCH --time=01:00:00
@@ -47,6 +48,7 @@ EXPECTED_APPTAINER = r'''#!/bin/bash
 #SBATCH --job-name=tao-0f8c2e4a
 #SBATCH --output=0f8c2e4a-1b2c-4d3e-8f90-123456789abc.log
 #SBATCH --ntasks=1
+#SBATCH --comment=tao.inference:job_id=0f8c2e4a-1b2c-4d3e-8f90-123456789abc,name=
 #SBATCH --partition=gpu
 #SBATCH --account=proj
 #SBATCH --time=01:00:00
@@ -75,6 +77,7 @@ EXPECTED_DOCKER = r'''#!/bin/bash
 #SBATCH --job-name=tao-0f8c2e4a
 #SBATCH --output=0f8c2e4a-1b2c-4d3e-8f90-123456789abc.log
 #SBATCH --ntasks=1
+#SBATCH --comment=tao.inference:job_id=0f8c2e4a-1b2c-4d3e-8f90-123456789abc,name=
 #SBATCH --partition=gpu
 #SBATCH --account=proj
 #SBATCH --time=01:00:00
