@@ -68,8 +68,21 @@ ASK = """\
 """ % PNG
 
 
+RUN = os.urandom(3).hex()  # names unique to this run: other runs may share the cluster
+
+
+def uname(base):
+    return "%s-%s" % (base, RUN)
+
+
 def squeue_ids():
     return sh("squeue", "-h", "-o", "%i").stdout.split()
+
+
+def jobs_named(name):
+    """Active Slurm job ids whose comment carries ``name`` (see slurm.py COMMENT_PREFIX)."""
+    lines = sh("squeue", "-h", "-o", "%i|%k").stdout.splitlines()
+    return [line.split("|")[0] for line in lines if line.endswith(",name=%s" % name)]
 
 
 def tunnel_running(entry):
@@ -94,7 +107,7 @@ def wait_for(predicate, timeout=15):
 
 
 def test_start_request_stop_leaves_nothing(slurm):
-    run = slurm.play(slurm_task(name="s-one") + ASK)
+    run = slurm.play(slurm_task(name=uname("s-one")) + ASK)
     assert run.rc == 0, run.output
     svc = run.task("Start")["result"]
     assert svc["platform"] == "slurm" and svc["platform_job_id"] in squeue_ids()
@@ -104,7 +117,8 @@ def test_start_request_stop_leaves_nothing(slurm):
     assert entry["tunnel_pid"] == svc["tunnel_pid"] and tunnel_running(entry)
     assert "reference microservice" in run.task("Ask")["result"]["content"]
 
-    stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: s-one\n    state: absent\n")
+    stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    state: absent\n"
+                      % uname("s-one"))
     assert stop.task("Stop")["status"] == "changed", stop.output
     assert svc["platform_job_id"] not in squeue_ids()
     assert wait_for(lambda: docker("ps", "-aq", "--filter", "name=" + svc["job_id"]).stdout.strip() == "")
@@ -113,16 +127,16 @@ def test_start_request_stop_leaves_nothing(slurm):
 
 
 def test_idempotency_with_name(slurm):
-    task = slurm_task(name="s-idem")
+    task = slurm_task(name=uname("s-idem"))
     assert slurm.play(task, args=["--check"]).task("Start")["status"] == "changed"
-    assert slurm.entries() == {} and not squeue_ids()
+    assert slurm.entries() == {} and not jobs_named(uname("s-idem"))
     first = slurm.play(task)
     assert first.task("Start")["status"] == "changed", first.output
     again = slurm.play(task)
     assert again.task("Start")["status"] == "ok", again.output
     assert again.task("Start")["result"]["job_id"] == first.task("Start")["result"]["job_id"]
     assert slurm.play(task, args=["--check"]).task("Start")["status"] == "ok"
-    assert squeue_ids() == [first.task("Start")["result"]["platform_job_id"]]
+    assert jobs_named(uname("s-idem")) == [first.task("Start")["result"]["platform_job_id"]]
 
 
 def test_two_services_get_two_tunnels_on_two_ports(slurm):
@@ -146,17 +160,17 @@ def test_two_services_get_two_tunnels_on_two_ports(slurm):
 
 def test_pending_past_the_timeout_is_cancelled_with_the_reason(slurm):
     started = time.monotonic()
-    run = slurm.play(slurm_task(extra="partition: down\nwait_timeout: 4"))
+    run = slurm.play(slurm_task(name=uname("s-pending"), extra="partition: down\nwait_timeout: 4"))
     assert run.rc != 0
     msg = run.task("Start")["result"]["msg"]
     assert "did not start within 4" in msg and "Slurm holds it: PartitionDown" in msg
     assert "it was cancelled" in msg
     assert time.monotonic() - started < 60
-    assert not squeue_ids() and slurm.entries() == {}
+    assert not jobs_named(uname("s-pending")) and slurm.entries() == {}
 
 
 def test_job_cancelled_elsewhere_is_reported_and_its_tunnel_stopped(slurm):
-    run = slurm.play(slurm_task(name="s-gone"))
+    run = slurm.play(slurm_task(name=uname("s-gone")))
     svc = run.task("Start")["result"]
     entry = slurm.entries()[svc["job_id"]]
     sh("scancel", svc["platform_job_id"])
@@ -171,7 +185,7 @@ def test_job_cancelled_elsewhere_is_reported_and_its_tunnel_stopped(slurm):
 
 
 def test_dead_tunnel_is_detected_and_repaired_by_present(slurm):
-    task = slurm_task(name="s-repair")
+    task = slurm_task(name=uname("s-repair"))
     first = slurm.play(task).task("Start")["result"]
     os.kill(int(first["tunnel_pid"]), signal.SIGKILL)
     assert wait_for(lambda: not tunnel_running(first), 5)
@@ -191,7 +205,7 @@ def test_dead_tunnel_is_detected_and_repaired_by_present(slurm):
 
 def test_secrets_reach_the_job_environment_only(slurm):
     canary = "hf_SLURM_CANARY_6f1e0d2c9b8a"
-    run = slurm.play(slurm_task(name="s-secret", extra="secret_env: [HF_TOKEN]"), args=["-vvv"],
+    run = slurm.play(slurm_task(name=uname("s-secret"), extra="secret_env: [HF_TOKEN]"), args=["-vvv"],
                      env={"HF_TOKEN": canary})
     assert run.rc == 0, run.output
     svc = run.task("Start")["result"]
@@ -206,28 +220,28 @@ def test_secrets_reach_the_job_environment_only(slurm):
 
 
 def test_load_failure_fails_fast_with_the_log_and_cancels_the_job(slurm):
-    run = slurm.play(slurm_task(extra='env: {TAO_EMULATOR_LOAD_SECONDS: "0.3", '
-                                      'TAO_EMULATOR_LOAD_FAIL: "shard 2 is corrupt"}'))
+    run = slurm.play(slurm_task(name=uname("s-fail"), extra='env: {TAO_EMULATOR_LOAD_SECONDS: "0.3", '
+                                                           'TAO_EMULATOR_LOAD_FAIL: "shard 2 is corrupt"}'))
     assert run.rc != 0
     msg = run.task("Start")["result"]["msg"]
     assert "model_load_failed" in msg and "shard 2 is corrupt" in msg
-    assert not squeue_ids() and slurm.entries() == {}
+    assert not jobs_named(uname("s-fail")) and slurm.entries() == {}
 
 
 def test_absent_by_name_finds_a_job_the_registry_lost(slurm):
-    run = slurm.play(slurm_task(name="s-lost", extra="wait: false"))
+    run = slurm.play(slurm_task(name=uname("s-lost"), extra="wait: false"))
     svc = run.task("Start")["result"]
     tunnel = slurm.entries()[svc["job_id"]]
     os.unlink(slurm.registry)  # the registry is lost; the job runs on
     stop = slurm.play("""\
 - name: Stop
   tao.inference.tao_inference_service:
-    name: s-lost
+    name: %s
     state: absent
     platform: slurm
     slurm_login_host: tao-login
     ssh_config: %s
-""" % SSH_CONFIG)
+""" % (uname("s-lost"), SSH_CONFIG))
     assert stop.task("Stop")["status"] == "changed", stop.output
     assert stop.task("Stop")["result"]["stopped"] == [svc["job_id"]]
     assert svc["platform_job_id"] not in squeue_ids()
@@ -240,11 +254,11 @@ def test_start_playbook_on_slurm_runs_the_preflight_role(slurm):
     run = slurm.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
         "platform": "slurm", "slurm_login_host": "tao-login", "ssh_config": SSH_CONFIG,
         "slurm_container_runtime": "docker", "network_arch": "cosmos-rl", "model_path": "hf_model://a/b",
-        "image": IMAGE, "num_gpus": 0, "name": "s-play"})
+        "image": IMAGE, "num_gpus": 0, "name": uname("s-play")})
     assert run.rc == 0, run.output
     assert "Slurm via tao-login: partitions" in run.stdout
     job_id = run.task("Start the service")["result"]["job_id"]
     assert "%s: ready after" % job_id in run.stdout
-    stop = slurm.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"name": "s-play"})
+    stop = slurm.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"name": uname("s-play")})
     assert stop.rc == 0, stop.output
-    assert slurm.entries() == {} and not squeue_ids()
+    assert slurm.entries() == {} and not jobs_named(uname("s-play"))
