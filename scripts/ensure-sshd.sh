@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Start an sshd on 127.0.0.1:2222 for the tests (the Slurm login host and its tunnels),
-# with its own host key, client key and config under DIR (default .build/ssh). Idempotent.
-# Writes DIR/config: `ssh -F DIR/config tao-login` reaches root@127.0.0.1:2222 in batch mode.
+# Start an sshd on 127.0.0.1 for the tests (the Slurm login host and its tunnels), with its
+# own host key, client key and config under DIR (default .build/ssh). Idempotent. The port is
+# TAO_TEST_SSH_PORT, else 2222 or the next free one (another checkout may hold 2222).
+# Writes DIR/config: `ssh -F DIR/config tao-login` reaches root@127.0.0.1:<port> in batch mode.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
 dir=${1:-$root/.build/ssh}
-port=${TAO_TEST_SSH_PORT:-2222}
 log() { printf 'ensure-sshd: %s\n' "$*" >&2; }
 
 if [ ! -x /usr/sbin/sshd ]; then
@@ -15,6 +15,21 @@ if [ ! -x /usr/sbin/sshd ]; then
   fi
   log "installing openssh-server"
   "$root/scripts/apt-install.sh" openssh-server
+fi
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ours_alive() { [ -s "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; }
+
+if ours_alive && [ -f "$dir/sshd_config" ]; then
+  port=$(awk '/^Port / {print $2}' "$dir/sshd_config")
+elif [ -n "${TAO_TEST_SSH_PORT:-}" ]; then
+  port=$TAO_TEST_SSH_PORT
+else
+  port=2222
+  while listening "$port"; do
+    port=$((port + 1))
+    if [ "$port" -gt 2299 ]; then log "no free port in 2222-2299"; exit 1; fi
+  done
 fi
 
 install -d -m 0700 "$dir"
@@ -56,7 +71,7 @@ Host tao-login
 CONF
 
 install -d -m 0755 /run/sshd
-if [ -s "$dir/sshd.pid" ] && kill -0 "$(cat "$dir/sshd.pid")" 2>/dev/null; then
+if ours_alive; then
   kill -HUP "$(cat "$dir/sshd.pid")"  # reread the config
 else
   /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
