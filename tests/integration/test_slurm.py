@@ -220,8 +220,8 @@ def test_secrets_reach_the_job_environment_only(slurm):
 
 
 def test_load_failure_fails_fast_with_the_log_and_cancels_the_job(slurm):
-    run = slurm.play(slurm_task(name=uname("s-fail"), extra='env: {TAO_EMULATOR_LOAD_SECONDS: "0.3", '
-                                                           'TAO_EMULATOR_LOAD_FAIL: "shard 2 is corrupt"}'))
+    env = 'env: {TAO_EMULATOR_LOAD_SECONDS: "0.3", TAO_EMULATOR_LOAD_FAIL: "shard 2 is corrupt"}'
+    run = slurm.play(slurm_task(name=uname("s-fail"), extra=env))
     assert run.rc != 0
     msg = run.task("Start")["result"]["msg"]
     assert "model_load_failed" in msg and "shard 2 is corrupt" in msg
