@@ -2,13 +2,15 @@
 # Bring up a real single-node Slurm (munge + slurmctld + slurmd) on this machine for the
 # tests: root on Debian only. Idempotent: does nothing when the node is already up.
 # The node is this host (NodeAddr 127.0.0.1), partition "debug" (default) and "down" (State=DOWN,
-# for tests of jobs Slurm holds). Logs: /var/log/slurm/.
+# for tests of jobs Slurm holds). Jobs share cores (OverSubscribe=FORCE) so a 2-core machine
+# runs several services at once. Logs: /var/log/slurm/.
 set -euo pipefail
 log() { printf 'ensure-slurm: %s\n' "$*" >&2; }
 
 node_up() { sinfo -h -N -p debug -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; }
 
-if command -v sinfo >/dev/null 2>&1 && node_up; then
+conf_current() { grep -q 'OverSubscribe=FORCE:16' /etc/slurm/slurm.conf 2>/dev/null; }
+if command -v sinfo >/dev/null 2>&1 && node_up && conf_current; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -55,8 +57,8 @@ ReturnToService=2
 InactiveLimit=0
 KillWait=10
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
-PartitionName=down Nodes=ALL Default=NO MaxTime=INFINITE State=DOWN OverSubscribe=YES
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
+PartitionName=down Nodes=ALL Default=NO MaxTime=INFINITE State=DOWN OverSubscribe=FORCE:16
 CONF
 
 if [ ! -s /etc/munge/munge.key ]; then
@@ -69,7 +71,7 @@ install -d -o munge -g munge /run/munge
 if ! pgrep -x munged >/dev/null; then runuser -u munge -- /usr/sbin/munged; fi
 
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-if ! alive /run/slurmctld.pid; then /usr/sbin/slurmctld -c -i; fi
+if alive /run/slurmctld.pid; then scontrol reconfigure; else /usr/sbin/slurmctld -c -i; fi
 if ! alive /run/slurmd.pid; then /usr/sbin/slurmd; fi
 
 for _try in $(seq 1 60); do

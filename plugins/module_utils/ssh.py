@@ -17,7 +17,6 @@ __metaclass__ = type
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -111,13 +110,39 @@ def tunnel_alive(pid, start_time, spec):
     return spec.encode("utf-8") in _proc_cmdline(int(pid))
 
 
-def _port_answers(port):
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=0.5)
-    except (socket.error, OSError):
+def _listening_inodes(port):
+    """Inodes of the sockets listening on ``port`` (IPv4 and IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except (IOError, OSError):
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _listens(pid, port):
+    """True when process ``pid`` itself holds the listening socket on ``port``
+    (another program answering on the port does not count)."""
+    wanted = set("socket:[%s]" % inode for inode in _listening_inodes(port))
+    if not wanted:
         return False
-    sock.close()
-    return True
+    try:
+        names = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, name)) in wanted:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
@@ -140,13 +165,31 @@ def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
             message = errors.read().decode("utf-8", "replace").strip()
             raise TaoInferenceError("the SSH tunnel %s through %s failed (exit %d): %s"
                                     % (spec, target.destination, proc.returncode, message or "no message"))
-        if _port_answers(local_port):
+        if _listens(proc.pid, local_port):
             _state, started = _proc_start_time(proc.pid)
             return proc.pid, started
         time.sleep(0.05)
     proc.kill()
     proc.wait()
     raise TaoInferenceError("the SSH tunnel %s through %s was not up after %ss" % (spec, target.destination, timeout))
+
+
+def find_tunnels(remote_host, remote_port):
+    """``(pid, start_time, spec)`` of every local ssh forward to ``remote_host:remote_port``
+    (for a service whose registry entry was lost)."""
+    suffix = (":%s:%d" % (remote_host, remote_port)).encode("utf-8")
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        argv = _proc_cmdline(int(name))
+        if not argv or os.path.basename(argv[0]) != b"ssh" or b"-N" not in argv:
+            continue
+        for word in argv:
+            if word.startswith(b"127.0.0.1:") and word.endswith(suffix):
+                _state, started = _proc_start_time(int(name))
+                found.append((int(name), started, word.decode("utf-8")))
+    return found
 
 
 def close_tunnel(pid, start_time, spec, timeout=5):

@@ -28,12 +28,21 @@ def slurm(harness):
     if not os.path.exists(SSH_CONFIG) or sh("sinfo", "-h").returncode != 0:
         pytest.fail("no test Slurm/sshd: run scripts/ensure-slurm.sh and scripts/ensure-sshd.sh (make test does)")
     yield harness
-    # Safety net: nothing of this test may outlive it.
-    for entry in harness.entries().values():
+    # Nothing of this test may outlive it. Services it left running are cancelled the way an
+    # admin would (scancel): their containers must go too (the batch script's trap).
+    entries = list(harness.entries().values())
+    for entry in entries:
         if entry.get("platform_job_id"):
             sh("scancel", str(entry["platform_job_id"]))
         if entry.get("tunnel_pid") and tunnel_running(entry):
             os.kill(int(entry["tunnel_pid"]), signal.SIGKILL)
+    def left():
+        return [e["job_id"] for e in entries if docker("ps", "-aq", "--filter", "name=" + e["job_id"]).stdout.strip()]
+
+    if not wait_for(lambda: not left(), 20):
+        names = left()
+        docker("rm", "-f", *names, check=False)
+        pytest.fail("containers outlived their cancelled Slurm jobs: %s" % names)
 
 
 def slurm_task(title="Start", name=None, extra="", arch="cosmos-rl", model="hf_model://nvidia/Cosmos-Reason1-7B"):
@@ -245,9 +254,8 @@ def test_absent_by_name_finds_a_job_the_registry_lost(slurm):
     assert stop.task("Stop")["status"] == "changed", stop.output
     assert stop.task("Stop")["result"]["stopped"] == [svc["job_id"]]
     assert svc["platform_job_id"] not in squeue_ids()
-    # The tunnel was recorded only in the lost registry: stop it here.
-    if tunnel_running(tunnel):
-        os.kill(int(tunnel["tunnel_pid"]), signal.SIGKILL)
+    # Its tunnel was recorded only in the lost registry: found by where it forwards to, and stopped.
+    assert wait_for(lambda: not tunnel_running(tunnel), 5)
 
 
 def test_start_playbook_on_slurm_runs_the_preflight_role(slurm):

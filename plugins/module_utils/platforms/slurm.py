@@ -32,7 +32,7 @@ from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInf
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Driver, PlatformStatus, mask
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.ssh import (
-    Raw, SSHTarget, close_tunnel, forward_spec, open_tunnel, tunnel_alive,
+    Raw, SSHTarget, close_tunnel, find_tunnels, forward_spec, open_tunnel, tunnel_alive,
 )
 
 RUNTIMES = ("pyxis", "apptainer", "docker")
@@ -122,7 +122,7 @@ def batch_script(spec, options, job_id, command, env, secret_names):
                                                          "/bin/sh -c " + q(command) + " &"]),
                   "wait $!"]
     else:
-        argv = ["docker", "run", "-d", "--init", "--name", "$name", "-p", "0.0.0.0::%d" % catalog.CONTAINER_PORT,
+        argv = ["docker", "run", "--rm", "--init", "--name", "$name", "-p", "0.0.0.0::%d" % catalog.CONTAINER_PORT,
                 "--shm-size", spec.shm_size]
         for key in names:
             argv += ["-e", key]  # names only: values come from the job's environment
@@ -132,16 +132,27 @@ def batch_script(spec, options, job_id, command, env, secret_names):
             argv += ["--gpus", str(spec.num_gpus)]
         words = ['"$name"' if a == "$name" else q(a) for a in argv]
         lines += [
-            "cleanup() { docker rm -f \"$name\" >/dev/null 2>&1 || true; }",
+            # scancel signals every process of the job. Two things remove the container: the
+            # attached `docker run` passes TERM on to it and --rm removes it when it exits; and
+            # this trap removes it, twice, in case scancel came while it was being created.
+            "cleanup() {",
+            "  trap '' TERM INT",
+            "  docker rm -f \"$name\" >/dev/null 2>&1",
+            "  sleep 1",
+            "  docker rm -f \"$name\" >/dev/null 2>&1 || true",
+            "}",
             "trap cleanup EXIT",
             "trap 'exit 143' TERM INT",
-            _command_lines(words + [q(spec.image), "/bin/sh -c " + q(command) + " >/dev/null"]),
-            "echo %s$(docker port \"$name\" %d/tcp | head -n 1 | sed 's/.*://')"
-            % (PORT_MARKER, catalog.CONTAINER_PORT),
-            "docker logs -f \"$name\" 2>&1 &",
-            "docker wait \"$name\" >/dev/null &",
-            "wait $!",
-            "exit \"$(docker inspect -f '{{.State.ExitCode}}' \"$name\" 2>/dev/null || echo 1)\"",
+            _command_lines(words + [q(spec.image), "/bin/sh -c " + q(command) + " &"]),
+            "run=$!",
+            "port=",
+            "while [ -z \"$port\" ]; do",
+            "  kill -0 \"$run\" 2>/dev/null || exit 1",
+            "  port=$(docker port \"$name\" %d/tcp 2>/dev/null | head -n 1 | sed 's/.*://')" % catalog.CONTAINER_PORT,
+            "  [ -n \"$port\" ] || sleep 0.2",
+            "done",
+            "echo %s$port" % PORT_MARKER,
+            "wait \"$run\"",
         ]
     return "\n".join(lines) + "\n"
 
@@ -345,9 +356,16 @@ class SlurmDriver(Driver):
     def stop(self, entry):
         stopped = False
         slurm_id = entry.get("platform_job_id")
+        orphan_tunnels = []
         if slurm_id:
-            state, _node, _reason = self.job_state(slurm_id)
+            state, node, _reason = self.job_state(slurm_id)
             if state in ACTIVE:
+                if entry.get("orphan") and node:
+                    # The registry lost the tunnel's pid: find it by where it forwards to.
+                    port = self._node_port(entry["job_id"])
+                    orphan_tunnels = find_tunnels(self._node_addr(node), port) if port else []
                 self._cancel(slurm_id)
                 stopped = True
+        for pid, started, spec in orphan_tunnels:
+            close_tunnel(pid, started, spec)
         return self.release(entry) or stopped

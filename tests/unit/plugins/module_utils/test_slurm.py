@@ -90,11 +90,16 @@ export CLOUD_BASED=False
 export LOG_LEVEL=debug
 export TAO_API_JOB_ID=0f8c2e4a-1b2c-4d3e-8f90-123456789abc
 export TAO_EXECUTION_BACKEND=slurm
-cleanup() {{ docker rm -f "$name" >/dev/null 2>&1 || true; }}
+cleanup() {{
+  trap '' TERM INT
+  docker rm -f "$name" >/dev/null 2>&1
+  sleep 1
+  docker rm -f "$name" >/dev/null 2>&1 || true
+}}
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 docker run \
-  -d \
+  --rm \
   --init \
   --name "$name" \
   -p 0.0.0.0::8080 \
@@ -107,12 +112,16 @@ docker run \
   -v /data/ckpt:/models/x:ro \
   --gpus 2 \
   nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl \
-  /bin/sh -c {INNER} >/dev/null
-echo TAO_NODE_PORT=$(docker port "$name" 8080/tcp | head -n 1 | sed 's/.*://')
-docker logs -f "$name" 2>&1 &
-docker wait "$name" >/dev/null &
-wait $!
-exit "$(docker inspect -f '{{{{.State.ExitCode}}}}' "$name" 2>/dev/null || echo 1)"
+  /bin/sh -c {INNER} &
+run=$!
+port=
+while [ -z "$port" ]; do
+  kill -0 "$run" 2>/dev/null || exit 1
+  port=$(docker port "$name" 8080/tcp 2>/dev/null | head -n 1 | sed 's/.*://')
+  [ -n "$port" ] || sleep 0.2
+done
+echo TAO_NODE_PORT=$port
+wait "$run"
 '''
 
 
