@@ -36,13 +36,15 @@ def slurm(harness):
             sh("scancel", str(entry["platform_job_id"]))
         if entry.get("tunnel_pid") and tunnel_running(entry):
             os.kill(int(entry["tunnel_pid"]), signal.SIGKILL)
+
     def left():
         return [e["job_id"] for e in entries if docker("ps", "-aq", "--filter", "name=" + e["job_id"]).stdout.strip()]
 
     if not wait_for(lambda: not left(), 20):
         names = left()
         docker("rm", "-f", *names, check=False)
-        pytest.fail("containers outlived their cancelled Slurm jobs: %s" % names)
+        pytest.fail("containers outlived their cancelled Slurm jobs: %s (the batch script's trap "
+                    "and --rm must remove them)" % names)
 
 
 def slurm_task(title="Start", name=None, extra="", arch="cosmos-rl", model="hf_model://nvidia/Cosmos-Reason1-7B"):
