@@ -15,6 +15,8 @@ description:
     exited, missing) and, for running ones, their readiness (C(ready), C(model_loading),
     C(model_load_failed)...).
   - With O(prune=true), drops the registry entries of services that are gone.
+  - For a service that is gone (a Slurm job cancelled elsewhere), what this host still holds for it
+    (its SSH tunnel) is stopped, unless in check mode.
   - With O(watch_from), waits until the readiness of one service differs from that value, so a
     playbook can show a long start as it progresses.
 author:
@@ -103,8 +105,17 @@ services:
       description: The readiness observation (C(state), C(reason), C(message), C(http_status)), or null.
       type: dict
     platform_status:
-      description: What the platform says (C(state) running/pending/exited/missing/unknown, C(detail), C(exit_code)).
+      description:
+        - What the platform says (C(state) running/pending/exited/missing/unknown, C(detail), C(exit_code)).
+        - For slurm also C(slurm_state) and C(tunnel_alive) (false when the SSH tunnel process is gone).
       type: dict
+    log_tail:
+      description: The last log lines of a service that failed to load or is gone (secret values masked).
+      type: list
+      elements: str
+    released:
+      description: True when the service was gone and what this host held for it (the slurm tunnel) was stopped.
+      type: bool
     latest:
       description: Whether this is the registry's C(latest).
       type: bool
