@@ -18,10 +18,10 @@ MODULES := tao_inference_service tao_inference_request tao_inference_info tao_in
 ROLES := local_docker slurm inference_service
 
 .PHONY: help venv host emulator-image catalog link demo test units integration sanity lint \
-        build docs syntax bench clean
+        build docs syntax bench clean real-server-image demo-real
 
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(VENV)/.stamp: requirements.txt requirements-dev.txt scripts/ensure-venv.sh
 	scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
@@ -35,6 +35,9 @@ host: ## Make sure a Docker engine answers (installs and starts one as root on D
 emulator-image: host ## Build the reference microservice image tao-inference-emulator:latest (offline, cached)
 	scripts/build-emulator-image.sh
 
+real-server-image: host ## Build tao-inference-real:7.3.0-cpu: NVIDIA's real server from PyPI + a tiny model (cached)
+	scripts/build-real-server-image.sh
+
 catalog: venv ## Regenerate plugins/module_utils/_catalog.py from references/ and versions.yaml
 	$(BIN)/python scripts/gen-catalog.py
 
@@ -43,6 +46,9 @@ link:
 
 demo: venv emulator-image link ## Start a service with the reference microservice, ask it, print the answer, stop it
 	$(PLAYBOOK) playbooks/demo.yml
+
+demo-real: venv real-server-image link ## The demo against NVIDIA's real server (tao-dataservices, tiny model, CPU)
+	$(PLAYBOOK) playbooks/demo_real.yml
 
 units: venv link ## Unit tests (no Docker needed)
 	$(BIN)/pytest -q tests/unit
@@ -71,7 +77,7 @@ syntax: venv link ## ansible-playbook --syntax-check for every playbook
 	@for p in playbooks/*.yml; do $(PLAYBOOK) --syntax-check "$$p" >/dev/null; done
 	@echo "syntax-check: playbooks/*.yml ok"
 
-test: venv emulator-image link ## Every test: checks, sanity, lint, build, docs, then unit + integration tests
+test: venv emulator-image real-server-image link ## Every test: checks, sanity, lint, build, docs, then unit + integration tests
 	scripts/ensure-host.sh --tests
 	scripts/ensure-slurm.sh
 	scripts/ensure-sshd.sh
@@ -79,8 +85,10 @@ test: venv emulator-image link ## Every test: checks, sanity, lint, build, docs,
 	$(MAKE) --no-print-directory syntax docs build lint sanity
 	$(BIN)/pytest -q tests/unit tests/integration
 
-bench: venv emulator-image link ## Benchmarks under bench/ (each prints one JSON line last)
+bench: venv emulator-image real-server-image link ## Benchmarks under bench/ (each prints one JSON line last)
 	$(BIN)/python bench/start_overhead.py
+	$(BIN)/python bench/batch_requests.py
+	$(BIN)/python bench/real_server.py
 
 clean: ## Remove the virtualenv and build outputs
 	rm -rf $(VENV) .build tests/output

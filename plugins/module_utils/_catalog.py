@@ -185,7 +185,11 @@ CATALOG = json.loads(r'''
      "top_p": {}
     },
     "ignored_by_server": [],
-    "media_required": false
+    "media_required": false,
+    "mime_types": {
+     ".avi": "video/avi",
+     ".mov": "video/mov"
+    }
    }
   },
   "rejected_media_schemes": [

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Requests: routing, sampling policy, message building, sending.
+"""Requests: routing, sampling policy, media and message building, sending, saving answers.
 
 Routing (which service gets the request) never falls back silently to
 ``latest`` when several services run. Sampling values are applied only as
@@ -14,8 +14,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import base64
+import binascii
 import json
 import os
+import re
+import tempfile
 import time
 
 from urllib.parse import urlsplit
@@ -185,10 +188,19 @@ def _allowed(network_arch):
     return ext.get("image") or [], ext.get("video") or []
 
 
+def mime_types(network_arch):
+    """Extension -> MIME type as ``network_arch``'s server expects it (base table plus the
+    arch's own spellings, e.g. tao-dataservices wants video/mov, not video/quicktime)."""
+    table = dict(MIME_TYPES)
+    table.update(CONSTRAINTS[network_arch].get("mime_types") or {})
+    return table
+
+
 def _check_kind(network_arch, label, ext=None, mime=None):
     images, videos = _allowed(network_arch)
-    allowed_mimes = dict((MIME_TYPES[e], "image") for e in images if e in MIME_TYPES)
-    allowed_mimes.update((MIME_TYPES[e], "video") for e in videos if e in MIME_TYPES)
+    table = mime_types(network_arch)
+    allowed_mimes = dict((table[e], "image") for e in images if e in table)
+    allowed_mimes.update((table[e], "video") for e in videos if e in table)
     if mime is not None:
         if mime not in allowed_mimes:
             raise TaoInferenceError("media %s has MIME type %s, which %s does not accept; accepted: %s"
@@ -210,39 +222,72 @@ def _reject_cloud(uri, label):
                 "URI or a local file" % (label, scheme))
 
 
-def media_item(network_arch, media, read=None):
-    """One content item (``image_url`` / ``video_url``) for ``media``: an
-    http(s) URL, a ``data:`` URI, or a local file (sent as a data URI)."""
+class MediaRef(object):
+    """A checked media reference: ``url`` (an http(s) URL or a data URI) or
+    ``path`` (a local file, sent as a ``data:<mime>;base64,...`` URI)."""
+
+    __slots__ = ("kind", "url", "path", "mime")
+
+    def __init__(self, kind, url=None, path=None, mime=None):
+        self.kind = kind
+        self.url = url
+        self.path = path
+        self.mime = mime
+
+
+def _label(uri):
+    return uri if len(uri) < 80 else uri[:77] + "..."
+
+
+def check_media(network_arch, media, base_dir=None):
+    """Check one media reference against the arch (scheme, extension or MIME
+    type, size, existence) without reading it; return a :class:`MediaRef`.
+    A relative local path is taken relative to ``base_dir`` when given."""
     uri = str(media.get("url") if isinstance(media, dict) else media).strip()
-    label = uri if len(uri) < 80 else uri[:77] + "..."
+    label = _label(uri)
     _reject_cloud(uri, label)
     if uri.startswith("data:"):
-        header = uri[5:].split(",", 1)[0]
-        mime = header.split(";")[0].lower()
-        kind = _check_kind(network_arch, label, mime=mime)
+        kind = _check_kind(network_arch, label, mime=uri[5:].split(",", 1)[0].split(";")[0].lower())
         payload = uri.split(",", 1)[1] if "," in uri else ""
         if len(payload) * 3 // 4 > MAX_DATA_BYTES:
             raise TaoInferenceError("media %s is larger than %d MiB" % (label, MAX_DATA_BYTES >> 20))
-        url = uri
-    elif uri.startswith(("http://", "https://")):
+        return MediaRef(kind, url=uri)
+    if uri.startswith(("http://", "https://")):
         declared = media.get("type") if isinstance(media, dict) else None
         kind = declared if declared in ("image", "video") else _check_kind(network_arch, label, ext=_extension(uri))
-        url = uri
-    elif "://" in uri and not uri.startswith("file://"):
+        return MediaRef(kind, url=uri)
+    if "://" in uri and not uri.startswith("file://"):
         raise TaoInferenceError("media %s has an unknown scheme; give an http(s) URL, a data: URI or a local file"
                                 % label)
+    path = os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri)
+    if base_dir and not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    kind = _check_kind(network_arch, label, ext=_extension(path))
+    if not os.path.isfile(path):
+        raise TaoInferenceError("media file %s does not exist on the host that runs the module" % path)
+    size = os.path.getsize(path)
+    if size > MAX_DATA_BYTES:
+        raise TaoInferenceError("media file %s is %d MiB; the service accepts at most %d MiB"
+                                % (path, size >> 20, MAX_DATA_BYTES >> 20))
+    return MediaRef(kind, path=path, mime=mime_types(network_arch)[_extension(path)])
+
+
+def data_uri_prefix(mime):
+    return "data:%s;base64," % mime
+
+
+def media_item(network_arch, media, read=None, local_url=None, base_dir=None):
+    """One content item (``image_url`` / ``video_url``) for ``media``: an
+    http(s) URL, a ``data:`` URI, or a local file. ``local_url(ref)`` gives the
+    URL of a local file; by default the file is read and inlined as a data URI."""
+    ref = check_media(network_arch, media, base_dir)
+    if ref.path is None:
+        url = ref.url
+    elif local_url is not None:
+        url = local_url(ref)
     else:
-        path = os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri)
-        kind = _check_kind(network_arch, label, ext=_extension(path))
-        if not os.path.isfile(path):
-            raise TaoInferenceError("media file %s does not exist on the host that runs the module" % path)
-        size = os.path.getsize(path)
-        if size > MAX_DATA_BYTES:
-            raise TaoInferenceError("media file %s is %d MiB; the service accepts at most %d MiB"
-                                    % (path, size >> 20, MAX_DATA_BYTES >> 20))
-        data = (read or _read_file)(path)
-        url = "data:%s;base64,%s" % (MIME_TYPES[_extension(path)], base64.b64encode(data).decode("ascii"))
-    key = "%s_url" % kind
+        url = data_uri_prefix(ref.mime) + base64.b64encode((read or _read_file)(ref.path)).decode("ascii")
+    key = "%s_url" % ref.kind
     return {"type": key, key: {"url": url}}
 
 
@@ -284,7 +329,7 @@ def check_messages(network_arch, messages):
             kind = item["type"]
             if kind in ("image_url", "video_url"):
                 url = ((item.get(kind) or {}).get("url") or "")
-                label = url if len(url) < 80 else url[:77] + "..."
+                label = _label(url)
                 _reject_cloud(url, label)
                 if url.startswith("data:"):
                     _check_kind(network_arch, label, mime=url[5:].split(",", 1)[0].split(";")[0].lower())
@@ -297,7 +342,10 @@ def check_messages(network_arch, messages):
     return user
 
 
-def build_messages(network_arch, prompt=None, system_prompt=None, media=None, messages=None, read=None):
+def build_messages(network_arch, prompt=None, system_prompt=None, media=None, messages=None, read=None,
+                   local_url=None, base_dir=None):
+    """The message list of one request, checked against the arch (see :func:`media_item`
+    for ``read``, ``local_url`` and ``base_dir``)."""
     if messages:
         if prompt or system_prompt or media:
             raise TaoInferenceError("give either messages, or prompt/system_prompt/media, not both")
@@ -305,7 +353,7 @@ def build_messages(network_arch, prompt=None, system_prompt=None, media=None, me
         return messages
     if not prompt:
         raise TaoInferenceError("prompt is required (or give a full messages list)")
-    items = [media_item(network_arch, m, read) for m in (media or [])]
+    items = [media_item(network_arch, m, read, local_url, base_dir) for m in (media or [])]
     user = {"role": "user", "content": items + [{"type": "text", "text": prompt}] if items else prompt}
     built = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [user]
     check_messages(network_arch, built)
@@ -336,55 +384,94 @@ def _error_of(response_json):
     return "", ""
 
 
-def send(client, url, body, timeout, retry_timeout, sleep=time.sleep, clock=time.monotonic):
-    """POST ``body``; retry 202/``model_not_ready`` and refused connections
-    until ``retry_timeout``. Returns ``(status, json, attempts)``; raises
-    :class:`TaoInferenceError` for 4xx/5xx and fatal states."""
-    import httpx
+JSON_HEADERS = {"Content-Type": "application/json"}
 
-    deadline = readiness.Deadline(retry_timeout, clock)
-    delay = 0.25
-    attempts = 0
-    payload = json.dumps(body).encode("utf-8")
-    headers = {"Content-Type": "application/json"}
-    while True:
-        attempts += 1
-        try:
-            response = client.post(url, content=payload, headers=headers, timeout=timeout)
-        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-            if deadline.expired:
-                raise TaoInferenceError("cannot reach %s: %s (tried for %.0f s); is the service running? "
-                                        "Check it with tao.inference.tao_inference_info" % (url, exc, retry_timeout))
-            sleep(min(delay, deadline.remaining()))
-            delay = min(delay * 2, 5.0)
-            continue
-        except httpx.TimeoutException:
-            raise TaoInferenceError("the service did not answer %s within %s s; raise timeout for long "
-                                    "generations" % (url, timeout))
-        try:
-            data = response.json()
-        except ValueError:
-            data = {"error": {"type": "", "message": response.text[:500]}}
-        if response.status_code == 200:
-            return response.status_code, data, attempts
+
+def answer_json(response):
+    """The JSON of an httpx response, or an error shape holding its text."""
+    try:
+        return response.json()
+    except ValueError:
+        return {"error": {"type": "", "message": response.text[:500]}}
+
+
+class Retry(object):
+    """The retry policy of one request, shared by :func:`send` and the batch engine.
+
+    202, 503 ``model_not_ready`` (any retry type) and refused connections are
+    retried, 0.25 s apart at first and doubling up to 5 s, until ``retry_timeout``;
+    every other answer ends the request. Each method returns the pause before the
+    next attempt, or raises :class:`TaoInferenceError` (with ``error_type``).
+    """
+
+    def __init__(self, url, retry_timeout, clock=time.monotonic):
+        self.url = url
+        self.retry_timeout = retry_timeout
+        self.deadline = readiness.Deadline(retry_timeout, clock)
+        self.delay = 0.25
+        self.attempts = 0
+
+    def _pause(self):
+        pause = min(self.delay, self.deadline.remaining())
+        self.delay = min(self.delay * 2, 5.0)
+        return pause
+
+    def unreachable(self, exc):
+        """After a refused or dropped connection."""
+        if self.deadline.expired:
+            raise TaoInferenceError("cannot reach %s: %s (tried for %.0f s); is the service running? "
+                                    "Check it with tao.inference.tao_inference_info"
+                                    % (self.url, exc, self.retry_timeout), error_type="unreachable")
+        return self._pause()
+
+    def timed_out(self, timeout):
+        """The error for an answer that took longer than ``timeout`` (never retried)."""
+        return TaoInferenceError("the service did not answer %s within %s s; raise timeout for long "
+                                 "generations" % (self.url, timeout), error_type="timeout")
+
+    def answered(self, status_code, data):
+        """After an answer: ``None`` for a 200, else the pause before a retry."""
+        if status_code == 200:
+            return None
         err_type, err_msg = _error_of(data)
-        retry = response.status_code == 202 or (response.status_code == 503 and err_type in RETRY_TYPES)
-        if retry and not deadline.expired:
-            sleep(min(delay, deadline.remaining()))
-            delay = min(delay * 2, 5.0)
-            continue
+        retry = status_code == 202 or (status_code == 503 and err_type in RETRY_TYPES)
+        if retry and not self.deadline.expired:
+            return self._pause()
         if retry:
             msg = "the service was still not ready after %.0f s (%s: %s); wait for readiness or raise " \
-                  "wait_timeout" % (retry_timeout, err_type, err_msg)
+                  "wait_timeout" % (self.retry_timeout, err_type, err_msg)
         elif err_type in FATAL_TYPES:
             msg = "the service cannot answer: %s (%s). Its model did not load; read the container log, fix the " \
                   "model, and start the service again" % (err_type, err_msg)
-        elif response.status_code == 400:
+        elif status_code == 400:
             msg = "the service rejected the request as invalid (%s: %s); fix the request" % (err_type, err_msg)
         else:
             msg = "the service failed with HTTP %d (%s: %s); see its log" % (
-                response.status_code, err_type or "no type", err_msg)
-        raise TaoInferenceError(msg, status=response.status_code, error_type=err_type, error_message=err_msg)
+                status_code, err_type or "no type", err_msg)
+        raise TaoInferenceError(msg, status=status_code, error_type=err_type, error_message=err_msg)
+
+
+def send(client, url, body, timeout, retry_timeout, sleep=time.sleep, clock=time.monotonic):
+    """POST ``body``; retry as :class:`Retry` says. Returns ``(status, json,
+    attempts)``; raises :class:`TaoInferenceError` for 4xx/5xx and fatal states."""
+    import httpx
+
+    retry = Retry(url, retry_timeout, clock)
+    payload = json.dumps(body).encode("utf-8")
+    while True:
+        retry.attempts += 1
+        try:
+            response = client.post(url, content=payload, headers=JSON_HEADERS, timeout=timeout)
+        except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            sleep(retry.unreachable(exc))
+            continue
+        except httpx.TimeoutException:
+            raise retry.timed_out(timeout)
+        data = answer_json(response)
+        pause = retry.answered(response.status_code, data)
+        if pause is None:
+            return response.status_code, data, retry.attempts
+        sleep(pause)
 
 
 def content_of(data):
@@ -392,7 +479,46 @@ def content_of(data):
         return data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise TaoInferenceError("the service answered 200 without choices[0].message.content: %s"
-                                % json.dumps(data)[:300])
+                                % json.dumps(data)[:300], error_type="bad_answer")
+
+
+# The first extension listed for each MIME type (video/mp4 -> .mp4).
+EXTENSION_OF_MIME = dict((mime, ext) for ext, mime in reversed(list(MIME_TYPES.items())))
+DATA_ANSWER = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,")
+
+
+def save_answer(content, folder, stem):
+    """Write a ``data:<mime>;base64,...`` answer (cosmos-predict2.5's video) to
+    ``<folder>/<stem><ext>`` (``.mp4`` for ``video/mp4``) through a temp file;
+    return its path, or ``None`` when ``content`` is not a data URI."""
+    match = DATA_ANSWER.match(content) if isinstance(content, str) else None
+    if match is None:
+        return None
+    extension = EXTENSION_OF_MIME.get(match.group(1), ".bin")
+    try:
+        data = base64.b64decode(content[match.end():], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise TaoInferenceError("the service answered a %s data URI that is not valid base64: %s"
+                                % (match.group(1), exc), error_type="bad_answer")
+    path = os.path.join(folder, stem + extension)
+    write_atomically(path, data)
+    return path
+
+
+def write_atomically(path, chunks):
+    """Write ``chunks`` (bytes, or an iterable of bytes) to ``path`` through a
+    temp file in the same folder, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=".tao-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+                handle.write(chunk)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def chat_url_of(entry):

@@ -23,6 +23,13 @@ description:
     fields of another arch (C(guidance) sent to a cosmos-rl service) fail before anything is sent."
   - Retries answers that mean "still loading" (202, 503 C(model_not_ready)) until O(wait_timeout);
     400, 500 and fatal 503 answers fail with the server's error type and message.
+  - "Batch: with O(requests) (or O(requests_file)) the module sends many requests to the chosen
+    service, at most O(concurrency) at a time over one connection pool, and returns every result
+    in input order with a RV(summary). Every item is checked (sampling, media, messages) before the
+    first one is sent; an invalid item fails the task naming its id, and nothing is sent. A request
+    that fails at the service is reported in its result and fails the task only with
+    O(fail_on_item_error=true). A local media file is read and base64-encoded once however many
+    items use it, and request bodies are streamed, so memory stays flat with large videos."
 author:
   - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
@@ -53,11 +60,11 @@ options:
     choices: [cosmos-predict2.5, cosmos-rl, tao-dataservices]
   prompt:
     description:
-      - The user's text. Required unless O(messages) is given.
+      - The user's text. Required unless O(messages), O(requests) or O(requests_file) is given.
     type: str
   system_prompt:
     description:
-      - An optional system message.
+      - An optional system message. With O(requests), the system message of the items that give none.
     type: str
   media:
     description:
@@ -66,6 +73,8 @@ options:
         extension implies). Extensions and MIME types are checked against what the arch accepts.
       - cosmos-rl needs at least one image or video in every request.
       - "An item may be a dict V({url: ..., type: image|video}) for a URL without a file extension."
+      - Every media is refused before anything is sent when its extension or MIME type is not one the
+        arch accepts, when it is larger than 512 MiB, or when it is a cloud URI (C(s3://), C(gs://)...).
     type: list
     elements: raw
     default: []
@@ -86,6 +95,85 @@ options:
       - A field that is absent, null or an empty string takes its default.
     type: dict
     required: true
+  requests:
+    description:
+      - A batch of requests to send to the chosen service, instead of one O(prompt) or O(messages).
+      - Results come back in this order, in RV(results), each with its O(requests[].id).
+    type: list
+    elements: dict
+    suboptions:
+      id:
+        description:
+          - A name for the item, unique in the batch, given back with its result (a string; numbers
+            are turned into strings). Default its position, V(0), V(1)...
+        type: raw
+      prompt:
+        description:
+          - The user's text.
+        type: str
+      media:
+        description:
+          - Images or videos for this item, as for O(media); a single string is one file or URL.
+        type: raw
+      system_prompt:
+        description:
+          - A system message for this item (default O(system_prompt)).
+        type: str
+      messages:
+        description:
+          - A full message list for this item, as for O(messages), instead of its prompt and media.
+        type: list
+        elements: dict
+      sampling:
+        description:
+          - Sampling values for this item, merged over the task-level O(sampling) (its own fields win).
+            Checked like O(sampling).
+        type: dict
+  requests_file:
+    description:
+      - A JSON Lines (C(.jsonl), C(.ndjson)) or CSV (C(.csv)) file of requests on the host that runs
+        the module, instead of O(requests).
+      - "JSON Lines: one object a line with the keys of O(requests). CSV: a header line, then columns
+        C(prompt) and, optionally, C(id), C(media) (one file or URL) and C(system_prompt). Other
+        keys and columns (reference answers...) are ignored."
+      - Relative media paths are taken relative to the file's folder.
+    type: path
+  concurrency:
+    description:
+      - How many requests of a batch may be in flight at once (1 to 256).
+    type: int
+    default: 8
+  deadline:
+    description:
+      - Seconds the whole batch may take once sending starts. Requests still waiting for an answer
+        then fail with error type C(deadline), and requests not sent yet are not sent.
+      - Default no deadline beyond O(timeout) and O(wait_timeout) for each request.
+    type: float
+  fail_on_item_error:
+    description:
+      - Fail the task when any request of the batch failed (after every request is done and
+        O(output_path) is written). By default a failed request is only reported in its result.
+    type: bool
+    default: false
+  return_content_max:
+    description:
+      - With a batch, at most this many characters of each answer are returned in RV(results)
+        (the result then says C(content_truncated)). The full answers go to O(output_path).
+      - Default 4000. V(0) returns no answer text at all.
+    type: int
+  output_path:
+    description:
+      - Write every full answer of a batch to this JSON Lines file on the host that runs the module,
+        in input order, one object a line (C(id), C(prompt) and the keys of RV(results)). Missing
+        folders are made. The file is replaced atomically.
+    type: path
+  output_dir:
+    description:
+      - Save answers that are C(data:) URIs (cosmos-predict2.5's C(data:video/mp4;base64,...)) as files
+        in this folder (made when missing) instead of returning them inline; the result then holds the
+        path in C(content_path) and C(content) is null. A batch item's file is named after its id
+        (C(<id>.mp4)); a single request's file gets a unique name.
+    type: path
   timeout:
     description:
       - Seconds to wait for one answer (generation can be slow).
@@ -131,16 +219,50 @@ EXAMPLES = r"""
       max_tokens: 33
       guidance: 5
       seed: 7
+
+- name: Evaluate a checkpoint on a batch of clips, 16 at a time
+  tao.inference.tao_inference_request:
+    name: reason-eval
+    sampling: {max_tokens: 256}
+    concurrency: 16
+    requests:
+      - id: clip-0001
+        prompt: What happens in this clip?
+        media: /data/clips/0001.mp4
+      - id: clip-0002
+        prompt: Describe the clip in detail.
+        media: /data/clips/0002.mp4
+        sampling: {max_tokens: 512}
+    output_path: /data/eval/answers.jsonl
+  register: batch
+
+- name: Print the summary
+  ansible.builtin.debug:
+    var: batch.summary
+
+- name: Generate videos from a CSV of prompts and save them as files
+  tao.inference.tao_inference_request:
+    network_arch: cosmos-predict2.5
+    requests_file: /data/eval/prompts.csv
+    sampling: {}
+    output_dir: /data/eval/videos
+    fail_on_item_error: true
 """
 
 RETURN = r"""
 content:
-  description: The answer, C(choices[0].message.content). For cosmos-predict2.5 a C(data:video/mp4;base64,...) URI.
-  returned: success, not in check mode
+  description:
+    - The answer, C(choices[0].message.content). For cosmos-predict2.5 a C(data:video/mp4;base64,...) URI.
+    - Null when O(output_dir) saved it as a file (see RV(content_path)).
+  returned: success of a single request, not in check mode
+  type: str
+content_path:
+  description: The file O(output_dir) saved a C(data:) answer to.
+  returned: success of a single request with O(output_dir), when the answer was a data URI
   type: str
 status:
   description: HTTP status of the answer.
-  returned: success, not in check mode
+  returned: success of a single request, not in check mode
   type: int
 job_id:
   description: The service that answered.
@@ -155,7 +277,9 @@ host_url:
   returned: always
   type: str
 sampling_applied:
-  description: Every sampling field sent, its value, and whether it was the default.
+  description:
+    - Every sampling field sent, its value, and whether it was the default.
+    - With a batch, the task-level O(sampling) alone; each item's own values are in RV(results).
   returned: always
   type: list
   elements: dict
@@ -164,23 +288,128 @@ sampling_applied:
     - {field: temperature, value: 0.2, default: false}
 finish_reason:
   description: C(choices[0].finish_reason).
-  returned: success, not in check mode
+  returned: success of a single request, not in check mode
   type: str
 elapsed:
   description: Seconds from sending to the answer, retries included.
-  returned: success, not in check mode
+  returned: success of a single request, not in check mode
   type: float
 attempts:
   description: How many times the request was sent (retries while loading).
-  returned: success, not in check mode
+  returned: success of a single request, not in check mode
   type: int
+results:
+  description:
+    - One result per request of the batch, in input order (empty in check mode). Every key is present
+      in every result (null when it does not apply).
+  returned: with O(requests) or O(requests_file)
+  type: list
+  elements: dict
+  contains:
+    id:
+      description: The request's id.
+      type: str
+    status:
+      description: V(ok), or V(failed) (see C(error_type) and C(error)).
+      type: str
+    http_status:
+      description: HTTP status of the last answer; null when none came (unreachable, deadline...).
+      type: int
+    content:
+      description: The answer, cut to O(return_content_max) characters; null when failed or saved to a file.
+      type: str
+    content_truncated:
+      description: Whether C(content) was cut.
+      type: bool
+    content_path:
+      description: The file O(output_dir) saved a C(data:) answer to.
+      type: str
+    finish_reason:
+      description: C(choices[0].finish_reason).
+      type: str
+    error_type:
+      description:
+        - Why it failed. The service's own type (C(invalid_request), C(internal_error), C(model_load_error),
+          C(model_loading) when still loading after O(wait_timeout)...), or C(unreachable), C(timeout),
+          C(deadline), C(transport), C(bad_answer), C(http_<status>).
+      type: str
+    error:
+      description: What went wrong and what to do, naming the service's own message.
+      type: str
+    elapsed:
+      description: Seconds from the first attempt to the answer, retries included.
+      type: float
+    attempts:
+      description: How many times it was sent (0 when it never was).
+      type: int
+    sampling_applied:
+      description: Every sampling field sent for this item, its value, and whether it was the default.
+      type: list
+      elements: dict
+  sample:
+    - id: clip-0001
+      status: ok
+      http_status: 200
+      content: A robot arm picks up a red cube.
+      content_truncated: false
+      content_path: null
+      finish_reason: stop
+      error_type: null
+      error: null
+      elapsed: 1.92
+      attempts: 1
+      sampling_applied: [{field: max_tokens, value: 256, default: false}]
+summary:
+  description: Counts and timings of the batch. In check mode only C(total).
+  returned: with O(requests) or O(requests_file)
+  type: dict
+  contains:
+    total:
+      description: Requests in the batch.
+      type: int
+    ok:
+      description: Requests answered with a 200.
+      type: int
+    failed:
+      description: Requests that failed.
+      type: int
+    latency_p50:
+      description: Median C(elapsed) of the answered requests, in seconds.
+      type: float
+    latency_p95:
+      description: 95th percentile of C(elapsed) of the answered requests, in seconds.
+      type: float
+    requests_per_second:
+      description: Requests that got an answer (of any status), per second of C(elapsed).
+      type: float
+    elapsed:
+      description: Seconds the batch took, from checking the first request to the last answer.
+      type: float
+    concurrency:
+      description: The O(concurrency) used.
+      type: int
+    attempts:
+      description: Requests sent, retries included.
+      type: int
+    max_rss_mib:
+      description: Peak resident memory of the module's process, in MiB.
+      type: float
+  sample:
+    {total: 256, ok: 255, failed: 1, latency_p50: 0.021, latency_p95: 0.034, requests_per_second: 640.5,
+     elapsed: 0.4, concurrency: 16, attempts: 256, max_rss_mib: 61.2}
+output_path:
+  description: The JSON Lines file the full answers were written to.
+  returned: with a batch and O(output_path), not in check mode
+  type: str
 """
 
+import os
 import time
+import uuid
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, chat
+from ansible_collections.tao.inference.plugins.module_utils import batch, catalog, chat
 from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
@@ -194,6 +423,70 @@ except ImportError:
     HAS_HTTPX = False
     HTTPX_IMPORT_ERROR = traceback.format_exc()
 
+REQUEST_ITEM = dict(
+    id=dict(type="raw"),
+    prompt=dict(type="str"),
+    media=dict(type="raw"),
+    system_prompt=dict(type="str"),
+    messages=dict(type="list", elements="dict"),
+    sampling=dict(type="dict"),
+)
+
+
+def send_one(module, params, entry, arch, result):
+    """One request: the answer in the result (or saved under output_dir)."""
+    messages = chat.build_messages(arch, params["prompt"], params["system_prompt"], params["media"],
+                                   params["messages"])
+    body, applied, warnings = chat.build_body(arch, messages, params["sampling"])
+    for warning in warnings:
+        module.warn(warning)
+    result["sampling_applied"] = applied
+    if module.check_mode:
+        return result
+    if params["output_dir"]:
+        batch.prepare_outputs(output_dir=params["output_dir"])
+    timeout = max(float(params["timeout"]), 1.0)
+    started = time.monotonic()
+    with httpx.Client(timeout=timeout) as client:
+        status, data, attempts = chat.send(client, chat.chat_url_of(entry), body, timeout, params["wait_timeout"])
+    content = chat.content_of(data)
+    result.update(
+        content=content,
+        status=status,
+        finish_reason=(data.get("choices") or [{}])[0].get("finish_reason"),
+        elapsed=round(time.monotonic() - started, 3),
+        attempts=attempts,
+    )
+    if params["output_dir"]:
+        stem = "%s-%s" % (time.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:8])
+        saved = chat.save_answer(content, params["output_dir"], stem)
+        if saved:
+            result.update(content=None, content_path=saved, changed=True)
+    return result
+
+
+def send_batch(module, params, entry, arch, result):
+    """A batch: every result in input order, and the summary."""
+    requests, base_dir = params["requests"], None
+    if params["requests_file"]:
+        requests = batch.load_requests_file(params["requests_file"])
+        base_dir = os.path.dirname(os.path.abspath(params["requests_file"]))
+    options = batch.Options(
+        concurrency=params["concurrency"], timeout=max(float(params["timeout"]), 1.0),
+        wait_timeout=params["wait_timeout"], deadline=params["deadline"],
+        return_content_max=params["return_content_max"], output_path=params["output_path"],
+        output_dir=params["output_dir"], fail_on_item_error=params["fail_on_item_error"],
+        system_prompt=params["system_prompt"], base_dir=base_dir, tmpdir=module.tmpdir)
+    outcome = batch.run(chat.chat_url_of(entry), arch, requests, params["sampling"], options,
+                        check_mode=module.check_mode)
+    for warning in outcome["warnings"]:
+        module.warn(warning)
+    result.update(changed=outcome["changed"], sampling_applied=outcome["sampling_applied"],
+                  results=outcome["results"], summary=outcome["summary"])
+    if params["output_path"] and not module.check_mode:
+        result["output_path"] = params["output_path"]
+    return result
+
 
 def main():
     argument_spec = dict(
@@ -204,21 +497,36 @@ def main():
         system_prompt=dict(type="str"),
         media=dict(type="list", elements="raw", default=[]),
         messages=dict(type="list", elements="dict"),
+        requests=dict(type="list", elements="dict", options=REQUEST_ITEM),
+        requests_file=dict(type="path"),
+        concurrency=dict(type="int", default=8),
+        deadline=dict(type="float"),
+        fail_on_item_error=dict(type="bool", default=False),
+        return_content_max=dict(type="int"),
+        output_path=dict(type="path"),
+        output_dir=dict(type="path"),
         sampling=dict(type="dict", required=True),
         timeout=dict(type="float", default=300),
         wait_timeout=dict(type="float", default=300),
     )
     argument_spec.update(REGISTRY_ARGS)
+    batch_args = ("requests", "requests_file")
     module = AnsibleModule(
         argument_spec=argument_spec,
         supports_check_mode=True,
         mutually_exclusive=[("job_id", "name"), ("messages", "prompt"), ("messages", "media"),
-                            ("messages", "system_prompt")],
-        required_one_of=[("prompt", "messages")],
+                            ("messages", "system_prompt"), batch_args]
+        + [(single, many) for single in ("prompt", "messages", "media") for many in batch_args],
+        required_one_of=[("prompt", "messages") + batch_args],
     )
     if not HAS_HTTPX:
         module.fail_json(msg=missing_required_lib("httpx"), exception=HTTPX_IMPORT_ERROR)
     params = module.params
+    is_batch = params["requests"] is not None or params["requests_file"] is not None
+    if not is_batch:
+        for option in ("output_path", "return_content_max", "deadline"):
+            if params[option] is not None:
+                module.fail_json(msg="%s applies to a batch only (requests or requests_file)" % option)
 
     def action():
         state = Registry(params["registry_path"], check_mode=True).read()
@@ -226,27 +534,8 @@ def main():
         arch = entry["network_arch"]
         if params["network_arch"] and params["network_arch"] != arch:
             raise TaoInferenceError("job %s runs %s, not %s" % (entry["job_id"], arch, params["network_arch"]))
-        messages = chat.build_messages(arch, params["prompt"], params["system_prompt"], params["media"],
-                                       params["messages"])
-        body, applied, warnings = chat.build_body(arch, messages, params["sampling"])
-        for warning in warnings:
-            module.warn(warning)
-        result = {"changed": False, "job_id": entry["job_id"], "network_arch": arch,
-                  "host_url": entry["host_url"], "sampling_applied": applied}
-        if module.check_mode:
-            return result
-        timeout = max(float(params["timeout"]), 1.0)
-        started = time.monotonic()
-        with httpx.Client(timeout=timeout) as client:
-            status, data, attempts = chat.send(client, chat.chat_url_of(entry), body, timeout, params["wait_timeout"])
-        result.update(
-            content=chat.content_of(data),
-            status=status,
-            finish_reason=(data.get("choices") or [{}])[0].get("finish_reason"),
-            elapsed=round(time.monotonic() - started, 3),
-            attempts=attempts,
-        )
-        return result
+        result = {"changed": False, "job_id": entry["job_id"], "network_arch": arch, "host_url": entry["host_url"]}
+        return (send_batch if is_batch else send_one)(module, params, entry, arch, result)
 
     run(module, action)
 

@@ -23,16 +23,23 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
+
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
 LABEL_PREFIX = "tao.inference."
 MASK = "********"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def mask(text, secrets):
-    """Replace every secret value in ``text`` (values of 4+ characters)."""
+    """Replace every secret value in ``text`` (values of 4+ characters) and drop
+    terminal colour codes (servers colour their logs; messages must stay readable)."""
     if not text:
         return text
+    text = _ANSI.sub("", text)
     for value in sorted(set(v for v in (secrets or {}).values() if v and len(v) >= 4), key=len, reverse=True):
         text = text.replace(value, MASK)
     return text

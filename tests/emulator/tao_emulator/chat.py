@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -47,6 +48,25 @@ MIME_EXTENSIONS: Dict[str, str] = {
     "video/avi": ".avi",
     "video/quicktime": ".mov",
     "video/mov": ".mov",
+}
+
+# tao-core's own table (``_EXT_MAP`` of its base inference server, which the
+# tao-dataservices HuggingFace server uses): looked up as sent, case-sensitive,
+# without the registered AVI / QuickTime names, so ``data:video/quicktime`` and
+# ``data:IMAGE/PNG`` are 400 there (checked against nvidia-tao-core 7.3.0).
+TAO_CORE_MIME_EXTENSIONS: Dict[str, str] = {
+    "video/mp4": ".mp4",
+    "video/avi": ".avi",
+    "video/webm": ".webm",
+    "video/mkv": ".mkv",
+    "video/x-matroska": ".mkv",
+    "video/mov": ".mov",
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tiff",
 }
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov"})
@@ -129,6 +149,10 @@ def parse_request(data: Any, flavor: str) -> ChatRequest:
         raise InternalError(f"request body must be a JSON object, got {type(data).__name__}")
 
     messages = data.get("messages", [])
+    if flavor == TAO_DATASERVICES and isinstance(messages, (dict, str)):
+        # tao-core loops over whatever "messages" is: an object's keys or a
+        # string's characters (so only an empty one gets as far as the prompt check).
+        messages = list(messages)
     if not isinstance(messages, list):
         raise InternalError(f"'messages' must be a list, got {type(messages).__name__}")
     for message in messages:
@@ -144,11 +168,20 @@ def parse_request(data: Any, flavor: str) -> ChatRequest:
     user = next((m for m in messages if m.get("role") == "user"), None)
     if user is not None:
         request.has_user_message = True
-        request.prompt, urls = _read_user_content(user.get("content", []))
+        content = user.get("content", [])
+        if flavor == TAO_DATASERVICES and not isinstance(content, (str, list)):
+            content = ""  # tao-core reads neither prompt nor media from it: "prompt is required"
+        request.prompt, urls = _read_user_content(content)
 
     request.media = [classify_media(url, flavor) for url in urls]
-    request.sampling = _read_sampling(data, flavor)
-    _check_requirements(request, flavor)
+    if flavor == TAO_DATASERVICES:
+        # The HuggingFace server checks the prompt first, then the sampling
+        # values reach transformers' generate().
+        _check_requirements(request, flavor)
+        request.sampling = _read_hf_sampling(data)
+    else:
+        request.sampling = _read_sampling(data, flavor)
+        _check_requirements(request, flavor)
     return request
 
 
@@ -207,7 +240,7 @@ def classify_media(url: Any, flavor: str) -> Media:
         )
     if lowered.startswith("data:"):
         source = "data"
-        extension = _check_data_uri(url)
+        extension = _check_data_uri(url, flavor)
     elif lowered.startswith(("http://", "https://")):
         source = "http"
         path = urlsplit(url).path
@@ -225,12 +258,16 @@ def classify_media(url: Any, flavor: str) -> Media:
     return Media("image", source, extension)
 
 
-def _check_data_uri(url: str) -> str:
+def _check_data_uri(url: str, flavor: str) -> str:
     match = re.match(r"data:([^;,]+);base64,(.+)", url, re.DOTALL)
     if not match:
         raise InvalidRequest("Inline media must be a data:<mime>;base64,<payload> URI")
-    mime = match.group(1).strip().lower()
-    extension = MIME_EXTENSIONS.get(mime)
+    if flavor == TAO_DATASERVICES:
+        mime = match.group(1)
+        extension = TAO_CORE_MIME_EXTENSIONS.get(mime)
+    else:
+        mime = match.group(1).strip().lower()
+        extension = MIME_EXTENSIONS.get(mime)
     if extension is None:
         raise InvalidRequest(f"Unsupported media type: {mime}")
     payload = match.group(2)
@@ -283,6 +320,63 @@ def _read_sampling(data: Dict[str, Any], flavor: str) -> Dict[str, Any]:
         sampling["temperature"] = data.get("temperature", DEFAULT_TEMPERATURE)
         if "top_p" in data:
             sampling["top_p"] = data["top_p"]
+    return sampling
+
+
+_OPERATORS: Dict[str, Callable[[Any, Any], bool]] = {"<=": operator.le, "<": operator.lt, ">": operator.gt}
+
+
+def _compare(left: Any, symbol: str, right: Any) -> bool:
+    """``left <symbol> right`` as Python evaluates it; a TypeError is the real server's 500."""
+    try:
+        return bool(_OPERATORS[symbol](left, right))
+    except TypeError:
+        raise InternalError(
+            f"'{symbol}' not supported between instances of '{type(left).__name__}' and '{type(right).__name__}'"
+        ) from None
+
+
+def _read_hf_sampling(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The sampling values as tao-dataservices' HuggingFace server and transformers treat them.
+
+    The server forwards the fields to ``model.generate()`` untouched: a value
+    Python cannot compare is a TypeError (500 ``internal_error``), a value
+    transformers refuses is a ValueError (400 ``invalid_request``).  Sampling
+    happens only when ``temperature > 0``; otherwise ``top_p`` / ``top_k`` are
+    never passed on and so never checked.  Checked against nvidia-tao-core 7.3.0
+    with transformers 5.x.
+    """
+    temperature = data.get("temperature", DEFAULT_TEMPERATURE)
+    do_sample = _compare(temperature, ">", 0)
+
+    max_tokens = data.get("max_tokens", DEFAULT_MAX_TOKENS[TAO_DATASERVICES])
+    if isinstance(max_tokens, bool):
+        # The real server takes true/false as 1/0 tokens; the reference keeps refusing
+        # a boolean (tests/unit/emulator pins it).
+        raise InternalError("'max_tokens' must be an integer, got bool")
+    if max_tokens is not None and _compare(max_tokens, "<=", 0):
+        raise InvalidRequest(f"`max_new_tokens` must be greater than 0, but is {max_tokens}.")
+
+    penalty = data.get("repetition_penalty", 1.0)
+    if penalty is not None and penalty != 1.0 and not (isinstance(penalty, float) and penalty > 0):
+        raise InvalidRequest(f"`penalty` has to be a strictly positive float, but is {penalty}")
+
+    if do_sample:
+        if temperature != 1.0 and not isinstance(temperature, float):
+            raise InvalidRequest(
+                f"`temperature` (={temperature}) has to be a strictly positive float, otherwise your next "
+                "token scores will be invalid."
+            )
+        top_k = data.get("top_k", 50)
+        if top_k is not None and top_k != 0 and (not isinstance(top_k, int) or top_k <= 0):
+            raise InvalidRequest(f"`top_k` has to be a strictly positive integer, but is {top_k}")
+        top_p = data.get("top_p", 0.9)
+        if top_p is not None and _compare(top_p, "<", 1.0) and float(top_p) < 0:
+            raise InvalidRequest(f"`top_p` has to be a float > 0 and < 1, but is {float(top_p)}")
+
+    sampling: Dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
+    if "top_p" in data:
+        sampling["top_p"] = data["top_p"]
     return sampling
 
 

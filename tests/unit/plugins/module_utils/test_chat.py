@@ -144,3 +144,14 @@ def test_raw_messages_are_checked_too():
         chat.build_messages("tao-dataservices", messages=[{"role": "system", "content": "x"}])
     with pytest.raises(TaoInferenceError, match="not both"):
         chat.build_messages("tao-dataservices", prompt="x", messages=[{"role": "user", "content": "x"}])
+
+
+def test_each_arch_gets_the_mime_spelling_its_server_accepts(tmp_path):
+    clip = tmp_path / "clip.mov"
+    clip.write_bytes(b"\0\0\0\x14ftypqt  ")
+    dataservices = chat.build_messages("tao-dataservices", prompt="p", media=[str(clip)])
+    assert dataservices[0]["content"][0]["video_url"]["url"].startswith("data:video/mov;base64,")
+    rl = chat.build_messages("cosmos-rl", prompt="p", media=[str(clip)])
+    assert rl[0]["content"][0]["video_url"]["url"].startswith("data:video/quicktime;base64,")
+    with pytest.raises(TaoInferenceError, match="video/quicktime, which tao-dataservices does not accept"):
+        chat.build_messages("tao-dataservices", prompt="p", media=["data:video/quicktime;base64,AAAA"])
