@@ -20,6 +20,9 @@ set -euo pipefail
 SCRIPT_PATH="$(readlink -f "${BASH_SOURCE[0]}")"
 REPO_ROOT="$(cd "$(dirname "$SCRIPT_PATH")/.." && pwd -P)"
 EMULATOR_DIR="$REPO_ROOT/tests/emulator"
+ROOTFS_LIB="$REPO_ROOT/scripts/lib/rootfs.sh"
+# shellcheck source=lib/rootfs.sh
+. "$ROOTFS_LIB"
 IMAGE="${TAO_EMULATOR_IMAGE:-tao-inference-emulator:latest}"
 PYTHON_BIN="${TAO_EMULATOR_PYTHON:-/usr/bin/python3.11}"
 BUSYBOX_BIN="${TAO_EMULATOR_BUSYBOX:-/bin/busybox}"
@@ -52,6 +55,7 @@ source_hash() {
       sha256sum <"$EMULATOR_DIR/$rel"
     done
     printf 'script\n'; sha256sum <"$SCRIPT_PATH"
+    printf 'rootfs lib\n'; sha256sum <"$ROOTFS_LIB"
     printf 'python %s\n' "$PYTHON_BIN"; sha256sum <"$PYTHON_BIN"
     printf 'busybox\n'; sha256sum <"$BUSYBOX_BIN"
   } | sha256sum | cut -c1-64
@@ -78,52 +82,12 @@ fi
 ROOTFS="$(mktemp -d "${TMPDIR:-/tmp}/tao-emulator-rootfs.XXXXXX")"
 trap 'rm -rf "$ROOTFS"' EXIT
 
-# Mirror the host's merged-/usr symlinks (/lib -> usr/lib...) so library paths match.
-mkdir -p "$ROOTFS/usr/bin" "$ROOTFS/usr/lib" "$ROOTFS/usr/local/bin" "$ROOTFS/etc" "$ROOTFS/tmp" \
-  "$ROOTFS/root" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev"
-chmod 1777 "$ROOTFS/tmp"
-for dir in bin sbin lib lib64; do
-  if [ -L "/$dir" ]; then
-    target="$(readlink "/$dir")"
-    target="${target#/}"  # keep it relative: it must resolve inside the rootfs
-    mkdir -p "$ROOTFS/$target"
-    ln -s "$target" "$ROOTFS/$dir"
-  else
-    mkdir -p "$ROOTFS/$dir"
-  fi
-done
-
-# Interpreter and standard library.
-PY_NAME="$(basename "$PYTHON_BIN")"
-STDLIB="$("$PYTHON_BIN" -S -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
-DYNLOAD="$("$PYTHON_BIN" -S -c 'import sysconfig; print(sysconfig.get_config_var("DESTSHARED"))')"
-cp "$PYTHON_BIN" "$ROOTFS/usr/bin/$PY_NAME"
-ln -s "$PY_NAME" "$ROOTFS/usr/bin/python3"
-ln -s "/usr/bin/$PY_NAME" "$ROOTFS/usr/local/bin/python3"
-ln -s "/usr/bin/$PY_NAME" "$ROOTFS/usr/local/bin/python"
-excludes=()
-for pattern in "${STDLIB_EXCLUDES[@]}"; do excludes+=(--exclude="./$pattern"); done
-mkdir -p "$ROOTFS$STDLIB"
-tar -C "$STDLIB" -c "${excludes[@]}" . | tar -C "$ROOTFS$STDLIB" -x
-
-# Shared libraries of the interpreter and of every extension module (plus the loader).
-mapfile -t LIBS < <(ldd "$PYTHON_BIN" "$DYNLOAD"/*.so 2>/dev/null \
-  | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | LC_ALL=C sort -u)
-[ "${#LIBS[@]}" -gt 0 ] || die "ldd found no libraries for $PYTHON_BIN"
-for lib in "${LIBS[@]}"; do
-  mkdir -p "$ROOTFS$(dirname "$lib")"
-  cp -L "$lib" "$ROOTFS$lib"
-done
-
-# Static busybox as /bin/sh and a few applets.
-cp "$BUSYBOX_BIN" "$ROOTFS/usr/bin/busybox"
-for applet in "${APPLETS[@]}"; do
-  [ -e "$ROOTFS/usr/bin/$applet" ] || ln -s busybox "$ROOTFS/usr/bin/$applet"
-done
-if [ ! -e "$ROOTFS/bin/sh" ]; then ln -s /usr/bin/busybox "$ROOTFS/bin/sh"; fi
-
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$ROOTFS/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOTFS/etc/group"
+rootfs_skeleton "$ROOTFS"
+rootfs_python "$ROOTFS" "$PYTHON_BIN" "${STDLIB_EXCLUDES[@]}"
+ln -s "/usr/bin/$(basename "$PYTHON_BIN")" "$ROOTFS/usr/local/bin/python3"
+ln -s "/usr/bin/$(basename "$PYTHON_BIN")" "$ROOTFS/usr/local/bin/python"
+rootfs_libs "$ROOTFS" "$PYTHON_BIN"
+rootfs_busybox "$ROOTFS" "$BUSYBOX_BIN" "${APPLETS[@]}"
 
 # The emulator itself.
 mkdir -p "$ROOTFS$APP_DIR"

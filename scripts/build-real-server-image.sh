@@ -32,6 +32,9 @@ set -euo pipefail
 
 SCRIPT_PATH="$(readlink -f "${BASH_SOURCE[0]}")"
 REPO_ROOT="$(cd "$(dirname "$SCRIPT_PATH")/.." && pwd -P)"
+ROOTFS_LIB="$REPO_ROOT/scripts/lib/rootfs.sh"
+# shellcheck source=lib/rootfs.sh
+. "$ROOTFS_LIB"
 SUPPORT_DIR="$REPO_ROOT/tests/real_server"
 MODEL_SCRIPT="$SUPPORT_DIR/make_tiny_model.py"
 CONSTRAINTS="$SUPPORT_DIR/constraints.txt"
@@ -77,6 +80,7 @@ if [ ! -f "$MODEL_SCRIPT" ] || [ ! -f "$CONSTRAINTS" ]; then die "tests/real_ser
 source_hash() {
   {
     printf 'script\n'; sha256sum <"$SCRIPT_PATH"
+    printf 'rootfs lib\n'; sha256sum <"$ROOTFS_LIB"
     printf 'model\n'; sha256sum <"$MODEL_SCRIPT"
     printf 'constraints %s\n' "${TAO_REAL_UNPINNED:-0}"; sha256sum <"$CONSTRAINTS"
     printf 'python %s\n' "$PYTHON_BIN"; sha256sum <"$PYTHON_BIN"
@@ -122,31 +126,9 @@ step() {  # step DESCRIPTION CMD...: run CMD with its output in the log; show th
   fi
 }
 
-# Mirror the host's merged-/usr symlinks (/lib -> usr/lib...) so library paths match.
-mkdir -p "$ROOTFS/usr/bin" "$ROOTFS/usr/lib" "$ROOTFS/usr/local/bin" "$ROOTFS/etc" "$ROOTFS/tmp" \
-  "$ROOTFS/root" "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev" "$ROOTFS/opt" "$ROOTFS$EMPTY_MODEL_DIR"
-chmod 1777 "$ROOTFS/tmp"
-for dir in bin sbin lib lib64; do
-  if [ -L "/$dir" ]; then
-    target="$(readlink "/$dir")"
-    target="${target#/}"  # keep it relative: it must resolve inside the rootfs
-    mkdir -p "$ROOTFS/$target"
-    ln -s "$target" "$ROOTFS/$dir"
-  else
-    mkdir -p "$ROOTFS/$dir"
-  fi
-done
-
+rootfs_skeleton "$ROOTFS" /opt "$EMPTY_MODEL_DIR"
 # Interpreter and standard library (ensurepip and venv stay: the venv is made with them).
-PY_NAME="$(basename "$PYTHON_BIN")"
-STDLIB="$("$PYTHON_BIN" -S -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
-DYNLOAD="$("$PYTHON_BIN" -S -c 'import sysconfig; print(sysconfig.get_config_var("DESTSHARED"))')"
-cp "$PYTHON_BIN" "$ROOTFS/usr/bin/$PY_NAME"
-ln -s "$PY_NAME" "$ROOTFS/usr/bin/python3"
-excludes=()
-for pattern in "${STDLIB_EXCLUDES[@]}"; do excludes+=(--exclude="./$pattern"); done
-mkdir -p "$ROOTFS$STDLIB"
-tar -C "$STDLIB" -c "${excludes[@]}" . | tar -C "$ROOTFS$STDLIB" -x
+rootfs_python "$ROOTFS" "$PYTHON_BIN" "${STDLIB_EXCLUDES[@]}"
 
 # The venv, made with that interpreter where the image will have it. Its python is a
 # symlink to /usr/bin/python3.11, which the image holds too.
@@ -176,24 +158,8 @@ model_line="$(grep '^tiny model in' "$LOG" | tail -n 1 | sed "s|$ROOTFS||")"
 # Shared libraries of the interpreter, its extension modules and every library in the
 # venv, when they come from the host (the wheels bundle the rest), plus the loader.
 mapfile -t SOFILES < <(find "$ROOTFS$VENV" -type f \( -name '*.so' -o -name '*.so.*' \))
-mapfile -t LIBS < <(ldd "$PYTHON_BIN" "$DYNLOAD"/*.so "${SOFILES[@]}" 2>/dev/null \
-  | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' \
-  | grep -v "^$ROOTFS/" | LC_ALL=C sort -u)
-[ "${#LIBS[@]}" -gt 0 ] || die "ldd found no libraries for $PYTHON_BIN"
-for lib in "${LIBS[@]}"; do
-  mkdir -p "$ROOTFS$(dirname "$lib")"
-  cp -L "$lib" "$ROOTFS$lib"
-done
-
-# Static busybox as /bin/sh and a few applets.
-cp "$BUSYBOX_BIN" "$ROOTFS/usr/bin/busybox"
-for applet in "${APPLETS[@]}"; do
-  [ -e "$ROOTFS/usr/bin/$applet" ] || ln -s busybox "$ROOTFS/usr/bin/$applet"
-done
-if [ ! -e "$ROOTFS/bin/sh" ]; then ln -s /usr/bin/busybox "$ROOTFS/bin/sh"; fi
-
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$ROOTFS/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOTFS/etc/group"
+rootfs_libs "$ROOTFS" "$PYTHON_BIN" "${SOFILES[@]}"
+rootfs_busybox "$ROOTFS" "$BUSYBOX_BIN" "${APPLETS[@]}"
 
 old_id="$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 if ! new_id="$(tar -C "$ROOTFS" --numeric-owner --owner=0 --group=0 -c . | docker import \
