@@ -179,10 +179,6 @@ def _extension(path):
     return os.path.splitext(urlsplit(path).path if "://" in path else path)[1].lower()
 
 
-def _kind_of_mime(mime):
-    return "video" if mime.startswith("video/") else "image" if mime.startswith("image/") else None
-
-
 def _allowed(network_arch):
     ext = CONSTRAINTS[network_arch].get("extensions") or {}
     return ext.get("image") or [], ext.get("video") or []

@@ -83,14 +83,6 @@ def test_absent_of_a_vanished_service_is_unchanged_and_tidies_the_registry(harne
 
 def test_three_concurrent_starts_get_three_ports_and_all_answer(harness):
     inventory = "\n".join("svc%d ansible_connection=local ansible_python_interpreter=PYTHON" % i for i in range(3))
-    tasks = service_task() + request_task() + """\
-- name: Stop
-  tao.inference.tao_inference_service:
-    job_id: "{{ svc.job_id }}"
-    state: absent
-  when: stop_after | default(false)
-"""
-    # request_task routes to "the only service": with three running that must fail...
     run = harness.play(service_task(), hosts="all", inventory=inventory, args=["--forks", "3"])
     assert run.rc == 0, run.output
     results = [run.task("Start", host="svc%d" % i)["result"] for i in range(3)]
@@ -98,7 +90,7 @@ def test_three_concurrent_starts_get_three_ports_and_all_answer(harness):
     assert len(set(ports)) == 3, ports
     assert len(harness.entries()) == 3 and len(harness.containers(all_=False)) == 3
 
-    # ...so the request by arch alone fails and lists every candidate.
+    # With three running, a request by arch alone fails and lists every candidate.
     ambiguous = harness.play(request_task(extra="network_arch: cosmos-rl"))
     assert ambiguous.rc != 0
     failure = ambiguous.task("Ask")["result"]
@@ -116,7 +108,6 @@ def test_three_concurrent_starts_get_three_ports_and_all_answer(harness):
         answer = asked.task("Ask")["result"]
         assert answer["job_id"] == r["job_id"] and answer["host_url"] == r["host_url"]
         assert "reference microservice" in answer["content"] and answer["status"] == 200
-    del tasks
 
 
 def test_request_policy_through_the_module(harness):

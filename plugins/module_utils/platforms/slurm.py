@@ -35,12 +35,10 @@ from ansible_collections.tao.inference.plugins.module_utils.ssh import (
     Raw, SSHTarget, close_tunnel, find_tunnels, forward_spec, open_tunnel, tunnel_alive,
 )
 
-RUNTIMES = ("pyxis", "apptainer", "docker")
 WORKDIR = ".tao-inference"  # on the login host, relative to the home folder
 PORT_MARKER = "TAO_NODE_PORT="
 COMMENT_PREFIX = "tao.inference:job_id="
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
-_SBATCH_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=.*)?$")
 
 
 def pyxis_image(image):
