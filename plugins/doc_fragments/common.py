@@ -38,8 +38,8 @@ options:
     default: 900
   wait_sleep:
     description:
-      - Longest pause between two readiness polls, in seconds. Polls start 20 ms apart and grow
-        by half each time up to this value, so a fast service is noticed quickly and a slow one is
+      - Longest pause between two readiness polls, in seconds. Polls start 10 ms apart and grow
+        by a fifth each time up to this value, so a fast service is noticed quickly and a slow one is
         not flooded.
     type: float
     default: 0.5

@@ -66,7 +66,7 @@ def test_polls_start_fast_and_back_off_to_sleep_max():
     probe_fn, _calls = scripted([Probe(WAITING, "model_loading")], clock, cost=0)
     result = readiness.wait_ready("http://x", 10, 0.5, probe_fn=probe_fn, sleep=clock.sleep, clock=clock)
     assert result.state == WAITING and clock.now == pytest.approx(10)
-    assert clock.sleeps[:4] == pytest.approx([0.02, 0.03, 0.045, 0.0675])
+    assert clock.sleeps[:4] == pytest.approx([0.01, 0.012, 0.0144, 0.01728])
     assert max(clock.sleeps) == 0.5  # readiness is noticed within 0.5 s
 
 
@@ -75,11 +75,19 @@ def test_dead_container_is_fatal_and_changes_are_reported():
     probe_fn, _calls = scripted([Probe(WAITING, "unreachable")], clock)
     seen = []
     dead = Probe(FATAL, "service_exited", "container exited (exit code 2)")
-    answers = iter([None, None, dead])
-    result = readiness.wait_ready("http://x", 60, 0.5, alive=lambda: next(answers),
+    asked = []
+
+    def alive():
+        asked.append(clock.now)
+        return dead if len(asked) == 3 else None
+
+    result = readiness.wait_ready("http://x", 60, 0.5, alive=alive,
                                   on_change=lambda p, t: seen.append(p.reason),
                                   probe_fn=probe_fn, sleep=clock.sleep, clock=clock)
     assert result is dead and seen == ["unreachable", "service_exited"]
+    # the platform is asked at most every 0.25 s, not at every poll
+    assert all(later - earlier >= 0.25 for earlier, later in zip(asked, asked[1:]))
+    assert asked[-1] < 1.0
 
 
 def test_probe_against_a_closed_port_keeps_waiting():
