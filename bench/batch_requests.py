@@ -209,7 +209,7 @@ def main():
             base = start_service(job_id)
             registry = os.path.join(tmp, "registry.json")
             write_registry(registry, job_id, base)
-            uri_s, batch_s, httpx_s = compare(tmp, registry, job_id, chat.chat_url_of({"host_url": base}))
+            uri_s, batch_s, httpx_s = compare(tmp, registry, job_id, catalog.chat_url_of({"host_url": base}))
             peak_mib = peak_memory(tmp, registry, job_id)
         finally:
             subprocess.run(["docker", "rm", "-f", job_id], capture_output=True, check=False, timeout=120)

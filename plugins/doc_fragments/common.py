@@ -61,7 +61,7 @@ options:
     type: str
   ssh_key_path:
     description:
-      - Private key for the login host.
+      - Private key for the login host, or for the host of an C(ssh://) O(docker_host).
     type: path
   ssh_port:
     description:
@@ -69,7 +69,8 @@ options:
     type: int
   ssh_config:
     description:
-      - An ssh client configuration file (C(ssh -F)) that describes how to reach the login host.
+      - An ssh client configuration file (C(ssh -F)) that describes how to reach the login host,
+        or the host of an C(ssh://) O(docker_host).
     type: path
   partition:
     description:

@@ -33,3 +33,8 @@ def arch_entry(network_arch):
             "network_arch '%s' is not supported; choose one of: %s"
             % (network_arch, ", ".join(NETWORK_ARCHS))
         )
+
+
+def chat_url_of(entry):
+    """The chat-completions URL of a registry entry's service."""
+    return entry["host_url"].rstrip("/") + REQUEST["endpoints"]["chat"]

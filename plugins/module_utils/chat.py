@@ -515,7 +515,3 @@ def write_atomically(path, chunks):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def chat_url_of(entry):
-    return entry["host_url"].rstrip("/") + catalog.REQUEST["endpoints"]["chat"]

@@ -33,11 +33,16 @@ SLURM_ARGS = dict(
 )
 
 
-def run(module, action):
+def run(module, action, cleanup=None):
     """Run ``action()``; turn TaoInferenceError into fail_json; drop the diff
-    unless diff mode is on."""
+    unless diff mode is on. ``cleanup()`` runs before the module answers (it
+    closes connections, so no ssh process outlives the module)."""
     try:
-        result = action()
+        try:
+            result = action()
+        finally:
+            if cleanup is not None:
+                cleanup()
     except TaoInferenceError as exc:
         fail(module, exc)
         return

@@ -17,10 +17,7 @@ import time
 import datetime
 import uuid
 
-from ansible.module_utils.basic import missing_required_lib
-
-from ansible_collections.tao.inference.plugins.module_utils import readiness
-from ansible_collections.tao.inference.plugins.module_utils.chat import chat_url_of
+from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import LABEL_PREFIX, Launch, PortTaken, mask
@@ -41,14 +38,14 @@ def public_entry(entry):
         return {}
     result = copy.deepcopy(entry)
     if result.get("host_url"):
-        result["chat_url"] = chat_url_of(result)
+        result["chat_url"] = catalog.chat_url_of(result)
     return result
 
 
 # Module options that say how to reach each platform (no secrets). They are
 # stored in the registry entry, so stop/info need no options to find it again.
 CONNECTION_OPTIONS = {
-    "local-docker": {"docker_host": "docker_host"},
+    "local-docker": {"docker_host": "docker_host", "key_path": "ssh_key_path", "ssh_config": "ssh_config"},
     "slurm": {"login_host": "slurm_login_host", "user": "slurm_user", "port": "ssh_port",
               "key_path": "ssh_key_path", "ssh_config": "ssh_config"},
 }
@@ -63,10 +60,10 @@ def get_driver(platform, connection, params):
     if platform == "local-docker":
         from ansible_collections.tao.inference.plugins.module_utils.platforms import local_docker
 
-        if not local_docker.HAS_DOCKER:
-            raise TaoInferenceError(missing_required_lib("docker"), exception=local_docker.DOCKER_IMPORT_ERROR)
         return local_docker.LocalDockerDriver(docker_host=connection.get("docker_host"),
-                                              pull=params.get("pull") or "missing")
+                                              pull=params.get("pull") or "missing",
+                                              ssh_key_path=connection.get("key_path"),
+                                              ssh_config=connection.get("ssh_config"))
     if platform == "slurm":
         from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import SlurmDriver
 
@@ -91,6 +88,11 @@ class ServiceManager(object):
         self._factory = driver_factory
         self._drivers = {}
         self.check_mode = registry.check_mode
+
+    def close(self):
+        """Close what the drivers hold open (engine connections, ssh processes)."""
+        for driver in self._drivers.values():
+            driver.close()
 
     def driver(self, platform, entry=None):
         """The driver for ``platform``, connected as ``entry`` records (else as the options say)."""
@@ -118,7 +120,7 @@ class ServiceManager(object):
             after = self._entry(spec, "(new job_id)", fingerprint)
             return {"changed": True, "service": public_entry(after), "diff": {"before": before, "after": after}}
 
-        driver.preflight(spec)
+        driver.preflight(spec, report=False)
         driver.prepare(spec)
         for old in replace:
             self._stop_one(self.driver(old["platform"], old), old)

@@ -134,6 +134,23 @@ def _check_secret_env(names, model_path, environ):
     return tuple(sorted(result))
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value):
+    """Bytes in ``value`` ("16g", "512m", "1024"), as docker's --shm-size reads it."""
+    match = _SIZE.match(str(value))
+    if not match:
+        raise TaoInferenceError("shm_size '%s' is not a size such as 16g, 512m or 1073741824" % value)
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "bkmg".index(unit.lower() or "b"))
+
+
+def _check_shm_size(value):
+    parse_size(value)
+    return str(value).strip()
+
+
 def _check_volumes(volumes):
     result = []
     for item in volumes or []:
@@ -273,7 +290,7 @@ def build_spec(params, environ):
         volumes=_check_volumes(params.get("volumes")),
         model_key=model_key,
         server_options=_check_server_options(network_arch, params.get("server_options")),
-        shm_size=params.get("shm_size") or "16g",
+        shm_size=_check_shm_size(params.get("shm_size") or "16g"),
         docker_host=params.get("docker_host") if platform == "local-docker" else None,
         platform_options=_slurm_options(params, environ) if platform == "slurm" else {},
     )

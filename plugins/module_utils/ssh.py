@@ -52,6 +52,19 @@ class SSHTarget(object):
         argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout]
         return argv
 
+    def resolved_host(self):
+        """The address ``ssh`` connects to for this host (its ``HostName`` in the ssh configuration)."""
+        argv = ["ssh"] + (["-F", self.config] if self.config else []) + ["-G", self.host]
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=15, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return self.host
+        for line in proc.stdout.decode("utf-8", "replace").splitlines():
+            key, _sep, value = line.partition(" ")
+            if key == "hostname" and value.strip():
+                return value.strip()
+        return self.host
+
     def run(self, words, stdin=None, timeout=120, check=True):
         """Run ``words`` (a list, shell-quoted here) on the host; return ``(rc, out, err)``."""
         remote = " ".join(w if isinstance(w, Raw) else shlex.quote(str(w)) for w in words)

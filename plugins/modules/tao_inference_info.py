@@ -168,7 +168,7 @@ def main():
             return manager.watch(targets[0]["job_id"], params["watch_from"], params["watch_timeout"])
         return manager.info(job_id=params["job_id"], name=params["name"], prune=params["prune"])
 
-    run(module, action)
+    run(module, action, manager.close)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ options:
     default: 1
   docker_host:
     description:
-      - Docker engine to check (default C(DOCKER_HOST) or the local socket).
+      - Docker engine to check (default C(DOCKER_HOST) or the local socket); the same forms as
+        O(tao.inference.tao_inference_service#module:docker_host).
     type: str
   bind_address:
     description:
@@ -64,7 +65,8 @@ options:
     type: str
     default: 127.0.0.1
 requirements:
-  - docker (Python SDK) >= 7.1 for local-docker
+  - For local-docker, a Docker engine the host running the module can reach (no Python Docker library
+    is needed; see O(tao.inference.tao_inference_service#module:docker_host)).
 seealso:
   - module: tao.inference.tao_inference_service
 """
@@ -136,15 +138,18 @@ def main():
                            required_if=[("platform", "slurm", ("slurm_login_host",))])
     params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
 
+    drivers = []
+
     def action():
         spec = build_spec(params, os.environ)
-        facts = get_driver(spec.platform, connection_of(spec.platform, params), params).preflight(spec)
+        drivers.append(get_driver(spec.platform, connection_of(spec.platform, params), params))
+        facts = drivers[0].preflight(spec)
         services = Registry(params["registry_path"], check_mode=True).read().entries()
         facts.update(changed=False, image=spec.image, image_source=spec.image_source,
                      services_in_registry=len(services))
         return facts
 
-    run(module, action)
+    run(module, action, lambda: [driver.close() for driver in drivers])
 
 
 if __name__ == "__main__":

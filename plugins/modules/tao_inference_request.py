@@ -448,7 +448,7 @@ def send_one(module, params, entry, arch, result):
     timeout = max(float(params["timeout"]), 1.0)
     started = time.monotonic()
     with httpx.Client(timeout=timeout) as client:
-        status, data, attempts = chat.send(client, chat.chat_url_of(entry), body, timeout, params["wait_timeout"])
+        status, data, attempts = chat.send(client, catalog.chat_url_of(entry), body, timeout, params["wait_timeout"])
     content = chat.content_of(data)
     result.update(
         content=content,
@@ -477,7 +477,7 @@ def send_batch(module, params, entry, arch, result):
         return_content_max=params["return_content_max"], output_path=params["output_path"],
         output_dir=params["output_dir"], fail_on_item_error=params["fail_on_item_error"],
         system_prompt=params["system_prompt"], base_dir=base_dir, tmpdir=module.tmpdir)
-    outcome = batch.run(chat.chat_url_of(entry), arch, requests, params["sampling"], options,
+    outcome = batch.run(catalog.chat_url_of(entry), arch, requests, params["sampling"], options,
                         check_mode=module.check_mode)
     for warning in outcome["warnings"]:
         module.warn(warning)

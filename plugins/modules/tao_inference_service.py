@@ -152,9 +152,16 @@ options:
     description:
       - Docker engine to use, e.g. V(unix:///var/run/docker.sock), V(tcp://gpu-host:2376) or
         V(ssh://user@gpu-host). Default is C(DOCKER_HOST) or the local socket.
+      - C(tcp://) uses TLS when C(DOCKER_TLS_VERIFY) (verified against C(ca.pem)) or C(DOCKER_TLS) is set,
+        with the certificates in C(DOCKER_CERT_PATH) (default C(~/.docker)), as the docker CLI does.
+      - C(ssh://) runs C(docker system dial-stdio) on that host over C(ssh) in batch mode (the docker CLI must
+        be installed there); O(ssh_key_path) and O(ssh_config) apply.
+      - Pulls use the registry credentials the docker CLI stored with C(docker login) on the host that runs
+        the module (C(~/.docker/config.json) or C(DOCKER_CONFIG); C(auths), C(credHelpers), C(credsStore)).
     type: str
 requirements:
-  - docker (Python SDK) >= 7.1 on the host that runs the module
+  - For local-docker, a Docker engine (API 1.40 or newer, Docker 19.03+) the host that runs the module can
+    reach. The module speaks the Engine API itself; no Python Docker library is needed.
 notes:
   - The container runs C(/bin/sh -c "umask 0 && <server command>") under an init, named after
     the job_id, labelled C(tao.inference.*).
@@ -364,7 +371,7 @@ def main():
         result.update(result.pop("service"))
         return result
 
-    run(module, action)
+    run(module, action, manager.close)
 
 
 if __name__ == "__main__":

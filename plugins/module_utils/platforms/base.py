@@ -6,7 +6,8 @@ The service layer (service.py) owns the registry, port reservation,
 readiness and idempotency; a driver only knows how to run one container
 description on its platform and how to look at it again::
 
-    preflight(spec)                      -> dict of facts, or TaoInferenceError (changes nothing)
+    preflight(spec, report)              -> dict of facts, or TaoInferenceError (changes nothing);
+                                            report=False: only the checks a start needs, fast
     prepare(spec)                        -> None: make the image available (pull)
     port_scope(spec)                     -> str (ports are unique per scope) or None
     port_is_free(spec, port)             -> bool
@@ -17,6 +18,7 @@ description on its platform and how to look at it again::
     find(name=None)                      -> [PlatformStatus] of services it started (orphan search)
     release(entry)                       -> bool: free local resources of a service that is gone
     repair(entry)                        -> dict of entry fields changed to mend a running service
+    close()                              -> None: drop connections held for this module run
 """
 
 from __future__ import absolute_import, division, print_function
@@ -96,7 +98,7 @@ class Driver(object):
 
     name = None
 
-    def preflight(self, spec):
+    def preflight(self, spec, report=True):
         raise NotImplementedError
 
     def prepare(self, spec):
@@ -122,6 +124,10 @@ class Driver(object):
 
     def find(self, name=None):
         return []
+
+    def close(self):
+        """Close connections held for this module run (not the services)."""
+        return None
 
     def release(self, entry):
         """Free what this machine holds for a service that is gone (e.g. a tunnel)."""

@@ -13,26 +13,19 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import traceback
+import os
 
 from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.docker_engine import DEFAULT_HOST, DockerEngine, EngineError
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
     LABEL_PREFIX, Driver, PlatformStatus, PortTaken, mask,
 )
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
-
-try:
-    import docker
-    from docker import errors as docker_errors
-    from docker.types import DeviceRequest
-    HAS_DOCKER = True
-    DOCKER_IMPORT_ERROR = None
-except ImportError:  # reported by the module with missing_required_lib
-    HAS_DOCKER = False
-    DOCKER_IMPORT_ERROR = traceback.format_exc()
+from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
+from ansible_collections.tao.inference.plugins.module_utils.ssh import SSHTarget
 
 _PORT_TAKEN = ("port is already allocated", "address already in use", "bind for")
 
@@ -48,42 +41,74 @@ class LocalDockerDriver(Driver):
     name = "local-docker"
     needs_host_port = True
 
-    def __init__(self, docker_host=None, timeout=60, pull="missing"):
+    def __init__(self, docker_host=None, timeout=60, pull="missing", ssh_key_path=None, ssh_config=None,
+                 engine_factory=DockerEngine):
         self.docker_host = docker_host
         self.timeout = timeout
         self.pull = pull
-        self._client = None
+        self.ssh_key_path = ssh_key_path
+        self.ssh_config = ssh_config
+        self._factory = engine_factory
+        self._engine = None
+        self._info_cache = None
+        self._host_cache = None
 
     # -- connection --------------------------------------------------------
     @property
-    def client(self):
-        if self._client is None:
+    def engine(self):
+        if self._engine is None:
             try:
-                if self.docker_host:
-                    self._client = docker.DockerClient(
-                        base_url=self.docker_host, timeout=self.timeout,
-                        use_ssh_client=self.docker_host.startswith("ssh://"),
-                    )
+                engine = self._factory(self.host, timeout=self.timeout, ssh_command=self._ssh_command())
+                engine.ping()
+            except EngineError as exc:
+                if exc.status is not None:
+                    raise TaoInferenceError("the Docker engine at %s refused us: %s" % (self.host, exc))
+                if self.host.startswith("ssh://"):
+                    hint = ("Check that `ssh %s docker info` works in batch mode (host, user, ssh_key_path, "
+                            "ssh_config) and that the docker CLI is installed there" % self._ssh_target().destination)
                 else:
-                    self._client = docker.from_env(timeout=self.timeout)
-                self._client.ping()
-            except docker_errors.DockerException as exc:
-                self._client = None
-                raise TaoInferenceError(
-                    "cannot reach the Docker engine at %s: %s. Start Docker (or fix docker_host / "
-                    "DOCKER_HOST) and make sure this user may use it (`docker info` must work)"
-                    % (self.docker_host or "the default socket", exc)
-                )
-        return self._client
+                    hint = ("Start Docker (or fix docker_host / DOCKER_HOST) and make sure this user may use it "
+                            "(`docker info` must work)")
+                raise TaoInferenceError("%s. %s" % (exc, hint))
+            self._engine = engine
+        return self._engine
+
+    @property
+    def host(self):
+        """The engine's address: docker_host, else DOCKER_HOST, else the local socket."""
+        return self.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+    def _ssh_target(self):
+        url = urlsplit(self.host)
+        return SSHTarget(url.hostname, user=url.username, port=url.port, key_path=self.ssh_key_path,
+                         config=self.ssh_config)
+
+    def _ssh_command(self):
+        """ssh://: reach the engine with ``docker system dial-stdio``, as ssh_key_path / ssh_config say."""
+        if not self.host.startswith("ssh://"):
+            return None
+        target = self._ssh_target()
+        return target.base_argv() + [target.destination, "--", "docker", "system", "dial-stdio"]
+
+    def close(self):
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     @property
     def remote(self):
-        return bool(self.docker_host) and not self.docker_host.startswith("unix://")
+        return not self.host.startswith("unix://")
 
     def _host_name(self):
-        if not self.remote:
-            return "localhost"
-        return urlsplit(self.docker_host).hostname or "localhost"
+        """The name a published port is reached at from here (an ssh alias resolved with ``ssh -G``)."""
+        if self._host_cache is None:
+            if not self.remote:
+                self._host_cache = "localhost"
+            elif self.host.startswith("ssh://"):
+                self._host_cache = self._ssh_target().resolved_host()
+            else:
+                self._host_cache = urlsplit(self.host).hostname or "localhost"
+        return self._host_cache
 
     # -- interface ---------------------------------------------------------
     def port_scope(self, spec):
@@ -95,54 +120,66 @@ class LocalDockerDriver(Driver):
             return True  # the engine itself refuses a taken port; start() retries
         return port_is_free(port, addresses=sorted(set(["0.0.0.0", "127.0.0.1", spec.bind_address])))
 
-    def preflight(self, spec):
+    def _info(self):
+        if self._info_cache is None:
+            self._info_cache = self._call(self.engine.info, "read the engine's info")
+        return self._info_cache
+
+    def _call(self, fn, what, *args):
+        try:
+            return fn(*args)
+        except EngineError as exc:
+            raise TaoInferenceError("Docker could not %s: %s" % (what, exc))
+
+    def preflight(self, spec, report=True):
         if self.remote and spec.bind_address.startswith("127."):
             raise TaoInferenceError(
                 "docker_host %s is another machine: a port bound to %s there cannot be reached from "
-                "here; set bind_address to 0.0.0.0 or the host's address" % (self.docker_host, spec.bind_address)
+                "here; set bind_address to 0.0.0.0 or the host's address" % (self.host, spec.bind_address)
             )
-        info = self.client.info()
-        if spec.num_gpus > 0 and "nvidia" not in (info.get("Runtimes") or {}):
+        engine = self.engine  # reachable, or a clear error
+        if spec.num_gpus <= 0 and not report:
+            return {}
+        info = self._info()
+        runtimes = sorted(info.get("Runtimes") or {})
+        if spec.num_gpus > 0 and "nvidia" not in runtimes:
             raise TaoInferenceError(
                 "num_gpus=%d needs the NVIDIA container runtime, but the Docker engine on %s has none "
                 "(runtimes: %s). Install nvidia-container-toolkit and run `nvidia-ctk runtime configure "
                 "--runtime=docker`, or set num_gpus: 0 for a CPU-only image"
-                % (spec.num_gpus, self._host_name(), ", ".join(sorted(info.get("Runtimes") or {})) or "none")
+                % (spec.num_gpus, self._host_name(), ", ".join(runtimes) or "none")
             )
         return {
-            "engine": "Docker %s (API %s)" % (info.get("ServerVersion"), self.client.api.api_version),
+            "engine": "Docker %s (API %s)" % (info.get("ServerVersion"), engine.api_version),
             "host": self._host_name(),
-            "runtimes": sorted(info.get("Runtimes") or {}),
+            "runtimes": runtimes,
             "image_present": self._has_image(spec.image),
         }
 
     def _has_image(self, image):
         try:
-            self.client.images.get(image)
+            self.engine.image_inspect(image)
             return True
-        except docker_errors.ImageNotFound:
-            return False
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise TaoInferenceError("cannot inspect image %s: %s" % (image, exc))
 
     def prepare(self, spec):
         """Make the image available on the engine (pull per ``self.pull``)."""
         self._ensure_image(spec.image)
 
     def _ensure_image(self, image):
-        if self.pull != "always":
-            try:
-                self.client.images.get(image)
-                return
-            except docker_errors.ImageNotFound:
-                if self.pull == "never":
-                    raise TaoInferenceError(
-                        "image %s is not on the Docker host and pull is 'never'; load or build it there, "
-                        "or set pull: missing" % image
-                    )
-            except docker_errors.APIError as exc:
-                raise TaoInferenceError("cannot inspect image %s: %s" % (image, exc.explanation or exc))
+        if self.pull != "always" and self._has_image(image):
+            return
+        if self.pull == "never":
+            raise TaoInferenceError(
+                "image %s is not on the Docker host and pull is 'never'; load or build it there, "
+                "or set pull: missing" % image
+            )
         try:
-            self.client.images.pull(image)
-        except docker_errors.DockerException as exc:
+            self.engine.image_pull(image)
+        except EngineError as exc:
             hint = ""
             if image.startswith("nvcr.io/"):
                 hint = (" For nvcr.io images log the Docker host in first: `docker login nvcr.io` with user "
@@ -152,70 +189,74 @@ class LocalDockerDriver(Driver):
     def _gpu_options(self, spec, env):
         if spec.num_gpus <= 0:
             return {}
-        info = self.client.info()
-        if "tegra" in (info.get("KernelVersion") or "").lower():
+        if "tegra" in (self._info().get("KernelVersion") or "").lower():
             # Jetson: the nvidia runtime with visible devices by index.
             env.setdefault("NVIDIA_DRIVER_CAPABILITIES", "all")
             env.setdefault("NVIDIA_VISIBLE_DEVICES", ",".join(str(i) for i in range(spec.num_gpus)))
-            return {"runtime": "nvidia"}
-        return {"device_requests": [DeviceRequest(count=spec.num_gpus, capabilities=[["gpu"]])]}
+            return {"Runtime": "nvidia"}
+        return {"DeviceRequests": [{"Driver": "", "Count": spec.num_gpus, "DeviceIDs": None,
+                                    "Capabilities": [["gpu"]], "Options": {}}]}
 
-    def start(self, launch):
+    def container_config(self, launch):
+        """The container-create body of ``launch`` (secret values only in its Env)."""
         spec = launch.spec
         env = dict(launch.env)
-        options = self._gpu_options(spec, env)
+        host_config = {
+            "Init": True,
+            "ShmSize": parse_size(spec.shm_size),
+            "PortBindings": {"%d/tcp" % catalog.CONTAINER_PORT: [
+                {"HostIp": spec.bind_address, "HostPort": str(launch.host_port)}]},
+        }
+        if spec.volumes:
+            host_config["Binds"] = list(spec.volumes)
+        host_config.update(self._gpu_options(spec, env))
         env.update(launch.secret_env)
+        return {
+            "Image": spec.image,
+            "Cmd": ["/bin/sh", "-c", launch.command],
+            "Env": ["%s=%s" % item for item in sorted(env.items())],
+            "Labels": dict(launch.labels),
+            "ExposedPorts": {"%d/tcp" % catalog.CONTAINER_PORT: {}},
+            "HostConfig": host_config,
+        }
+
+    def start(self, launch):
+        config = self.container_config(launch)
         try:
-            container = self.client.containers.create(
-                spec.image,
-                command=["/bin/sh", "-c", launch.command],
-                name=launch.job_id,
-                environment=env,
-                labels=launch.labels,
-                ports={"%d/tcp" % catalog.CONTAINER_PORT: (spec.bind_address, launch.host_port)},
-                init=True,
-                shm_size=spec.shm_size,
-                volumes=list(spec.volumes) or None,
-                detach=True,
-                **options
-            )
-        except docker_errors.DockerException as exc:
+            ident = self.engine.container_create(launch.job_id, config)
+        except EngineError as exc:
             raise TaoInferenceError(
                 "Docker refused to create the container: %s" % mask(str(exc), launch.secret_env)
             )
         try:
-            container.start()
-        except docker_errors.DockerException as exc:
-            self._remove(container)
+            self.engine.container_start(ident)
+        except EngineError as exc:
+            self.engine.container_remove(ident)
             if _is_port_conflict(exc):
                 raise PortTaken(launch.host_port)
             raise TaoInferenceError(
                 "Docker could not start the container: %s" % mask(str(exc), launch.secret_env)
             )
-        host = self._host_name()
         return {
-            "host_url": "http://%s:%d" % (host, launch.host_port),
+            "host_url": "http://%s:%d" % (self._host_name(), launch.host_port),
             "docker_url": "http://%s:%d" % (launch.job_id, catalog.CONTAINER_PORT),
             "host_port": launch.host_port,
-            "container_id": container.id[:12],
+            "container_id": ident[:12],
         }
 
-    def _get(self, entry):
-        try:
-            return self.client.containers.get(entry["job_id"])
-        except docker_errors.NotFound:
-            return None
+    def _inspect(self, entry):
+        return self._call(self.engine.container_inspect, "inspect container %s" % entry["job_id"], entry["job_id"])
 
     def status(self, entry):
-        container = self._get(entry)
-        if container is None:
+        document = self._inspect(entry)
+        if document is None:
             return PlatformStatus(PlatformStatus.MISSING, "no container named %s" % entry["job_id"])
-        return self._status_of(container)
+        return self._status_of(document)
 
     @staticmethod
-    def _status_of(container):
-        state = container.attrs.get("State") or {}
-        docker_state = state.get("Status") or container.status
+    def _status_of(document):
+        state = document.get("State") or {}
+        docker_state = state.get("Status") or "unknown"
         if docker_state == "running":
             mapped = PlatformStatus.RUNNING
         elif docker_state in ("created", "restarting"):
@@ -225,33 +266,20 @@ class LocalDockerDriver(Driver):
         detail = "container %s" % docker_state
         if mapped == PlatformStatus.EXITED:
             detail += " (exit code %s)" % state.get("ExitCode")
-        return PlatformStatus(mapped, detail, state.get("ExitCode"), container.labels, container.name)
+        labels = (document.get("Config") or {}).get("Labels") or {}
+        return PlatformStatus(mapped, detail, state.get("ExitCode"), labels, (document.get("Name") or "").lstrip("/"))
 
     def logs(self, entry, lines=40, secrets=None):
-        container = self._get(entry)
-        if container is None:
-            return ""
         try:
-            text = container.logs(tail=lines).decode("utf-8", "replace")
-        except docker_errors.DockerException:
+            text = self.engine.container_logs(entry["job_id"], tail=lines)
+        except EngineError:
             return ""
         return mask(text, secrets)
 
-    @staticmethod
-    def _remove(container):
-        try:
-            container.remove(force=True)
-        except docker_errors.NotFound:
-            return False
-        return True
-
     def stop(self, entry):
-        container = self._get(entry)
-        if container is None:
-            return False
-        return self._remove(container)
+        return self._call(self.engine.container_remove, "remove container %s" % entry["job_id"], entry["job_id"])
 
     def find(self, name=None):
         label = LABEL_PREFIX + ("name=%s" % name if name else "job_id")
-        found = self.client.containers.list(all=True, filters={"label": label})
-        return [self._status_of(c) for c in found]
+        found = self._call(self.engine.container_list, "list containers", label)
+        return [self._status_of(document) for document in found]

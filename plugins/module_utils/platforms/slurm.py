@@ -218,7 +218,7 @@ class SlurmDriver(Driver):
     def port_is_free(self, spec, port):
         return port_is_free(port)
 
-    def preflight(self, spec):
+    def preflight(self, spec, report=True):
         options = spec.platform_options
         self._run(["true"])
         rc, out, err = self._run(["sinfo", "-h", "-o", "%R|%a"], check=False)

@@ -1,0 +1,290 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Engine API client against a stand-in engine on a unix socket.
+
+The real engine is exercised by the integration tests; this stand-in covers
+what the test machine cannot show: registry credentials on a pull, a pull that
+fails half-way, an old engine, a kept-alive connection the engine drops.
+"""
+
+import base64
+import http.server
+import json
+import os
+import socketserver
+import stat
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from ansible_collections.tao.inference.plugins.module_utils import docker_engine
+from ansible_collections.tao.inference.plugins.module_utils.docker_engine import (
+    DockerEngine, EngineError, NotFound, demux, registry_auth, registry_of, split_image,
+)
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.platforms.local_docker import LocalDockerDriver
+from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
+
+
+class FakeEngine(object):
+    """A unix-socket HTTP server answering the Engine API routes the client uses."""
+
+    def __init__(self, path, api_version="1.43"):
+        self.path = path
+        self.api_version = api_version
+        self.requests = []
+        self.pull_events = [{"status": "Pulling from library/x"}, {"status": "Digest: sha256:ab"},
+                            {"status": "Status: Downloaded newer image for x:latest"}]
+        self.drop_after_response = False
+        self.connections = 0
+        engine = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def address_string(self):
+                return "fake"
+
+            def _send(self, status, payload=None, headers=None):
+                body = b"" if payload is None else (payload if isinstance(payload, bytes)
+                                                    else json.dumps(payload).encode())
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                if engine.drop_after_response:
+                    self.close_connection = True
+
+            def _handle(self):
+                url = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                engine.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
+                                        "headers": dict(self.headers), "body": body})
+                if url.path == "/_ping":
+                    return self._send(200, b"OK", {"API-Version": engine.api_version})
+                parts = url.path.split("/")
+                route = "/" + "/".join(parts[2:])  # without /vX.Y
+                if route == "/info":
+                    return self._send(200, {"ServerVersion": "99.0", "Runtimes": {"runc": {}}})
+                if route.startswith("/images/") and route.endswith("/json"):
+                    return self._send(404, {"message": "No such image: %s" % route[8:-5]})
+                if route == "/images/create":
+                    return self._stream(engine.pull_events)
+                if route == "/containers/create":
+                    return self._send(201, {"Id": "f" * 64, "Warnings": []})
+                if route.startswith("/containers/") and route.endswith("/logs"):
+                    frames = b"".join(bytes([kind, 0, 0, 0]) + len(text).to_bytes(4, "big") + text
+                                      for kind, text in ((1, b"out one\n"), (2, b"err two\n"), (1, b"out three\n")))
+                    return self._send(200, frames)
+                if self.command == "DELETE" or (route.startswith("/containers/") and route.endswith("/json")):
+                    return self._send(404, {"message": "No such container: %s" % parts[3]})
+                return self._send(409, {"message": "conflict: %s" % route})
+
+            def _stream(self, events):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for event in events:
+                    data = json.dumps(event).encode() + b"\r\n"
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.write(b"0\r\n\r\n")
+
+            def setup(self):
+                engine.connections += 1
+                http.server.BaseHTTPRequestHandler.setup(self)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        self.server = Server(path, Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake(tmp_path):
+    engine = FakeEngine(str(tmp_path / "docker.sock"))
+    yield engine
+    engine.close()
+
+
+def client(fake, **kwargs):
+    return DockerEngine("unix://" + fake.path, timeout=5, **kwargs)
+
+
+def test_the_api_version_comes_from_ping_and_is_capped(fake):
+    assert client(fake).ping() == "1.43"
+    fake.api_version = "1.52"
+    assert client(fake).ping() == "%d.%d" % docker_engine.MAX_API_VERSION
+    engine = client(fake)
+    engine.info()
+    assert [r["path"] for r in fake.requests[-2:]] == ["/_ping", "/v%d.%d/info" % docker_engine.MAX_API_VERSION]
+
+
+def test_an_engine_older_than_docker_19_03_is_refused_by_name(fake):
+    fake.api_version = "1.39"
+    with pytest.raises(EngineError, match=r"API 1\.39; tao.inference needs 1\.40 or newer"):
+        client(fake).ping()
+
+
+def test_one_connection_serves_every_request(fake):
+    engine = client(fake)
+    engine.info()
+    engine.info()
+    with pytest.raises(NotFound):
+        engine.image_inspect("x")
+    assert len(fake.requests) == 4 and fake.connections == 1
+
+
+def test_a_dropped_keep_alive_is_retried_on_a_new_connection(fake):
+    engine = client(fake)
+    engine.info()
+    fake.drop_after_response = True  # the engine closes each connection after its answer, unannounced
+    for attempt in range(3):
+        assert engine.info()["ServerVersion"] == "99.0", attempt
+    assert fake.connections >= 3  # the 2nd and 3rd found their connection gone and opened a new one
+
+
+def test_errors_carry_the_engines_message_and_404_is_not_found(fake):
+    engine = client(fake)
+    with pytest.raises(NotFound, match="No such image: nvcr.io/nvidia/x:1"):
+        engine.image_inspect("nvcr.io/nvidia/x:1")
+    with pytest.raises(EngineError, match="conflict") as caught:
+        engine.container_start("abc")
+    assert caught.value.status == 409
+    assert engine.container_remove("gone") is False
+    assert engine.container_inspect("nothing") is None
+
+
+def test_an_engine_that_is_not_there_says_where_it_looked(tmp_path):
+    missing = str(tmp_path / "nope.sock")
+    with pytest.raises(EngineError, match="cannot reach the Docker engine at unix://%s" % missing):
+        DockerEngine("unix://" + missing, timeout=2).ping()
+    driver = LocalDockerDriver(docker_host="unix://" + missing)
+    with pytest.raises(TaoInferenceError, match=r"Start Docker \(or fix docker_host / DOCKER_HOST\)"):
+        driver.engine
+
+
+def test_logs_are_demultiplexed_in_order(fake):
+    assert client(fake).container_logs("abc", tail=5) == "out one\nerr two\nout three\n"
+    assert fake.requests[-1]["query"] == {"stdout": ["1"], "stderr": ["1"], "tail": ["5"]}
+    assert demux(b"plain tty output\n") == b"plain tty output\n"
+
+
+@pytest.mark.parametrize("ref, expected", [
+    ("busybox", ("busybox", None, None)),
+    ("busybox:1.36", ("busybox", "1.36", None)),
+    ("localhost:5000/team/img", ("localhost:5000/team/img", None, None)),
+    ("localhost:5000/team/img:v2", ("localhost:5000/team/img", "v2", None)),
+    ("nvcr.io/nvidia/tao/tao-toolkit:6.0.0-pyt@sha256:abc", ("nvcr.io/nvidia/tao/tao-toolkit", "6.0.0-pyt", "sha256:abc")),
+])
+def test_image_references_split_like_docker(ref, expected):
+    assert split_image(ref) == expected
+
+
+@pytest.mark.parametrize("repository, registry", [
+    ("busybox", None), ("library/busybox", None), ("nvidia/cuda", None),
+    ("nvcr.io/nvidia/tao", "nvcr.io"), ("localhost/x", "localhost"), ("host:5000/x", "host:5000"),
+])
+def test_the_registry_of_a_repository(repository, registry):
+    assert registry_of(repository) == registry
+
+
+def decode(header):
+    return json.loads(base64.urlsafe_b64decode(header.encode()))
+
+
+def write_config(tmp_path, config):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return {"DOCKER_CONFIG": str(tmp_path)}
+
+
+def test_a_pull_sends_the_stored_credentials_for_its_registry_and_defaults_to_latest(fake, tmp_path):
+    token = "nvapi-" + "x" * 20
+    environ = write_config(tmp_path, {"auths": {
+        "nvcr.io": {"auth": base64.b64encode(("$oauthtoken:" + token).encode()).decode()},
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hubuser:hubpass").decode()}}})
+    engine = client(fake, environ=environ)
+    assert engine.image_pull("nvcr.io/nvidia/tao/tao-toolkit") == "Status: Downloaded newer image for x:latest"
+    sent = fake.requests[-1]
+    assert sent["query"] == {"fromImage": ["nvcr.io/nvidia/tao/tao-toolkit"], "tag": ["latest"]}
+    assert decode(sent["headers"]["X-Registry-Auth"]) == {
+        "username": "$oauthtoken", "password": token, "serveraddress": "nvcr.io"}
+    engine.image_pull("busybox:1.36")
+    assert fake.requests[-1]["query"] == {"fromImage": ["busybox"], "tag": ["1.36"]}
+    assert decode(fake.requests[-1]["headers"]["X-Registry-Auth"])["username"] == "hubuser"
+    engine.image_pull("quay.io/other/thing@sha256:abc")
+    assert fake.requests[-1]["query"] == {"fromImage": ["quay.io/other/thing@sha256:abc"]}
+    assert "X-Registry-Auth" not in fake.requests[-1]["headers"]
+
+
+def test_a_credential_helper_is_asked_and_its_secret_stays_in_the_header(fake, tmp_path, monkeypatch):
+    helper = tmp_path / "bin" / "docker-credential-fake"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\nread server\necho "{\\"Username\\": \\"robot\\", \\"Secret\\": \\"s3cr3t-$server\\"}"\n')
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(helper.parent) + os.pathsep + os.environ["PATH"])
+    environ = write_config(tmp_path, {"credHelpers": {"registry.example.com": "fake"}})
+    assert decode(registry_auth("registry.example.com", environ)) == {
+        "username": "robot", "password": "s3cr3t-registry.example.com", "serveraddress": "registry.example.com"}
+    assert registry_auth("other.example.com", environ) is None
+    client(fake, environ=environ).image_pull("registry.example.com/team/img:1")
+    assert decode(fake.requests[-1]["headers"]["X-Registry-Auth"])["password"] == "s3cr3t-registry.example.com"
+
+
+def test_a_pull_that_fails_half_way_raises_the_engines_reason(fake):
+    fake.pull_events = [{"status": "Pulling fs layer"},
+                        {"errorDetail": {"message": "unauthorized: authentication required"},
+                         "error": "unauthorized: authentication required"}]
+    with pytest.raises(EngineError, match="unauthorized: authentication required"):
+        client(fake).image_pull("nvcr.io/nvidia/tao/private:1")
+    driver = LocalDockerDriver(docker_host="unix://" + fake.path)
+    with pytest.raises(TaoInferenceError, match=r"cannot pull image nvcr.io/nvidia/tao/private:1: unauthorized.*"
+                                                r"docker login nvcr.io"):
+        driver.prepare(type("Spec", (), {"image": "nvcr.io/nvidia/tao/private:1"})())
+
+
+@pytest.mark.parametrize("text, size", [("16g", 16 << 30), ("512m", 512 << 20), ("64MB", 64 << 20),
+                                        ("1024", 1024), ("1.5g", 3 << 29), ("8k", 8192)])
+def test_shm_size_reads_like_docker(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "16x", "-1g", "1 2"])
+def test_a_bad_shm_size_is_refused(text):
+    with pytest.raises(TaoInferenceError, match="is not a size such as 16g"):
+        parse_size(text)
+
+
+def test_tcp_hosts_use_tls_as_the_docker_environment_says(tmp_path):
+    plain = docker_engine.connection_factory("tcp://gpu-host", 5, {})()
+    assert type(plain).__name__ == "HTTPConnection" and plain.port == 2375
+    tls_env = {"DOCKER_TLS": "1", "DOCKER_CERT_PATH": str(tmp_path)}
+    secure = docker_engine.connection_factory("tcp://gpu-host", 5, tls_env)()
+    assert type(secure).__name__ == "HTTPSConnection" and secure.port == 2376
+    with pytest.raises(EngineError, match="is not unix://, tcp:// or ssh://"):
+        docker_engine.connection_factory("npipe:////./pipe/docker_engine", 5, {})
+
+
+def test_ssh_hosts_run_dial_stdio_with_the_modules_ssh_options():
+    driver = LocalDockerDriver(docker_host="ssh://deploy@gpu-host:2200", ssh_key_path="/keys/id", ssh_config="/etc/cfg")
+    argv = driver._ssh_command()
+    assert argv[:3] == ["ssh", "-F", "/etc/cfg"]
+    assert argv[argv.index("-p") + 1] == "2200" and argv[argv.index("-i") + 1] == "/keys/id"
+    assert "BatchMode=yes" in argv and argv[-5:] == ["deploy@gpu-host", "--", "docker", "system", "dial-stdio"]
+    assert docker_engine.ssh_argv("ssh://gpu-host")[-5:] == ["gpu-host", "--", "docker", "system", "dial-stdio"]
+    assert LocalDockerDriver(docker_host="unix:///run/docker.sock")._ssh_command() is None
