@@ -43,7 +43,6 @@ class EngineError(Exception):
     def __init__(self, message, status=None):
         super(EngineError, self).__init__(message)
         self.status = status
-        self.explanation = message
 
 
 class NotFound(EngineError):

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from .conftest import ROOT, docker, service_task
+from .conftest import IMAGE, ROOT, docker, service_task
 
 SSH_CONFIG = os.path.join(ROOT, ".build", "ssh", "config")
 ENGINE_SOCKET = "/var/run/docker.sock"
@@ -123,8 +123,6 @@ LIFECYCLE = """\
 
 
 def lifecycle(host, ssh=""):
-    from .conftest import IMAGE
-
     start = service_task(extra="docker_host: %s\nbind_address: 0.0.0.0\n%s" % (host, ssh)).rstrip("\n")
     start += "\n  register: svc"
     return LIFECYCLE.format(image=IMAGE, host=host, start=start, png=os.path.join(ROOT, "playbooks", "files", "demo.png"),
@@ -187,3 +185,17 @@ def test_an_ssh_docker_host_that_refuses_us_says_why(harness, login, tmp_path):
     assert "cannot reach the Docker engine at ssh://tao-login" in msg and "Permission denied" in msg, msg
     assert "Check that `ssh tao-login docker info` works in batch mode" in msg
     assert harness.entries() == {} and ssh_processes() == []
+
+
+def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
+    start = harness.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
+        "network_arch": "cosmos-rl", "model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "image": IMAGE,
+        "num_gpus": 0, "docker_host": "ssh://tao-login", "ssh_config": login, "bind_address": "0.0.0.0"})
+    assert start.rc == 0, start.output
+    assert start.task("Report the engine and the image")["result"]["msg"].startswith("Docker ")
+    job_id = start.task("Start the service")["result"]["job_id"]
+    assert "URL    : http://127.0.0.1:" in start.stdout and "ready after" in start.stdout
+    stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes"})
+    assert stop.rc == 0, stop.output
+    assert "Stopped %s" % job_id in stop.stdout
+    assert harness.entries() == {} and harness.containers() == [] and ssh_processes() == []

@@ -182,8 +182,8 @@ class LocalDockerDriver(Driver):
         except EngineError as exc:
             hint = ""
             if image.startswith("nvcr.io/"):
-                hint = (" For nvcr.io images log the Docker host in first: `docker login nvcr.io` with user "
-                        "'$oauthtoken' and your NGC API key as the password.")
+                hint = (" For nvcr.io images run `docker login nvcr.io` (user '$oauthtoken', password: your NGC "
+                        "API key) as the user that runs this module: the credentials it stores are sent to the engine.")
             raise TaoInferenceError("cannot pull image %s: %s.%s" % (image, exc, hint))
 
     def _gpu_options(self, spec, env):

@@ -288,3 +288,44 @@ def test_ssh_hosts_run_dial_stdio_with_the_modules_ssh_options():
     assert "BatchMode=yes" in argv and argv[-5:] == ["deploy@gpu-host", "--", "docker", "system", "dial-stdio"]
     assert docker_engine.ssh_argv("ssh://gpu-host")[-5:] == ["gpu-host", "--", "docker", "system", "dial-stdio"]
     assert LocalDockerDriver(docker_host="unix:///run/docker.sock")._ssh_command() is None
+
+
+def launch_for(num_gpus, secret=None):
+    from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Launch
+    from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
+
+    spec = build_spec({"network_arch": "cosmos-rl", "model_path": "hf_model://a/b", "num_gpus": num_gpus,
+                       "image": "img:1", "shm_size": "2g", "volumes": ["/data:/models:ro"]}, {})
+    return Launch(spec, "job-1", "serve --port 8080", {"A": "1"}, secret or {}, 8123, {"tao.inference.job_id": "job-1"})
+
+
+def no_engine(*args, **kwargs):
+    raise AssertionError("the engine was asked")
+
+
+def driver_with_info(info):
+    driver = LocalDockerDriver(engine_factory=no_engine)
+    driver._info_cache = info
+    return driver
+
+
+def test_gpus_become_device_requests_and_secrets_only_env():
+    config = driver_with_info({"KernelVersion": "6.8.0"}).container_config(launch_for(2, {"HF_TOKEN": "canary"}))
+    host = config["HostConfig"]
+    assert host["DeviceRequests"] == [{"Driver": "", "Count": 2, "DeviceIDs": None, "Capabilities": [["gpu"]],
+                                       "Options": {}}]
+    assert host["ShmSize"] == 2 << 30 and host["Init"] is True and host["Binds"] == ["/data:/models:ro"]
+    assert host["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8123"}]}
+    assert config["Env"] == ["A=1", "HF_TOKEN=canary"]
+    assert "canary" not in json.dumps(dict(config, Env=None))
+
+
+def test_jetson_uses_the_nvidia_runtime_with_visible_devices():
+    config = driver_with_info({"KernelVersion": "5.15.136-tegra"}).container_config(launch_for(2))
+    assert config["HostConfig"]["Runtime"] == "nvidia" and "DeviceRequests" not in config["HostConfig"]
+    assert "NVIDIA_VISIBLE_DEVICES=0,1" in config["Env"]
+
+
+def test_cpu_only_asks_the_engine_nothing_about_gpus():
+    config = driver_with_info(None).container_config(launch_for(0))
+    assert "DeviceRequests" not in config["HostConfig"] and "Runtime" not in config["HostConfig"]
