@@ -49,6 +49,10 @@ class NotFound(EngineError):
     """404: no such container or image."""
 
 
+class UnsupportedEngine(EngineError):
+    """The engine answers, but speaks an API older than this client needs."""
+
+
 def split_image(ref):
     """(repository, tag or None, digest or None) of an image reference."""
     digest = None
@@ -61,10 +65,13 @@ def split_image(ref):
     return ref, tag, digest
 
 
+_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
 def registry_of(repository):
-    """The registry host an image repository lives on (Docker Hub when it names none)."""
+    """The registry host an image repository lives on; None for Docker Hub (named or not)."""
     first, sep, _rest = repository.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
+    if sep and ("." in first or ":" in first or first == "localhost") and first not in _HUB_HOSTS:
         return first
     return None
 
@@ -137,17 +144,21 @@ class _SSHConnection(http_client.HTTPConnection):
         self._stderr.seek(0)
         return self._stderr.read().decode("utf-8", "replace").strip()
 
-    def close(self):
-        # http.client calls this itself when a request fails: keep what ssh said for diagnose().
-        http_client.HTTPConnection.close(self)
+    # close() is http.client's: it also calls it to hand the socket over to a response that
+    # ends the connection, so it must not stop ssh while that response is still being read.
+    def shutdown(self):
+        """Close the connection and end ssh (it exits by itself once its stdin closes)."""
+        self.close()
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
             try:
-                self._proc.wait(5)
+                self._proc.wait(2)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                self._proc.terminate()
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
             self._said = self._read_stderr()
             self._proc = None
         if self._stderr is not None:
@@ -218,7 +229,7 @@ class DockerEngine(object):
     # -- transport -----------------------------------------------------------
     def close(self):
         if self._conn is not None:
-            self._conn.close()
+            getattr(self._conn, "shutdown", self._conn.close)()
             self._conn = None
 
     def _exchange(self, method, url, body, headers):
@@ -289,8 +300,8 @@ class DockerEngine(object):
         if version is None:
             version = _version_tuple(self._json_unversioned("/version").get("ApiVersion") or "") or MIN_API_VERSION
         if version < MIN_API_VERSION:
-            raise EngineError("the Docker engine at %s speaks API %d.%d; tao.inference needs %d.%d or newer "
-                              "(Docker 19.03+)" % ((self.host,) + version + MIN_API_VERSION))
+            raise UnsupportedEngine("the Docker engine at %s speaks API %d.%d; tao.inference needs %d.%d or newer "
+                                    "(Docker 19.03+): upgrade Docker there" % ((self.host,) + version + MIN_API_VERSION))
         self.api_version = "%d.%d" % min(version, MAX_API_VERSION)
         return self.api_version
 
@@ -331,6 +342,9 @@ class DockerEngine(object):
         except (OSError, http_client.HTTPException) as exc:
             self.close()
             raise EngineError("the pull of %s was cut off: %s" % (ref, exc))
+        except EngineError:
+            self.close()  # the rest of the stream is unread: this connection cannot serve another request
+            raise
         if response.will_close:
             self.close()
         return last
@@ -403,7 +417,7 @@ def _docker_config(environ):
 def _auth_key_matches(key, registry):
     host = urlsplit(key).netloc if "://" in key else key.split("/")[0]
     if registry is None:
-        return host in ("index.docker.io", "docker.io", "registry-1.docker.io")
+        return host in _HUB_HOSTS
     return host == registry
 
 
@@ -419,32 +433,48 @@ def _from_helper(helper, server):
         found = json.loads(proc.stdout.decode("utf-8"))
     except ValueError:
         return None
+    if not isinstance(found, dict):
+        return None
     if found.get("Username") == "<token>":
         return {"identitytoken": found.get("Secret")}
     return {"username": found.get("Username"), "password": found.get("Secret")}
 
 
+def _stored_auth(value):
+    """Credentials of one ``auths`` entry; None when it holds none or is malformed (it is then skipped)."""
+    try:
+        if value.get("identitytoken"):
+            return {"identitytoken": value["identitytoken"]}
+        if value.get("auth"):
+            user, _sep, password = base64.b64decode(value["auth"]).decode("utf-8").partition(":")
+            return {"username": user, "password": password}
+        if value.get("username"):
+            return {"username": value["username"], "password": value.get("password")}
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return None
+
+
 def registry_auth(registry, environ=None):
     """The ``X-Registry-Auth`` header value for ``registry`` (None: Docker Hub), or None without credentials."""
     config = _docker_config(os.environ if environ is None else environ)
+    if not isinstance(config, dict):
+        return None
     server = registry or DOCKER_HUB
-    helper = (config.get("credHelpers") or {}).get(server) or config.get("credsStore")
+    helpers = config.get("credHelpers")
+    helper = (helpers.get(server) if isinstance(helpers, dict) else None) or config.get("credsStore")
+    if not isinstance(helper, str):
+        helper = None
     found = None
     if helper:
         found = _from_helper(helper, server)
     if found is None:
-        for key, value in (config.get("auths") or {}).items():
-            if not _auth_key_matches(key, registry):
-                continue
-            if value.get("identitytoken"):
-                found = {"identitytoken": value["identitytoken"]}
-            elif value.get("auth"):
-                user, _sep, password = base64.b64decode(value["auth"]).decode("utf-8").partition(":")
-                found = {"username": user, "password": password}
-            elif value.get("username"):
-                found = {"username": value["username"], "password": value.get("password")}
-            if found:
-                break
+        auths = config.get("auths")
+        for key, value in (auths.items() if isinstance(auths, dict) else ()):
+            if _auth_key_matches(key, registry):
+                found = _stored_auth(value)
+                if found:
+                    break
     if not found:
         return None
     found["serveraddress"] = server

@@ -103,7 +103,6 @@ LIFECYCLE = """\
     num_gpus: 0
     image: {image}
     docker_host: {host}
-    bind_address: 0.0.0.0
 {ssh}
 {start}
 - name: Ask
@@ -123,7 +122,7 @@ LIFECYCLE = """\
 
 
 def lifecycle(host, ssh=""):
-    start = service_task(extra="docker_host: %s\nbind_address: 0.0.0.0\n%s" % (host, ssh)).rstrip("\n")
+    start = service_task(extra="docker_host: %s\n%s" % (host, ssh)).rstrip("\n")
     start += "\n  register: svc"
     return LIFECYCLE.format(image=IMAGE, host=host, start=start, png=os.path.join(ROOT, "playbooks", "files", "demo.png"),
                             ssh="".join("    %s\n" % line for line in ssh.splitlines()).rstrip("\n"))
@@ -146,10 +145,11 @@ def check_lifecycle(harness, run, host_name):
 def test_a_tcp_docker_host_carries_every_call(harness, forwarder):
     host = "tcp://127.0.0.1:%d" % forwarder.port
     run = harness.play(lifecycle(host))
-    started = check_lifecycle(harness, run, "127.0.0.1")
-    assert started["connection"]["docker_host"] == host and started["port_scope"] == "docker:127.0.0.1"
-    # preflight, start, info and stop each opened one kept-alive connection through the forwarder
-    assert forwarder.connections == 4
+    # a loopback engine is this machine's: its ports share the local scope with every other service here
+    started = check_lifecycle(harness, run, "localhost")
+    assert started["connection"]["docker_host"] == host and started["port_scope"] == "local"
+    # preflight, start, info and stop each reached the engine through the forwarder
+    assert forwarder.connections >= 4
 
 
 def ssh_processes():
@@ -167,35 +167,40 @@ def login():
 def test_an_ssh_docker_host_dials_the_engine_and_leaves_no_ssh_behind(harness, login):
     before = ssh_processes()
     run = harness.play(lifecycle("ssh://tao-login", ssh="ssh_config: %s" % login))
-    started = check_lifecycle(harness, run, "127.0.0.1")  # the alias resolved through the ssh configuration
+    # the alias resolved through the ssh configuration to 127.0.0.1: this machine
+    started = check_lifecycle(harness, run, "localhost")
     assert started["connection"]["ssh_config"] == login
     assert ssh_processes() == before
 
 
 def test_an_ssh_docker_host_that_refuses_us_says_why(harness, login, tmp_path):
+    before = ssh_processes()
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     with open(login) as handle:  # the test login, but with a key the host does not know
         config = "".join(line for line in handle if "IdentityFile" not in line)
     (tmp_path / "config").write_text(config)
-    run = harness.play(service_task(extra="docker_host: ssh://tao-login\nbind_address: 0.0.0.0\n"
+    run = harness.play(service_task(extra="docker_host: ssh://tao-login\n"
                                           "ssh_config: %s\nssh_key_path: %s\n" % (tmp_path / "config", stranger)))
     assert run.rc != 0
     msg = run.task("Start")["result"]["msg"]
     assert "cannot reach the Docker engine at ssh://tao-login" in msg and "Permission denied" in msg, msg
     assert "Check that `ssh tao-login docker info` works in batch mode" in msg
-    assert harness.entries() == {} and ssh_processes() == []
+    assert harness.entries() == {} and ssh_processes() == before
 
 
 def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
+    before = ssh_processes()
     start = harness.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
         "network_arch": "cosmos-rl", "model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "image": IMAGE,
         "num_gpus": 0, "docker_host": "ssh://tao-login", "ssh_config": login, "bind_address": "0.0.0.0"})
     assert start.rc == 0, start.output
     assert start.task("Report the engine and the image")["result"]["msg"].startswith("Docker ")
     job_id = start.task("Start the service")["result"]["job_id"]
-    assert "URL    : http://127.0.0.1:" in start.stdout and "ready after" in start.stdout
+    assert "URL    : http://localhost:" in start.stdout and "ready after" in start.stdout
+    [doc] = json.loads(docker("inspect", job_id).stdout)  # bind_address went through the role
+    assert doc["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "0.0.0.0"
     stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes"})
     assert stop.rc == 0, stop.output
     assert "Stopped %s" % job_id in stop.stdout
-    assert harness.entries() == {} and harness.containers() == [] and ssh_processes() == []
+    assert harness.entries() == {} and harness.containers() == [] and ssh_processes() == before

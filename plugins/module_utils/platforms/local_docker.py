@@ -13,12 +13,15 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ipaddress
 import os
 
 from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.docker_engine import DEFAULT_HOST, DockerEngine, EngineError
+from ansible_collections.tao.inference.plugins.module_utils.docker_engine import (
+    DEFAULT_HOST, DockerEngine, EngineError, UnsupportedEngine,
+)
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
     LABEL_PREFIX, Driver, PlatformStatus, PortTaken, mask,
@@ -28,6 +31,15 @@ from ansible_collections.tao.inference.plugins.module_utils.spec import parse_si
 from ansible_collections.tao.inference.plugins.module_utils.ssh import SSHTarget
 
 _PORT_TAKEN = ("port is already allocated", "address already in use", "bind for")
+
+
+def _is_loopback(name):
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_port_conflict(exc):
@@ -57,10 +69,15 @@ class LocalDockerDriver(Driver):
     @property
     def engine(self):
         if self._engine is None:
+            engine = None
             try:
                 engine = self._factory(self.host, timeout=self.timeout, ssh_command=self._ssh_command())
                 engine.ping()
             except EngineError as exc:
+                if engine is not None:
+                    engine.close()
+                if isinstance(exc, UnsupportedEngine):
+                    raise TaoInferenceError(str(exc))
                 if exc.status is not None:
                     raise TaoInferenceError("the Docker engine at %s refused us: %s" % (self.host, exc))
                 if self.host.startswith("ssh://"):
@@ -97,17 +114,21 @@ class LocalDockerDriver(Driver):
 
     @property
     def remote(self):
-        return not self.host.startswith("unix://")
+        """True when the engine runs on another machine (a tcp:// or ssh:// host that is not loopback)."""
+        return self._host_name() != "localhost"
 
     def _host_name(self):
-        """The name a published port is reached at from here (an ssh alias resolved with ``ssh -G``)."""
+        """The name a published port is reached at from here: "localhost" for this machine's engine
+        (the unix socket, or a tcp:// / ssh:// host that is loopback), else the host (an ssh alias
+        resolved with ``ssh -G``)."""
         if self._host_cache is None:
-            if not self.remote:
-                self._host_cache = "localhost"
+            if self.host.startswith("unix://"):
+                name = "localhost"
             elif self.host.startswith("ssh://"):
-                self._host_cache = self._ssh_target().resolved_host()
+                name = self._ssh_target().resolved_host()
             else:
-                self._host_cache = urlsplit(self.host).hostname or "localhost"
+                name = urlsplit(self.host).hostname or "localhost"
+            self._host_cache = "localhost" if _is_loopback(name) else name
         return self._host_cache
 
     # -- interface ---------------------------------------------------------
@@ -227,16 +248,19 @@ class LocalDockerDriver(Driver):
         except EngineError as exc:
             raise TaoInferenceError(
                 "Docker refused to create the container: %s" % mask(str(exc), launch.secret_env)
-            )
+            ) from None
         try:
             self.engine.container_start(ident)
         except EngineError as exc:
-            self.engine.container_remove(ident)
+            try:
+                self.engine.container_remove(ident)
+            except EngineError:
+                pass  # the container is also labelled: absent by name or info finds it again
             if _is_port_conflict(exc):
-                raise PortTaken(launch.host_port)
+                raise PortTaken(launch.host_port) from None
             raise TaoInferenceError(
                 "Docker could not start the container: %s" % mask(str(exc), launch.secret_env)
-            )
+            ) from None
         return {
             "host_url": "http://%s:%d" % (self._host_name(), launch.host_port),
             "docker_url": "http://%s:%d" % (launch.job_id, catalog.CONTAINER_PORT),

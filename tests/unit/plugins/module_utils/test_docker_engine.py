@@ -9,6 +9,7 @@ fails half-way, an old engine, a kept-alive connection the engine drops.
 
 import base64
 import http.server
+import re
 import json
 import os
 import socketserver
@@ -38,6 +39,8 @@ class FakeEngine(object):
                             {"status": "Status: Downloaded newer image for x:latest"}]
         self.drop_after_response = False
         self.connections = 0
+        self.start_error = (409, "conflict")
+        self.delete_status = 404
         engine = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -83,9 +86,12 @@ class FakeEngine(object):
                     frames = b"".join(bytes([kind, 0, 0, 0]) + len(text).to_bytes(4, "big") + text
                                       for kind, text in ((1, b"out one\n"), (2, b"err two\n"), (1, b"out three\n")))
                     return self._send(200, frames)
-                if self.command == "DELETE" or (route.startswith("/containers/") and route.endswith("/json")):
+                if self.command == "DELETE":
+                    return self._send(engine.delete_status, {"message": "cannot remove %s" % parts[3]})
+                if route.startswith("/containers/") and route.endswith("/json"):
                     return self._send(404, {"message": "No such container: %s" % parts[3]})
-                return self._send(409, {"message": "conflict: %s" % route})
+                status, message = engine.start_error
+                return self._send(status, {"message": "%s: %s" % (message, route)})
 
             def _stream(self, events):
                 self.send_response(200)
@@ -197,7 +203,8 @@ def test_image_references_split_like_docker(ref, expected):
 
 
 @pytest.mark.parametrize("repository, registry", [
-    ("busybox", None), ("library/busybox", None), ("nvidia/cuda", None),
+    ("busybox", None), ("library/busybox", None), ("nvidia/cuda", None), ("docker.io/library/busybox", None),
+    ("index.docker.io/org/img", None), ("registry-1.docker.io/org/img", None),
     ("nvcr.io/nvidia/tao", "nvcr.io"), ("localhost/x", "localhost"), ("host:5000/x", "host:5000"),
 ])
 def test_the_registry_of_a_repository(repository, registry):
@@ -329,3 +336,125 @@ def test_jetson_uses_the_nvidia_runtime_with_visible_devices():
 def test_cpu_only_asks_the_engine_nothing_about_gpus():
     config = driver_with_info(None).container_config(launch_for(0))
     assert "DeviceRequests" not in config["HostConfig"] and "Runtime" not in config["HostConfig"]
+
+
+def test_docker_hub_named_in_full_gets_the_hub_credentials(tmp_path):
+    environ = write_config(tmp_path, {"auths": {
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hubuser:hubpass").decode()}}})
+    header = registry_auth(registry_of(split_image("docker.io/org/private:1")[0]), environ)
+    assert decode(header) == {"username": "hubuser", "password": "hubpass", "serveraddress": docker_engine.DOCKER_HUB}
+
+
+@pytest.mark.parametrize("config", [
+    {"auths": {"nvcr.io": {"auth": "%%% not base64"}}},
+    {"auths": {"nvcr.io": "a string"}},
+    {"auths": ["nvcr.io"]},
+    {"credHelpers": ["nvcr.io"], "credsStore": 7},
+    ["not", "an", "object"],
+])
+def test_a_malformed_docker_config_means_no_credentials_not_a_crash(tmp_path, config):
+    assert registry_auth("nvcr.io", write_config(tmp_path, config)) is None
+
+
+def test_after_a_failed_pull_the_engine_still_answers(fake):
+    fake.pull_events = [{"status": "Pulling fs layer"}, {"error": "manifest unknown"}, {"status": "never read"}]
+    engine = client(fake)
+    with pytest.raises(EngineError, match="manifest unknown"):
+        engine.image_pull("busybox:nope")
+    assert engine.info()["ServerVersion"] == "99.0"
+
+
+def test_tls_verifies_the_engine_only_when_docker_tls_verify_says_so(tmp_path):
+    import ssl
+
+    certs = {"DOCKER_CERT_PATH": str(tmp_path)}
+    verified = docker_engine.connection_factory("tcp://gpu-host:2376", 5, dict(certs, DOCKER_TLS_VERIFY="1"))()
+    assert verified._context.verify_mode == ssl.CERT_REQUIRED and verified._context.check_hostname
+    unverified = docker_engine.connection_factory("tcp://gpu-host:2376", 5, dict(certs, DOCKER_TLS="1"))()
+    assert unverified._context.verify_mode == ssl.CERT_NONE
+
+
+BRIDGE = """
+import socket, sys, threading
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+def up():
+    while True:
+        data = sys.stdin.buffer.read1(65536)
+        if not data:
+            sock.shutdown(socket.SHUT_WR)
+            return
+        sock.sendall(data)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = sock.recv(65536)
+    if not data:
+        break
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+"""
+
+
+def test_an_ssh_transport_carries_requests_and_ends_its_process(fake):
+    import sys
+
+    engine = DockerEngine("ssh://gpu-host", timeout=5, ssh_command=[sys.executable, "-c", BRIDGE, fake.path])
+    assert engine.info()["ServerVersion"] == "99.0" and engine.container_logs("abc", 3).startswith("out one")
+    proc = engine._conn._proc
+    assert proc.poll() is None and fake.connections == 1  # one process, one kept-alive connection
+    engine.close()
+    assert proc.returncode is not None
+
+
+def test_an_ssh_transport_that_cannot_log_in_reports_what_ssh_said(fake):
+    import sys
+
+    said = "root@gpu-host: Permission denied (publickey)."
+    engine = DockerEngine("ssh://gpu-host", timeout=5, ssh_command=[
+        sys.executable, "-c", "import sys; sys.stderr.write(%r); sys.exit(255)" % said])
+    with pytest.raises(EngineError, match=r"cannot reach the Docker engine at ssh://gpu-host: .*\(ssh: %s\)"
+                       % re.escape(said)):
+        engine.ping()
+    assert engine._conn is None
+
+
+def test_a_start_that_fails_and_cannot_clean_up_still_fails_clearly_with_secrets_masked(fake):
+    from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Launch
+    from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
+
+    fake.start_error = (500, "driver failed programming external connectivity, env HF_TOKEN=canary-123")
+    fake.delete_status = 500
+    spec = build_spec({"network_arch": "cosmos-rl", "model_path": "hf_model://a/b", "num_gpus": 0, "image": "i:1"}, {})
+    launch = Launch(spec, "job-1", "serve", {}, {"HF_TOKEN": "canary-123"}, 8123, {})
+    driver = LocalDockerDriver(docker_host="unix://" + fake.path)
+    with pytest.raises(TaoInferenceError, match="Docker could not start the container") as caught:
+        driver.start(launch)
+    assert "canary-123" not in str(caught.value) and caught.value.__suppress_context__
+    assert [r["method"] for r in fake.requests[-3:]] == ["POST", "POST", "DELETE"]  # create, start, remove
+
+
+def test_an_engine_too_old_is_named_and_its_connection_closed(fake):
+    fake.api_version = "1.38"
+    made = []
+
+    def factory(*args, **kwargs):
+        made.append(DockerEngine(*args, **kwargs))
+        return made[-1]
+
+    driver = LocalDockerDriver(docker_host="unix://" + fake.path, engine_factory=factory)
+    with pytest.raises(TaoInferenceError, match=r"speaks API 1\.38; .* upgrade Docker there$"):
+        driver.engine
+    assert made[0]._conn is None
+
+
+@pytest.mark.parametrize("host, remote, name", [
+    ("unix:///var/run/docker.sock", False, "localhost"),
+    ("tcp://127.0.0.1:2375", False, "localhost"),
+    ("tcp://localhost:2375", False, "localhost"),
+    ("tcp://[::1]:2375", False, "localhost"),
+    ("tcp://10.1.2.3:2376", True, "10.1.2.3"),
+    ("tcp://gpu-host.example.com:2376", True, "gpu-host.example.com"),
+])
+def test_a_loopback_engine_is_this_machine(host, remote, name):
+    driver = LocalDockerDriver(docker_host=host, engine_factory=no_engine)
+    assert driver.remote is remote and driver._host_name() == name
