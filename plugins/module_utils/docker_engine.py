@@ -92,16 +92,6 @@ class _UnixConnection(http_client.HTTPConnection):
         self.sock = sock
 
 
-def ssh_argv(url):
-    """``ssh ... docker system dial-stdio`` for an ``ssh://[user@]host[:port]`` docker_host."""
-    url = urlsplit(url)
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
-    if url.port:
-        argv += ["-p", str(url.port)]
-    target = ("%s@%s" % (url.username, url.hostname)) if url.username else url.hostname
-    return argv + [target, "--", "docker", "system", "dial-stdio"]
-
-
 class _SSHConnection(http_client.HTTPConnection):
     """HTTP through ``ssh host docker system dial-stdio`` (``argv``), as the docker CLI does."""
 
@@ -189,7 +179,8 @@ def _existing(path):
 def connection_factory(host, timeout, environ=None, ssh_command=None):
     """A function making a fresh HTTP connection to the engine at ``host`` (a DOCKER_HOST URL).
 
-    ``ssh_command`` replaces the default ``ssh ... docker system dial-stdio`` argv for ssh:// hosts.
+    For ssh:// hosts ``ssh_command`` is the argv whose stdin and stdout carry the connection
+    (``ssh ... host docker system dial-stdio``; the local-docker driver builds it).
     """
     environ = os.environ if environ is None else environ
     url = urlsplit(host)
@@ -198,9 +189,9 @@ def connection_factory(host, timeout, environ=None, ssh_command=None):
         path = (url.netloc + url.path) or "/var/run/docker.sock"
         return lambda: _UnixConnection(path, timeout)
     if scheme == "ssh":
-        if not url.hostname:
-            raise EngineError("docker_host %s names no host; use ssh://[user@]host[:port]" % host)
-        argv = list(ssh_command or ssh_argv(host))
+        if not ssh_command:
+            raise EngineError("docker_host %s needs the ssh command that reaches it" % host)
+        argv = list(ssh_command)
         return lambda: _SSHConnection(argv, timeout)
     if scheme in ("tcp", "http", "https"):
         if not url.hostname:
@@ -216,11 +207,11 @@ def connection_factory(host, timeout, environ=None, ssh_command=None):
 
 
 class DockerEngine(object):
-    """One Docker engine, reached as ``host`` (default: DOCKER_HOST, else the local socket)."""
+    """One Docker engine, reached as ``host`` (a DOCKER_HOST URL)."""
 
-    def __init__(self, host=None, timeout=60, environ=None, ssh_command=None):
+    def __init__(self, host, timeout=60, environ=None, ssh_command=None):
         self.environ = os.environ if environ is None else environ
-        self.host = host or self.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        self.host = host
         self.timeout = timeout
         self._connect = connection_factory(self.host, timeout, self.environ, ssh_command)
         self._conn = None
@@ -288,26 +279,23 @@ class DockerEngine(object):
         message = message or data.decode("utf-8", "replace").strip() or "HTTP %d" % status
         return (NotFound if status == 404 else EngineError)(message, status)
 
-    def _json(self, method, path, query=None, body=None, headers=None):
-        _status, _headers, data = self.request(method, path, query=query, body=body, headers=headers)
+    def _json(self, method, path, query=None, body=None):
+        data = self.request(method, path, query=query, body=body)[2]
         return json.loads(data.decode("utf-8")) if data else None
 
     # -- engine --------------------------------------------------------------
     def ping(self):
         """Check the engine answers and settle the API version from its ``API-Version`` header."""
-        _status, headers, _data = self.request("GET", "/_ping", versioned=False)
-        version = _version_tuple(headers.get("API-Version") or "")
-        if version is None:
-            version = _version_tuple(self._json_unversioned("/version").get("ApiVersion") or "") or MIN_API_VERSION
-        if version < MIN_API_VERSION:
-            raise UnsupportedEngine("the Docker engine at %s speaks API %d.%d; tao.inference needs %d.%d or newer "
-                                    "(Docker 19.03+): upgrade Docker there" % ((self.host,) + version + MIN_API_VERSION))
+        headers = self.request("GET", "/_ping", versioned=False)[1]
+        reported = headers.get("API-Version") or ""
+        version = _version_tuple(reported)
+        # Engines have sent API-Version since API 1.25; one that does not is older still.
+        if version is None or version < MIN_API_VERSION:
+            raise UnsupportedEngine("the Docker engine at %s speaks API %s; tao.inference needs %d.%d or newer "
+                                    "(Docker 19.03+): upgrade Docker there"
+                                    % ((self.host, reported or "older than 1.25") + MIN_API_VERSION))
         self.api_version = "%d.%d" % min(version, MAX_API_VERSION)
         return self.api_version
-
-    def _json_unversioned(self, path):
-        _status, _headers, data = self.request("GET", path, versioned=False)
-        return json.loads(data.decode("utf-8"))
 
     def info(self):
         return self._json("GET", "/info")
@@ -319,9 +307,10 @@ class DockerEngine(object):
     def image_pull(self, ref):
         """Pull ``ref`` (``:latest`` when it names no tag), with the docker CLI's stored credentials."""
         repository, tag, digest = split_image(ref)
-        query = {"fromImage": repository + ("@" + digest if digest else ""), "tag": tag or "latest"}
         if digest:
-            del query["tag"]
+            query = {"fromImage": "%s@%s" % (repository, digest)}
+        else:
+            query = {"fromImage": repository, "tag": tag or "latest"}
         headers = {}
         auth = registry_auth(registry_of(repository), self.environ)
         if auth:

@@ -119,7 +119,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, SLURM_ARGS, run
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
-from ansible_collections.tao.inference.plugins.module_utils.service import connection_of, get_driver
+from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
 
 
@@ -138,18 +138,17 @@ def main():
                            required_if=[("platform", "slurm", ("slurm_login_host",))])
     params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
 
-    drivers = []
+    manager = ServiceManager(Registry(params["registry_path"], check_mode=True), os.environ, params)
 
     def action():
         spec = build_spec(params, os.environ)
-        drivers.append(get_driver(spec.platform, connection_of(spec.platform, params), params))
-        facts = drivers[0].preflight(spec)
-        services = Registry(params["registry_path"], check_mode=True).read().entries()
+        facts = manager.driver(spec.platform).preflight(spec)
+        services = manager.registry.read().entries()
         facts.update(changed=False, image=spec.image, image_source=spec.image_source,
                      services_in_registry=len(services))
         return facts
 
-    run(module, action, lambda: [driver.close() for driver in drivers])
+    run(module, action, manager.close)
 
 
 if __name__ == "__main__":

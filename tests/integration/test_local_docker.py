@@ -265,15 +265,8 @@ def test_image_env_override_picks_the_image(harness):
 
 
 def test_request_retries_while_loading_and_fails_on_a_failed_load(harness):
-    loading = harness.play(service_task(extra='wait: false\nenv: {TAO_EMULATOR_LOAD_SECONDS: "2"}') + """\
-- name: Ask
-  tao.inference.tao_inference_request:
-    job_id: "{{ svc.job_id }}"
-    prompt: hello
-    media: ["%s"]
-    sampling: {}
-  register: answer
-""" % PNG)
+    ask = request_task(extra='job_id: "{{ svc.job_id }}"')
+    loading = harness.play(service_task(extra='wait: false\nenv: {TAO_EMULATOR_LOAD_SECONDS: "2"}') + ask)
     assert loading.rc == 0, loading.output
     answer = loading.task("Ask")["result"]
     assert answer["status"] == 200 and answer["attempts"] > 1  # 202 model_loading was retried
@@ -283,13 +276,7 @@ def test_request_retries_while_loading_and_fails_on_a_failed_load(harness):
 - name: Wait for the load to fail
   ansible.builtin.pause:
     seconds: 1
-- name: Ask
-  tao.inference.tao_inference_request:
-    job_id: "{{ svc.job_id }}"
-    prompt: hello
-    media: ["%s"]
-    sampling: {}
-""" % PNG)
+""" + ask)
     assert failed.rc != 0
     result = failed.task("Ask")["result"]
     assert result["status"] == 503 and result["error_type"] == "model_load_error"

@@ -97,6 +97,8 @@ class LocalDockerDriver(Driver):
 
     def _ssh_target(self):
         url = urlsplit(self.host)
+        if not url.hostname:
+            raise TaoInferenceError("docker_host %s names no host; use ssh://[user@]host[:port]" % self.host)
         return SSHTarget(url.hostname, user=url.username, port=url.port, key_path=self.ssh_key_path,
                          config=self.ssh_config)
 

@@ -71,7 +71,7 @@ class FakeEngine(object):
                 engine.requests.append({"method": self.command, "path": url.path, "query": parse_qs(url.query),
                                         "headers": dict(self.headers), "body": body})
                 if url.path == "/_ping":
-                    return self._send(200, b"OK", {"API-Version": engine.api_version})
+                    return self._send(200, b"OK", {"API-Version": engine.api_version} if engine.api_version else {})
                 parts = url.path.split("/")
                 route = "/" + "/".join(parts[2:])  # without /vX.Y
                 if route == "/info":
@@ -144,6 +144,9 @@ def test_the_api_version_comes_from_ping_and_is_capped(fake):
 def test_an_engine_older_than_docker_19_03_is_refused_by_name(fake):
     fake.api_version = "1.39"
     with pytest.raises(EngineError, match=r"API 1\.39; tao.inference needs 1\.40 or newer"):
+        client(fake).ping()
+    fake.api_version = None  # engines before API 1.25 sent no API-Version header
+    with pytest.raises(EngineError, match=r"API older than 1\.25; tao.inference needs 1\.40 or newer"):
         client(fake).ping()
 
 
@@ -293,7 +296,8 @@ def test_ssh_hosts_run_dial_stdio_with_the_modules_ssh_options():
     assert argv[:3] == ["ssh", "-F", "/etc/cfg"]
     assert argv[argv.index("-p") + 1] == "2200" and argv[argv.index("-i") + 1] == "/keys/id"
     assert "BatchMode=yes" in argv and argv[-5:] == ["deploy@gpu-host", "--", "docker", "system", "dial-stdio"]
-    assert docker_engine.ssh_argv("ssh://gpu-host")[-5:] == ["gpu-host", "--", "docker", "system", "dial-stdio"]
+    with pytest.raises(TaoInferenceError, match=r"docker_host ssh:///x names no host; use ssh://\[user@\]host"):
+        LocalDockerDriver(docker_host="ssh:///x")._ssh_command()
     assert LocalDockerDriver(docker_host="unix:///run/docker.sock")._ssh_command() is None
 
 
