@@ -29,8 +29,8 @@ import uuid
 
 import httpx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTIONS = os.path.join(ROOT, ".build", "collections")
+from playbook_runner import COLLECTIONS, ROOT, run_playbook
+
 sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, chat, readiness  # noqa: E402
@@ -45,7 +45,6 @@ REPEATS = int(os.environ.get("TAO_BENCH_RUNS", "3"))
 VIDEOS = 64
 VIDEO_MIB = 20
 PNG = os.path.join(ROOT, "playbooks", "files", "demo.png")
-BIN = os.path.dirname(sys.executable)
 RUN_TIMEOUT = 900
 
 URI_PLAY = """\
@@ -105,38 +104,16 @@ def write_registry(path, job_id, base):
         json.dump({job_id: entry, "latest": job_id, "schema_version": catalog.REGISTRY_SCHEMA_VERSION}, handle)
 
 
-def playbook(tmp, text, extra_vars):
-    """Run a playbook; return (records by task name, seconds of the whole run)."""
-    tag = uuid.uuid4().hex[:8]
-    play, variables, record = (os.path.join(tmp, "%s-%s" % (tag, name)) for name in ("play.yml", "vars.json",
-                                                                                     "record.jsonl"))
-    with open(play, "w") as handle:
-        handle.write(text)
-    with open(variables, "w") as handle:
-        json.dump(extra_vars, handle)
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, TAO_TEST_RECORD=record,
-               ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "tests", "integration", "callback_plugins"),
-               ANSIBLE_CALLBACKS_ENABLED="record", ANSIBLE_LOCALHOST_WARNING="0",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
-    started = time.monotonic()
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), play, "-e", "@" + variables], env=env,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False, cwd=tmp)
-    whole = time.monotonic() - started
-    if proc.returncode:
-        raise SystemExit("ansible-playbook failed:\n" + proc.stdout[-3000:] + proc.stderr[-2000:])
-    with open(record) as handle:
-        return dict((row["task"], row) for row in map(json.loads, handle)), whole
-
-
 def uri_loop(tmp, url, bodies):
-    records, _whole = playbook(tmp, URI_PLAY, {"url": url, "bodies": bodies})
+    records, _whole = run_playbook(tmp, URI_PLAY, {"url": url, "bodies": bodies}, timeout=RUN_TIMEOUT)
     loop = records["Loop"]
     assert all(r["status"] == 200 for r in loop["result"]["results"]), "a uri request failed"
     return loop["finished"] - loop["task_started"]
 
 
 def module_batch(tmp, registry, job_id, requests):
-    records, whole = playbook(tmp, BATCH_PLAY, {"registry": registry, "job_id": job_id, "batch": requests})
+    extra_vars = {"registry": registry, "job_id": job_id, "batch": requests}
+    records, whole = run_playbook(tmp, BATCH_PLAY, extra_vars, timeout=RUN_TIMEOUT)
     summary = records["Batch"]["result"]["summary"]
     assert summary["ok"] == len(requests), summary
     return summary, whole

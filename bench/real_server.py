@@ -21,13 +21,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+from playbook_runner import ROOT, run_playbook
+
 BUILD = os.path.join(ROOT, "scripts", "build-real-server-image.sh")
 IMAGE = os.environ.get("TAO_REAL_IMAGE", "tao-inference-real:7.3.0-cpu")
 RUNS = int(os.environ.get("TAO_BENCH_RUNS", "3"))
@@ -83,20 +82,7 @@ STOP = """\
 
 
 def playbook(tmp, text, registry, name):
-    record = os.path.join(tmp, "record-%s.jsonl" % uuid.uuid4())
-    path = os.path.join(tmp, "play-%s.yml" % uuid.uuid4())
-    with open(path, "w") as handle:
-        handle.write(text.format(registry=registry, name=name))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
-               ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "tests", "integration", "callback_plugins"),
-               ANSIBLE_CALLBACKS_ENABLED="record", TAO_TEST_RECORD=record, ANSIBLE_LOCALHOST_WARNING="0",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="0", IMAGE_TAO_DATASERVICES=IMAGE)
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), path], capture_output=True, text=True, env=env,
-                          check=False, timeout=600)
-    if proc.returncode:
-        raise SystemExit("ansible-playbook failed:\n" + proc.stdout[-3000:] + proc.stderr[-2000:])
-    with open(record) as handle:
-        return dict((row["task"], row) for row in (json.loads(line) for line in handle))
+    return run_playbook(tmp, text.format(registry=registry, name=name), env={"IMAGE_TAO_DATASERVICES": IMAGE})[0]
 
 
 def ask(port):

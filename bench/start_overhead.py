@@ -25,8 +25,9 @@ import urllib.error
 import urllib.request
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+from playbook_runner import COLLECTIONS, run_playbook
+
+sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.tao.inference.plugins.module_utils.command import inner_command  # noqa: E402
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec  # noqa: E402
@@ -34,7 +35,6 @@ from ansible_collections.tao.inference.plugins.module_utils.spec import build_sp
 IMAGE = os.environ.get("TAO_BENCH_IMAGE", "tao-inference-emulator:latest")
 RUNS = int(os.environ.get("TAO_BENCH_RUNS", "7"))
 PORT = 8190
-BIN = os.path.dirname(sys.executable)
 
 
 def ready(port):
@@ -91,24 +91,8 @@ PLAY = """\
 
 
 def module_once(tmp):
-    record = os.path.join(tmp, "record-%s.jsonl" % uuid.uuid4())
-    play = os.path.join(tmp, "play.yml")
-    with open(play, "w") as handle:
-        handle.write(PLAY.format(registry=os.path.join(tmp, "reg.json"), image=IMAGE, port=PORT))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".build", "collections"),
-               ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "tests", "integration", "callback_plugins"),
-               ANSIBLE_CALLBACKS_ENABLED="record", TAO_TEST_RECORD=record, ANSIBLE_LOCALHOST_WARNING="0",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    start = time.monotonic()
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), play], capture_output=True, text=True, env=env,
-                          check=False)
-    if proc.returncode:
-        raise SystemExit("ansible-playbook failed:\n" + proc.stdout[-3000:] + proc.stderr[-2000:])
-    whole = time.monotonic() - start
-    with open(record) as handle:
-        rows = [json.loads(line) for line in handle]
-    task = [r for r in rows if r["task"] == "Start"][0]
-    floor = [r for r in rows if r["task"] == "Floor"][0]
+    records, whole = run_playbook(tmp, PLAY.format(registry=os.path.join(tmp, "reg.json"), image=IMAGE, port=PORT))
+    task, floor = records["Start"], records["Floor"]
     assert task["result"]["readiness"]["state"] == "ready", task
     return task["finished"] - task["task_started"], floor["finished"] - floor["task_started"], whole
 
