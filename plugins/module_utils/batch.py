@@ -38,12 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.tao.inference.plugins.module_utils import chat, readiness
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.registry import write_atomically
 
 try:
     import httpx
-    HAS_HTTPX = True
-except ImportError:
-    HAS_HTTPX = False
+except ImportError:  # the request module reports it with missing_required_lib
+    httpx = None
 
 try:
     import resource
@@ -451,7 +451,7 @@ def write_jsonl(path, items, records):
             line = {"id": record["id"], "prompt": item.prompt}
             line.update(record)
             yield (json.dumps(line) + "\n").encode("utf-8")
-    chat.write_atomically(path, lines())
+    write_atomically(path, lines())
 
 
 def prepare_outputs(output_dir=None, output_path=None):

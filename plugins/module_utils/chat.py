@@ -18,13 +18,13 @@ import binascii
 import json
 import os
 import re
-import tempfile
 import time
 
 from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.registry import write_atomically
 
 CONSTRAINTS = catalog.REQUEST["network_arch_constraints"]
 MIME_TYPES = catalog.REQUEST["mime_types"]
@@ -499,19 +499,3 @@ def save_answer(content, folder, stem):
     path = os.path.join(folder, stem + extension)
     write_atomically(path, data)
     return path
-
-
-def write_atomically(path, chunks):
-    """Write ``chunks`` (bytes, or an iterable of bytes) to ``path`` through a
-    temp file in the same folder, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=".tao-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
-                handle.write(chunk)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except Exception:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -16,8 +16,6 @@ import shlex
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
-_HF_PREFIX = catalog.SERVICE["model_path"]["hf_prefix"]
-
 
 def _blob(data):
     """Compact JSON, shell-quoted. The cosmos-rl server parses it with
@@ -80,7 +78,7 @@ def inner_args(spec, job_id):
         words += ["--job", _blob(job_payload(spec, job_id)),
                   "--docker_env_vars", _blob(env_payload(spec, job_id))]
     elif style == "cosmos_predict":
-        if spec.model_path.startswith(_HF_PREFIX):
+        if spec.is_hf_model:
             words += ["--model", shlex.quote(spec.model_key)]
         else:
             words += ["--checkpoint-path", shlex.quote(spec.model_path)]

@@ -9,6 +9,8 @@ __metaclass__ = type
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
 
+SLURM_RUNTIMES = ("pyxis", "apptainer", "docker")
+
 REGISTRY_ARGS = dict(
     registry_path=dict(type="path", default=catalog.DEFAULT_REGISTRY_PATH),
 )
@@ -28,7 +30,7 @@ SLURM_ARGS = dict(
     partition=dict(type="str"),
     account=dict(type="str"),
     time_limit=dict(type="str"),
-    slurm_container_runtime=dict(type="str", choices=["pyxis", "apptainer", "docker"], default="pyxis"),
+    slurm_container_runtime=dict(type="str", choices=list(SLURM_RUNTIMES), default="pyxis"),
     sbatch_options=dict(type="list", elements="str", default=[]),
 )
 

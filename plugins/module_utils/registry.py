@@ -54,12 +54,9 @@ class RegistryState(object):
         value = self.data.get(LATEST)
         return value if value in self.entries() else None
 
-    def find_name(self, name, platform=None):
+    def find_name(self, name):
         """Entries carrying ``name`` (newest first)."""
-        found = [
-            copy.deepcopy(e) for e in self.entries().values()
-            if e.get("name") == name and (platform is None or e.get("platform") == platform)
-        ]
+        found = [copy.deepcopy(e) for e in self.entries().values() if e.get("name") == name]
         return sorted(found, key=lambda e: e.get("started_at") or "", reverse=True)
 
     def used_ports(self, port_scope):
@@ -209,17 +206,25 @@ class Registry(object):
     def _write(self, data):
         data = dict(data)
         data[SCHEMA_KEY] = catalog.REGISTRY_SCHEMA_VERSION
-        folder = os.path.dirname(self.path)
-        fd, tmp = tempfile.mkstemp(prefix=".tao-registry-", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(data, handle, indent=2, sort_keys=True)
-                handle.write("\n")
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        write_atomically(self.path, text.encode("utf-8"), mode=0o600, sync=True)
+
+
+def write_atomically(path, chunks, mode=0o644, sync=False):
+    """Write ``chunks`` (bytes, or an iterable of bytes) to ``path`` through a temp file
+    in the same folder, renamed into place: a reader never sees half a file. ``sync``
+    flushes it to disk before the rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".tao-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+                handle.write(chunk)
+            if sync:
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.rename(tmp, self.path)
-        except Exception:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -2,10 +2,14 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Start, stop and inspect services: registry + driver + readiness.
 
-This layer is platform-agnostic. It makes ``state: present`` idempotent by
-name (a spec fingerprint in the registry and on the platform object),
+It makes ``state: present`` idempotent by name (the spec fingerprint kept in
+the registry entry; platform objects carry it in a label for people, and
+``absent`` by name also finds objects the registry lost by their name label),
 reserves host ports under the registry lock, and leaves nothing behind when
-a start fails: the container is removed and the reservation dropped.
+a start fails: the container is removed and the reservation dropped. It calls
+drivers only through platforms/base.py; the one platform detail it reads is
+``PlatformStatus.extra["tunnel_alive"]`` (a service reached through a local
+tunnel, today Slurm's), to repair or report a dead tunnel.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -373,12 +377,11 @@ class ServiceManager(object):
     # -- info --------------------------------------------------------------------
     def info(self, job_id=None, name=None, prune=False, probe_timeout=1.0):
         state = self.registry.read()
-        if job_id or name:
-            entries = self.resolve(state, job_id, name)
-        else:
-            entries = sorted(state.entries().values(), key=lambda e: e.get("started_at") or "")
+        entries = self.resolve(state, job_id, name) if job_id or name else state.entries().values()
+        entries = sorted(entries, key=lambda e: e.get("started_at") or "")  # oldest first
         services = []
         gone = []
+        released = []
         for entry in entries:
             item = public_entry(entry)
             try:
@@ -390,6 +393,7 @@ class ServiceManager(object):
                     gone.append(entry["job_id"])
                     if not self.check_mode and driver.release(entry):
                         item["released"] = True  # e.g. the tunnel of a job cancelled elsewhere
+                        released.append(entry["job_id"])
             except TaoInferenceError as exc:
                 item["platform_status"] = {"state": "unknown", "detail": exc.msg, "exit_code": None}
                 item["running"] = None
@@ -409,7 +413,7 @@ class ServiceManager(object):
             else:
                 with self.registry.transaction() as live:
                     pruned = [j for j in gone if live.remove(j)]
-        return {"changed": bool(pruned), "services": services, "pruned": pruned, "latest": state.latest}
+        return {"changed": bool(pruned or released), "services": services, "pruned": pruned, "latest": state.latest}
 
     def watch(self, job_id, previous, timeout, sleep_max=0.5):
         """Wait up to ``timeout`` s for the readiness reason of ``job_id`` to

@@ -11,6 +11,7 @@ import json
 import re
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.common import SLURM_RUNTIMES
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
 
@@ -193,7 +194,6 @@ def _check_server_options(network_arch, options):
 
 _SBATCH_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[^\s]+)?$")
 _SLURM_WORD = re.compile(r"^[A-Za-z0-9_.:@+,-]+$")
-SLURM_RUNTIMES = ("pyxis", "apptainer", "docker")
 
 
 def _slurm_options(params, environ):

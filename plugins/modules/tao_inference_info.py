@@ -25,13 +25,16 @@ extends_documentation_fragment:
   - tao.inference.common
 attributes:
   check_mode:
-    description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing.
+    description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing; nothing is released.
     support: full
   diff_mode:
     description: Nothing to show.
     support: none
   idempotent:
-    description: Read-only unless O(prune=true), and pruning twice drops nothing the second time.
+    description:
+      - Changes nothing unless O(prune=true), or unless a service found gone still holds something on this
+        host (the SSH tunnel of a Slurm job cancelled elsewhere), which it releases (C(changed=true), the
+        service's C(released)). A second run finds nothing to prune or release.
     support: full
 options:
   job_id:

@@ -97,9 +97,25 @@ partitions:
   description: Slurm partitions and their availability (V(up), V(down)...).
   returned: platform=slurm
   type: dict
+partition_state:
+  description: Availability of the chosen partition (O(partition) or C(SLURM_PARTITION)); null when none was chosen.
+  returned: platform=slurm
+  type: str
+runtime:
+  description: The container runtime the job will use (O(slurm_container_runtime)).
+  returned: platform=slurm
+  type: str
+login_host:
+  description: The login host as ssh reaches it (C([user@]host)).
+  returned: platform=slurm
+  type: str
 engine:
-  description: Engine name and version.
-  returned: success
+  description: Engine name and version, e.g. C(Docker 27.3.1 (API 1.47)).
+  returned: platform=local-docker
+  type: str
+host:
+  description: Where the service's port will be reached from here (C(localhost) for this machine's engine).
+  returned: platform=local-docker
   type: str
 services_in_registry:
   description: How many services the registry holds.
@@ -107,7 +123,7 @@ services_in_registry:
   type: int
 runtimes:
   description: Container runtimes the engine offers.
-  returned: success
+  returned: platform=local-docker
   type: list
   elements: str
 """

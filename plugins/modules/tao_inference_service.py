@@ -339,7 +339,7 @@ def main():
         env=dict(type="dict", default={}),
         secret_env=dict(type="list", elements="str", no_log=False),
         volumes=dict(type="list", elements="str", default=[]),
-        model_key=dict(type="str", choices=["base-2b", "base-14b", "auto-multiview"], no_log=False),
+        model_key=dict(type="str", choices=list(catalog.arch_entry("cosmos-predict2.5")["model_keys"]), no_log=False),
         server_options=dict(type="dict", default={}),
         shm_size=dict(type="str", default="16g"),
         docker_host=dict(type="str"),

@@ -172,6 +172,8 @@ class LocalDockerDriver(Driver):
                 "--runtime=docker`, or set num_gpus: 0 for a CPU-only image"
                 % (spec.num_gpus, self._host_name(), ", ".join(runtimes) or "none")
             )
+        if not report:
+            return {}  # prepare() looks at the image next
         return {
             "engine": "Docker %s (API %s)" % (info.get("ServerVersion"), engine.api_version),
             "host": self._host_name(),
