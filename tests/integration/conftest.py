@@ -57,9 +57,6 @@ class Run(object):
             name, [r["task"] for r in self.records], self.output[-3000:])
         return found[-1]
 
-    def statuses(self, name):
-        return [r["status"] for r in self.records if r["task"] == name]
-
 
 class Harness(object):
     def __init__(self, tmp_path):
@@ -84,7 +81,7 @@ class Harness(object):
         return env
 
     def play(self, tasks, hosts="localhost", extra_vars=None, args=(), env=None, inventory=None,
-             timeout=300, vars_=None):
+             timeout=300):
         """Run a one-play playbook made of ``tasks`` (YAML text)."""
         self.count += 1
         play = textwrap.dedent("""\
@@ -93,9 +90,8 @@ class Harness(object):
               module_defaults:
                 group/tao.inference.service:
                   registry_path: {registry}
-              vars: {vars}
               tasks:
-            """).format(hosts=hosts, registry=self.registry, vars=json.dumps(vars_ or {}))
+            """).format(hosts=hosts, registry=self.registry)
         play += textwrap.indent(textwrap.dedent(tasks), "    ")
         path = self.tmp / ("play%d.yml" % self.count)
         path.write_text(play)

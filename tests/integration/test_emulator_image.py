@@ -4,14 +4,14 @@ Builds ``tao-inference-emulator:latest`` with scripts/build-emulator-image.sh,
 then runs one container per container command line through
 ``sh -c "umask 0 && <cmd>"`` (as the collection does), published on a random
 127.0.0.1 port, and checks readiness and one chat request.  Containers are
-always removed.  Skipped when ``docker info`` fails.
+always removed.  Like every integration test, it is skipped (by conftest) only
+when there is no Docker engine or no image to run.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from .conftest import docker
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-emulator-image.sh"
 IMAGE = "tao-inference-emulator:latest"
@@ -29,21 +31,6 @@ HASH_LABEL = "tao.inference.emulator.hash"
 SECRET = "hf_IntegrationSecretValue987"
 PNG_URI = "data:image/png;base64,iVBORw0KGgo="
 READY_TIMEOUT = 30.0
-
-pytestmark = pytest.mark.docker
-
-
-def _docker(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def _docker_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return _docker("info", timeout=20, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def _blob(value: Dict[str, Any]) -> str:
@@ -80,8 +67,6 @@ def _wait_readiness(base: str, want: int) -> Dict[str, Any]:
 @pytest.fixture(scope="module", name="image")
 def image_fixture() -> str:
     """Build the image (or find it cached) once for the module."""
-    if not _docker_available():
-        pytest.skip("docker info fails: no Docker engine here")
     first = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=300,
                            check=False, cwd="/")
     assert first.returncode == 0, first.stderr
@@ -91,7 +76,7 @@ def image_fixture() -> str:
                             check=False, cwd=str(REPO_ROOT / "tests"))
     assert second.returncode == 0, second.stderr
     assert " cached " in second.stdout, second.stdout
-    label = _docker("image", "inspect", "--format", f'{{{{ index .Config.Labels "{HASH_LABEL}" }}}}', IMAGE)
+    label = docker("image", "inspect", "--format", f'{{{{ index .Config.Labels "{HASH_LABEL}" }}}}', IMAGE)
     assert len(label.stdout.strip()) == 64
     return IMAGE
 
@@ -104,21 +89,21 @@ class Container:
         env_args: List[str] = []
         for key, value in env.items():
             env_args += ["-e", f"{key}={value}"]
-        _docker("run", "-d", "--init", "--name", self.name, "-p", "127.0.0.1::8080", *env_args,
-                image, "sh", "-c", f"umask 0 && {command}")
-        port = _docker("port", self.name, "8080/tcp").stdout.strip().splitlines()[0]
+        docker("run", "-d", "--init", "--name", self.name, "-p", "127.0.0.1::8080", *env_args,
+               image, "sh", "-c", f"umask 0 && {command}")
+        port = docker("port", self.name, "8080/tcp").stdout.strip().splitlines()[0]
         host, _sep, number = port.rpartition(":")
         assert host == "127.0.0.1", port
         self.base = f"http://127.0.0.1:{number}"
 
     def logs(self) -> str:
         """Everything the container printed."""
-        result = _docker("logs", self.name, check=False)
+        result = docker("logs", self.name, check=False)
         return result.stdout + result.stderr
 
     def remove(self) -> None:
         """Force-remove the container."""
-        _docker("rm", "-f", self.name, check=False)
+        docker("rm", "-f", self.name, check=False)
 
 
 def _job(arch: str, model_path: str) -> Dict[str, Any]:

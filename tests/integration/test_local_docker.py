@@ -48,7 +48,8 @@ def test_check_apply_apply_check_is_changed_changed_unchanged_unchanged(harness)
 
     check2 = harness.play(tasks, args=["--check"])
     assert check2.task("Start")["status"] == "ok"
-    assert harness.containers() == [first["job_id"][:12]] or len(harness.containers()) == 1
+    [container] = harness.containers()
+    assert docker("inspect", "--format", "{{.Name}}", container).stdout.strip() == "/" + first["job_id"]
     assert list(harness.entries()) == [first["job_id"]]
 
     # A changed spec recreates the service: new job_id, the old container gone.
@@ -146,7 +147,11 @@ def test_every_arch_starts_and_answers(harness):
   register: answer
 """)
         assert run.rc == 0, run.output
-        assert run.task("Ask")["result"]["content"].startswith(expect) or expect in run.task("Ask")["result"]["content"]
+        content = run.task("Ask")["result"]["content"]
+        if arch == "cosmos-predict2.5":
+            assert content.startswith(expect), content[:80]  # the answer is the video itself
+        else:
+            assert expect in content, content
     status = json.loads(docker("inspect", "--format", "{{json .Config.Cmd}}", harness.containers()[0]).stdout)
     assert status[:2] == ["/bin/sh", "-c"] and status[2].startswith("umask 0 && ")
 

@@ -191,6 +191,7 @@ def test_job_cancelled_elsewhere_is_reported_and_its_tunnel_stopped(slurm):
     assert item["platform_status"]["state"] == "exited"
     assert "CANCELLED" in item["platform_status"]["detail"]
     assert item["released"] is True and not tunnel_running(entry)
+    assert info.task("Info")["status"] == "changed"  # it stopped a process on this host
     pruned = slurm.play("- name: Prune\n  tao.inference.tao_inference_info:\n    prune: true\n")
     assert pruned.task("Prune")["result"]["pruned"] == [svc["job_id"]] and slurm.entries() == {}
 

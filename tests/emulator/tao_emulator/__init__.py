@@ -78,4 +78,3 @@ __version__ = "1.0.0"
 COSMOS_RL = "cosmos-rl"
 COSMOS_PREDICT = "cosmos-predict2.5"
 TAO_DATASERVICES = "tao-dataservices"
-FLAVORS = (COSMOS_RL, COSMOS_PREDICT, TAO_DATASERVICES)

@@ -42,7 +42,7 @@ def test_unknown_dotted_key_lists_known_keys():
     with pytest.raises(TaoInferenceError) as err:
         resolve_image("cosmos-rl", {"IMAGE_COSMOS_RL": "tao_toolkit.cosmos_predict_2_5"}, versions=VERSIONS)
     assert "tao_toolkit.cosmos_predict_2_5" in err.value.msg
-    assert "tao_toolkit.cosmos_predict," in err.value.msg or "tao_toolkit.cosmos_predict" in err.value.msg
+    assert "tao_toolkit.cosmos_predict" in err.value.msg and "tao_toolkit.data_services" in err.value.msg
     assert "$IMAGE_COSMOS_RL" in err.value.msg
 
 
