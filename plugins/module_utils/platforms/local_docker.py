@@ -14,13 +14,12 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ipaddress
-import os
 
 from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.docker_engine import (
-    DEFAULT_HOST, DockerEngine, EngineError, UnsupportedEngine,
+    DockerEngine, EngineConfigError, EngineError, UnsupportedEngine, resolve_endpoint,
 )
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
@@ -54,13 +53,18 @@ class LocalDockerDriver(Driver):
     needs_host_port = True
 
     def __init__(self, docker_host=None, timeout=60, pull="missing", ssh_key_path=None, ssh_config=None,
-                 engine_factory=DockerEngine):
+                 engine_factory=DockerEngine, tls=None, tls_verify=None, cert_path=None):
         self.docker_host = docker_host
         self.timeout = timeout
         self.pull = pull
         self.ssh_key_path = ssh_key_path
         self.ssh_config = ssh_config
+        # TLS towards a tcp:// engine; None falls back to DOCKER_TLS, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH.
+        self.tls = tls
+        self.tls_verify = tls_verify
+        self.cert_path = cert_path
         self._factory = engine_factory
+        self._endpoint = None
         self._engine = None
         self._info_cache = None
         self._host_cache = None
@@ -69,20 +73,24 @@ class LocalDockerDriver(Driver):
     @property
     def engine(self):
         if self._engine is None:
+            endpoint = self.endpoint
             engine = None
             try:
-                engine = self._factory(self.host, timeout=self.timeout, ssh_command=self._ssh_command())
+                engine = self._factory(endpoint, timeout=self.timeout, ssh_command=self._ssh_command())
                 engine.ping()
             except EngineError as exc:
                 if engine is not None:
                     engine.close()
-                if isinstance(exc, UnsupportedEngine):
+                if isinstance(exc, (UnsupportedEngine, EngineConfigError)):
                     raise TaoInferenceError(str(exc))
                 if exc.status is not None:
                     raise TaoInferenceError("the Docker engine at %s refused us: %s" % (self.host, exc))
                 if self.host.startswith("ssh://"):
                     hint = ("Check that `ssh %s docker info` works in batch mode (host, user, ssh_key_path, "
                             "ssh_config) and that the docker CLI is installed there" % self._ssh_target().destination)
+                elif endpoint.context:
+                    hint = ("The docker context %r names this engine: start Docker there, fix the context "
+                            "(`docker context ls`) or set docker_host" % endpoint.context)
                 else:
                     hint = ("Start Docker (or fix docker_host / DOCKER_HOST) and make sure this user may use it "
                             "(`docker info` must work)")
@@ -91,9 +99,21 @@ class LocalDockerDriver(Driver):
         return self._engine
 
     @property
+    def endpoint(self):
+        """The engine and how TLS reaches it: docker_host, else DOCKER_HOST, else the docker context in effect
+        (DOCKER_CONTEXT, else the docker CLI's current context), else the local socket."""
+        if self._endpoint is None:
+            try:
+                self._endpoint = resolve_endpoint(self.docker_host, tls=self.tls, tls_verify=self.tls_verify,
+                                                  cert_path=self.cert_path)
+            except EngineError as exc:
+                raise TaoInferenceError(str(exc))
+        return self._endpoint
+
+    @property
     def host(self):
-        """The engine's address: docker_host, else DOCKER_HOST, else the local socket."""
-        return self.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        """The engine's address (a DOCKER_HOST URL), as :attr:`endpoint` chooses it."""
+        return self.endpoint.host
 
     def _ssh_target(self):
         url = urlsplit(self.host)

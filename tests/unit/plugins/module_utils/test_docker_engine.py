@@ -1,19 +1,23 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The Engine API client against a stand-in engine on a unix socket.
+"""The Engine API client against a stand-in engine on a unix socket (or TCP, with TLS).
 
 The real engine is exercised by the integration tests; this stand-in covers
 what the test machine cannot show: registry credentials on a pull, a pull that
-fails half-way, an old engine, a kept-alive connection the engine drops.
+fails half-way, an old engine, a kept-alive connection the engine drops, TLS
+with client certificates, answers too large or not JSON.
 """
 
 import base64
+import hashlib
 import http.server
 import re
 import json
 import os
 import socketserver
+import ssl
 import stat
+import sys
 import threading
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,7 +25,8 @@ import pytest
 
 from ansible_collections.tao.inference.plugins.module_utils import docker_engine
 from ansible_collections.tao.inference.plugins.module_utils.docker_engine import (
-    DockerEngine, EngineError, NotFound, demux, registry_auth, registry_of, split_image,
+    DEFAULT_HOST, DockerEngine, EngineConfigError, EngineError, NotFound, demux, registry_auth, registry_of,
+    resolve_endpoint, split_image,
 )
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.local_docker import LocalDockerDriver
@@ -29,11 +34,16 @@ from ansible_collections.tao.inference.plugins.module_utils.spec import parse_si
 
 
 class FakeEngine(object):
-    """A unix-socket HTTP server answering the Engine API routes the client uses."""
+    """An HTTP server answering the Engine API routes the client uses: on the unix socket ``path``, or
+    on 127.0.0.1 (``path`` None) with TLS when ``tls`` (a server SSLContext) is given.
 
-    def __init__(self, path, api_version="1.43"):
+    ``routes`` maps a route (``/info``) to the raw answer ``(status, body bytes, chunked)`` it gets instead.
+    """
+
+    def __init__(self, path, api_version="1.43", tls=None):
         self.path = path
         self.api_version = api_version
+        self.routes = {}
         self.requests = []
         self.pull_events = [{"status": "Pulling from library/x"}, {"status": "Digest: sha256:ab"},
                             {"status": "Status: Downloaded newer image for x:latest"}]
@@ -74,6 +84,8 @@ class FakeEngine(object):
                     return self._send(200, b"OK", {"API-Version": engine.api_version} if engine.api_version else {})
                 parts = url.path.split("/")
                 route = "/" + "/".join(parts[2:])  # without /vX.Y
+                if route in engine.routes:
+                    return self._raw(*engine.routes[route])
                 if route == "/info":
                     return self._send(200, {"ServerVersion": "99.0", "Runtimes": {"runc": {}}})
                 if route.startswith("/images/") and route.endswith("/json"):
@@ -99,8 +111,19 @@ class FakeEngine(object):
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 for event in events:
-                    data = json.dumps(event).encode() + b"\r\n"
+                    data = event if isinstance(event, bytes) else json.dumps(event).encode() + b"\r\n"
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.write(b"0\r\n\r\n")
+
+            def _raw(self, status, body, chunked=False):
+                if not chunked:
+                    return self._send(status, body)
+                self.send_response(status)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for start in range(0, len(body), 4096):
+                    piece = body[start:start + 4096]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 self.wfile.write(b"0\r\n\r\n")
 
             def setup(self):
@@ -112,7 +135,24 @@ class FakeEngine(object):
         class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
 
-        self.server = Server(path, Handler)
+        class TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+            daemon_threads = True
+
+            def get_request(self):
+                sock, address = socketserver.TCPServer.get_request(self)
+                if tls is not None:  # the handshake happens in the handler's thread, on its first read
+                    sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                return sock, address
+
+            def handle_error(self, request, client_address):
+                pass  # a client refused by TLS (the test asserts on the client's side)
+
+        if path is None:
+            self.server = TCPServer(("127.0.0.1", 0), Handler)
+            self.address = "tcp://127.0.0.1:%d" % self.server.server_address[1]
+        else:
+            self.server = Server(path, Handler)
+            self.address = "unix://" + path
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -295,8 +335,8 @@ def test_ssh_hosts_run_dial_stdio_with_the_modules_ssh_options():
     argv = driver._ssh_command()
     assert argv[:3] == ["ssh", "-F", "/etc/cfg"]
     assert argv[argv.index("-p") + 1] == "2200" and argv[argv.index("-i") + 1] == "/keys/id"
-    assert "BatchMode=yes" in argv and argv[-5:] == ["deploy@gpu-host", "--", "docker", "system", "dial-stdio"]
-    with pytest.raises(TaoInferenceError, match=r"docker_host ssh:///x names no host; use ssh://\[user@\]host"):
+    assert "BatchMode=yes" in argv and argv[-5:] == ["--", "deploy@gpu-host", "docker", "system", "dial-stdio"]
+    with pytest.raises(TaoInferenceError, match=r"docker_host ssh:///x is not of the form ssh://\[user@\]host"):
         LocalDockerDriver(docker_host="ssh:///x")._ssh_command()
     assert LocalDockerDriver(docker_host="unix:///run/docker.sock")._ssh_command() is None
 
@@ -369,8 +409,7 @@ def test_after_a_failed_pull_the_engine_still_answers(fake):
 
 
 def test_tls_verifies_the_engine_only_when_docker_tls_verify_says_so(tmp_path):
-    import ssl
-
+    write_certs(tmp_path, "ca.pem")
     certs = {"DOCKER_CERT_PATH": str(tmp_path)}
     verified = docker_engine.connection_factory("tcp://gpu-host:2376", 5, dict(certs, DOCKER_TLS_VERIFY="1"))()
     assert verified._context.verify_mode == ssl.CERT_REQUIRED and verified._context.check_hostname
@@ -462,3 +501,375 @@ def test_an_engine_too_old_is_named_and_its_connection_closed(fake):
 def test_a_loopback_engine_is_this_machine(host, remote, name):
     driver = LocalDockerDriver(docker_host=host, engine_factory=no_engine)
     assert driver.remote is remote and driver._host_name() == name
+
+
+# A test CA, the stand-in engine's certificate (localhost, 127.0.0.1) and a client certificate it signed;
+# valid 2000-2100, made for these tests only.
+PEMS = {
+    "ca.pem": (
+        "-----BEGIN CERTIFICATE-----\n"
+        "MIIBZjCCAQygAwIBAgICEAAwCgYIKoZIzj0EAwIwGTEXMBUGA1UEAwwOdGVzdCBk\n"
+        "b2NrZXIgY2EwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBkxFzAV\n"
+        "BgNVBAMMDnRlc3QgZG9ja2VyIGNhMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n"
+        "Oh2SiCQhjBHbUssaZ2zi4zyBesSha6eJwug7osc6guDfT8zqM6ee7zB0tiY/WDNB\n"
+        "bD0L+OlQHeLGqmJ1eh2zUKNCMEAwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8E\n"
+        "BAMCAQYwHQYDVR0OBBYEFC1+OCxLIXkUtn3VAJqooFIYUOhtMAoGCCqGSM49BAMC\n"
+        "A0gAMEUCIQCSAOut9e49avXWWRKHo1iKWoWw4gWZiSH5c9iyPCgy6AIgNMUFGuL8\n"
+        "szZRtwTq83LyhSwRwW/qvCFbquMPbG03K7E=\n"
+        "-----END CERTIFICATE-----\n"
+    ),
+    "server.pem": (
+        "-----BEGIN CERTIFICATE-----\n"
+        "MIIBrzCCAVWgAwIBAgICEAEwCgYIKoZIzj0EAwIwGTEXMBUGA1UEAwwOdGVzdCBk\n"
+        "b2NrZXIgY2EwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBQxEjAQ\n"
+        "BgNVBAMMCWxvY2FsaG9zdDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABBoVRzfu\n"
+        "x7XSJCZmslHGXJxe5RrixjLZLWWtFOZr7zBARzCyVat67v3Jdx6/Nm7Xzz0QuGwl\n"
+        "JoP0hQ0q9sOQMkyjgY8wgYwwCQYDVR0TBAIwADAOBgNVHQ8BAf8EBAMCB4AwEwYD\n"
+        "VR0lBAwwCgYIKwYBBQUHAwEwGgYDVR0RBBMwEYIJbG9jYWxob3N0hwR/AAABMB0G\n"
+        "A1UdDgQWBBQ/AFVOfeSpO22lDR1dcCpvZgJdoTAfBgNVHSMEGDAWgBQtfjgsSyF5\n"
+        "FLZ91QCaqKBSGFDobTAKBggqhkjOPQQDAgNIADBFAiBCv2CerTFW41ThGsLwg43+\n"
+        "beNw/7GCbBuiLO7MbVEMNgIhAOKQJ4CHtfA0LN6M4iMX7r7/lwQsVhqwy2ipya9Q\n"
+        "2BvP\n"
+        "-----END CERTIFICATE-----\n"
+    ),
+    "server-key.pem": (
+        "-----BEGIN PRIVATE KEY-----\n"
+        "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgEwRU9NKdqVKYkX9W\n"
+        "Cwg50/Sssr81XN47TlFOo7SToT6hRANCAAQaFUc37se10iQmZrJRxlycXuUa4sYy\n"
+        "2S1lrRTma+8wQEcwslWreu79yXcevzZu1889ELhsJSaD9IUNKvbDkDJM\n"
+        "-----END PRIVATE KEY-----\n"
+    ),
+    "cert.pem": (
+        "-----BEGIN CERTIFICATE-----\n"
+        "MIIBjTCCATSgAwIBAgICEAIwCgYIKoZIzj0EAwIwGTEXMBUGA1UEAwwOdGVzdCBk\n"
+        "b2NrZXIgY2EwIBcNMDAwMTAxMDAwMDAwWhgPMjEwMDAxMDEwMDAwMDBaMBExDzAN\n"
+        "BgNVBAMMBmNsaWVudDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABOsS9CqonZaY\n"
+        "gO2Bl7I2cCcr7ZKVt/Ufe2SWCUbA7yu6DC8MAH4eDSGSH3GoYG2+zIqJHCGAxI0Q\n"
+        "kEurc+3bgFyjcjBwMAkGA1UdEwQCMAAwDgYDVR0PAQH/BAQDAgeAMBMGA1UdJQQM\n"
+        "MAoGCCsGAQUFBwMCMB0GA1UdDgQWBBRACz9j3s9miZKlw40Zsb+OCy7OgDAfBgNV\n"
+        "HSMEGDAWgBQtfjgsSyF5FLZ91QCaqKBSGFDobTAKBggqhkjOPQQDAgNHADBEAiAv\n"
+        "pz4wWCqt8LkS8AWd98Wc2mdOVAMLR2t8NVOvVQzmVwIgJ0/i5TEqHq3EOIoKQWju\n"
+        "AIBedVUGydClJMDrfkvmHvs=\n"
+        "-----END CERTIFICATE-----\n"
+    ),
+    "key.pem": (
+        "-----BEGIN PRIVATE KEY-----\n"
+        "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgvTp57y//Jd+YtHva\n"
+        "OfhgRvXfjbHplyKji6CKS9OuAzKhRANCAATrEvQqqJ2WmIDtgZeyNnAnK+2Slbf1\n"
+        "H3tklglGwO8rugwvDAB+Hg0hkh9xqGBtvsyKiRwhgMSNEJBLq3Pt24Bc\n"
+        "-----END PRIVATE KEY-----\n"
+    ),
+}
+
+
+def write_certs(directory, *names):
+    """Write the named PEM files (``ca.pem``, ``cert.pem``, ``key.pem``, ...) into ``directory``."""
+    os.makedirs(str(directory), exist_ok=True)
+    for name in names:
+        with open(os.path.join(str(directory), name), "w") as handle:
+            handle.write(PEMS[name])
+    return str(directory)
+
+
+def start_tls_engine(directory):
+    """A stand-in engine on 127.0.0.1 speaking TLS, asking for a client certificate signed by the test CA."""
+    server_dir = write_certs(directory, "ca.pem", "server.pem", "server-key.pem")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(server_dir, "server.pem"), os.path.join(server_dir, "server-key.pem"))
+    context.load_verify_locations(os.path.join(server_dir, "ca.pem"))
+    context.verify_mode = ssl.CERT_REQUIRED
+    return FakeEngine(None, tls=context)
+
+
+def clear_docker_env(monkeypatch, home):
+    """The process environment without any docker setting, its home the empty directory ``home``."""
+    for name in ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_TLS", "DOCKER_TLS_VERIFY",
+                 "DOCKER_CERT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def tls_fake(tmp_path):
+    engine = start_tls_engine(tmp_path / "server")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def no_docker_env(monkeypatch, tmp_path):
+    return clear_docker_env(monkeypatch, tmp_path / "home")
+
+
+# -- TLS is never weaker than asked ---------------------------------------------------------
+def test_tls_verify_without_its_ca_file_fails_naming_the_file(tmp_path, no_docker_env):
+    certs = write_certs(tmp_path / "certs", "cert.pem", "key.pem")
+    missing = os.path.join(certs, "ca.pem")
+    with pytest.raises(EngineConfigError, match="CA certificate %s does not exist" % re.escape(missing)):
+        DockerEngine("tcp://gpu-host:2376", environ={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": certs})
+    with pytest.raises(EngineConfigError, match="CA certificate %s does not exist" % re.escape(missing)):
+        DockerEngine("tcp://gpu-host:2376", environ={}, tls_verify=True, cert_path=certs)
+    default = os.path.join(str(no_docker_env), ".docker", "ca.pem")  # DOCKER_CERT_PATH unset: ~/.docker
+    with pytest.raises(EngineConfigError, match=re.escape(default)):
+        docker_engine.connection_factory("tcp://gpu-host:2376", 5, {"DOCKER_TLS_VERIFY": "1"})
+
+
+@pytest.mark.parametrize("present, missing", [("cert.pem", "key.pem"), ("key.pem", "cert.pem")])
+@pytest.mark.parametrize("asked", [{"DOCKER_TLS_VERIFY": "1"}, {"DOCKER_TLS": "1"}])
+def test_half_a_client_certificate_pair_fails_naming_both_files(tmp_path, present, missing, asked):
+    certs = write_certs(tmp_path, "ca.pem", present)
+    with pytest.raises(EngineConfigError) as caught:
+        DockerEngine("tcp://gpu-host:2376", environ=dict(asked, DOCKER_CERT_PATH=certs))
+    assert os.path.join(certs, present) in str(caught.value) and os.path.join(certs, missing) in str(caught.value)
+
+
+def test_verified_tls_uses_the_ca_and_presents_the_client_certificate(tmp_path, tls_fake):
+    certs = write_certs(tmp_path / "client", "ca.pem", "cert.pem", "key.pem")
+    by_env = DockerEngine(tls_fake.address, timeout=5, environ={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": certs})
+    assert by_env.info()["ServerVersion"] == "99.0"  # the engine asks for the client certificate
+    by_option = DockerEngine(tls_fake.address, timeout=5, environ={}, tls_verify=True, cert_path=certs)
+    assert by_option.info()["ServerVersion"] == "99.0"
+    context = by_option._conn.sock.context
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [ca["subject"] for ca in context.get_ca_certs()] == [((("commonName", "test docker ca"),),)]
+
+
+def test_verified_tls_refuses_an_engine_its_ca_did_not_sign(tmp_path, tls_fake):
+    certs = str(tmp_path / "client")
+    write_certs(certs, "cert.pem", "key.pem")
+    with open(os.path.join(certs, "ca.pem"), "w") as handle:
+        handle.write(PEMS["cert.pem"])  # a certificate, but not the CA of the engine's
+    with pytest.raises(EngineError, match="CERTIFICATE_VERIFY_FAILED"):
+        DockerEngine(tls_fake.address, timeout=5, environ={}, tls_verify=True, cert_path=certs).ping()
+
+
+def test_tls_without_verification_still_loads_what_is_there(tmp_path, tls_fake):
+    certs = write_certs(tmp_path / "client", "ca.pem", "cert.pem", "key.pem")
+    engine = DockerEngine(tls_fake.address, timeout=5, environ={"DOCKER_TLS": "1", "DOCKER_CERT_PATH": certs})
+    assert engine.info()["ServerVersion"] == "99.0"
+    context = engine._conn.sock.context
+    assert context.verify_mode == ssl.CERT_NONE and len(context.get_ca_certs()) == 1
+    assert engine.endpoint.tls.cert == os.path.join(certs, "cert.pem")
+
+
+def test_explicit_tls_settings_win_over_the_environment(tmp_path):
+    certs = write_certs(tmp_path, "ca.pem")
+    environ = {"DOCKER_TLS_VERIFY": "1", "DOCKER_TLS": "1", "DOCKER_CERT_PATH": "/nowhere"}
+    plain = resolve_endpoint("tcp://gpu-host:2375", tls=False, tls_verify=False, environ=environ)
+    assert plain.tls is None
+    verified = resolve_endpoint("tcp://gpu-host", tls_verify=True, cert_path=certs, environ={})
+    assert verified.tls.verify and verified.tls.ca == os.path.join(certs, "ca.pem")
+    unverified = resolve_endpoint("tcp://gpu-host", tls=True, cert_path=certs, environ={"DOCKER_TLS_VERIFY": ""})
+    assert not unverified.tls.verify
+    assert resolve_endpoint("unix:///run/docker.sock", tls_verify=True, environ={}).tls is None  # no TLS on sockets
+    connection = docker_engine.connection_factory("tcp://gpu-host", 5, {}, tls=True, cert_path=certs)()
+    assert type(connection).__name__ == "HTTPSConnection" and connection.port == 2376
+
+
+# -- the docker context in effect ---------------------------------------------------------------
+def make_context(config_dir, name, host=None, skip=False, tls_files=(), meta=None):
+    ident = hashlib.sha256(name.encode()).hexdigest()
+    meta_dir = config_dir / "contexts" / "meta" / ident
+    meta_dir.mkdir(parents=True)
+    if meta is None:
+        meta = {"Name": name, "Metadata": {},
+                "Endpoints": {"docker": {"Host": host, "SkipTLSVerify": skip}} if host else {}}
+    (meta_dir / "meta.json").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    if tls_files:
+        write_certs(config_dir / "contexts" / "tls" / ident / "docker", *tls_files)
+    return str(config_dir / "contexts" / "tls" / ident / "docker")
+
+
+def test_the_engine_is_chosen_as_the_docker_cli_chooses_it(tmp_path):
+    make_context(tmp_path, "current", "unix:///run/current.sock")
+    make_context(tmp_path, "from-env", "unix:///run/from-env.sock")
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "current"}))
+    environ = {"DOCKER_CONFIG": str(tmp_path)}
+    assert resolve_endpoint(environ=environ).host == "unix:///run/current.sock"
+    assert resolve_endpoint(environ=environ).context == "current"
+    environ["DOCKER_CONTEXT"] = "from-env"
+    assert resolve_endpoint(environ=environ).host == "unix:///run/from-env.sock"
+    environ["DOCKER_HOST"] = "tcp://from-docker-host:2375"
+    assert resolve_endpoint(environ=environ).host == "tcp://from-docker-host:2375"
+    assert resolve_endpoint("unix:///run/option.sock", environ=environ).host == "unix:///run/option.sock"
+    assert resolve_endpoint(environ={"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "default"}).host == DEFAULT_HOST
+    assert resolve_endpoint(environ={"DOCKER_CONFIG": str(tmp_path / "none")}).host == DEFAULT_HOST
+    engine = DockerEngine(environ={"DOCKER_CONFIG": str(tmp_path)})
+    assert engine.host == "unix:///run/current.sock"
+
+
+@pytest.mark.parametrize("meta, why", [
+    (None, "does not exist"),
+    ("{not json", "cannot be read"),
+    ({"Name": "gone", "Endpoints": {"kubernetes": {}}}, "has no docker endpoint"),
+    (["Endpoints"], "has no docker endpoint"),
+])
+def test_a_context_that_cannot_be_used_is_an_error_naming_it(tmp_path, meta, why):
+    if meta is not None:
+        make_context(tmp_path, "gone", meta=meta)
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "gone"}))
+    with pytest.raises(EngineConfigError) as caught:
+        resolve_endpoint(environ={"DOCKER_CONFIG": str(tmp_path)})
+    message = str(caught.value)
+    assert "docker context 'gone' (currentContext in %s)" % (tmp_path / "config.json") in message
+    assert why in message and "`docker context ls`" in message and "docker_host" in message
+
+
+def test_a_docker_config_that_cannot_be_read_is_not_taken_for_no_context(tmp_path):
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(EngineConfigError, match="cannot tell which docker context is in effect"):
+        resolve_endpoint(environ={"DOCKER_CONFIG": str(tmp_path)})
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": 7}))
+    with pytest.raises(EngineConfigError, match="its currentContext is not a name"):
+        resolve_endpoint(environ={"DOCKER_CONFIG": str(tmp_path)})
+    assert resolve_endpoint("unix:///run/x.sock", environ={"DOCKER_CONFIG": str(tmp_path)}).host == "unix:///run/x.sock"
+
+
+def test_a_context_brings_its_own_tls_files(tmp_path):
+    environ = {"DOCKER_CONFIG": str(tmp_path)}
+    tls_dir = make_context(tmp_path, "secure", "tcp://gpu-host:2376", tls_files=("ca.pem", "cert.pem", "key.pem"))
+    endpoint = resolve_endpoint(environ=dict(environ, DOCKER_CONTEXT="secure"))
+    assert endpoint.tls.verify and endpoint.tls.ca == os.path.join(tls_dir, "ca.pem")
+    assert endpoint.tls.cert == os.path.join(tls_dir, "cert.pem")
+    assert endpoint.tls.key == os.path.join(tls_dir, "key.pem")
+    make_context(tmp_path, "skips", "tcp://gpu-host:2376", skip=True)
+    assert resolve_endpoint(environ=dict(environ, DOCKER_CONTEXT="skips")).tls.verify is False
+    make_context(tmp_path, "plain", "tcp://gpu-host:2375")
+    assert resolve_endpoint(environ=dict(environ, DOCKER_CONTEXT="plain")).tls is None
+    make_context(tmp_path, "half", "tcp://gpu-host:2376", tls_files=("ca.pem", "cert.pem"))
+    with pytest.raises(EngineConfigError, match="half there"):
+        resolve_endpoint(environ=dict(environ, DOCKER_CONTEXT="half"))
+
+
+def test_a_context_weaker_than_asked_is_refused(tmp_path):
+    environ = {"DOCKER_CONFIG": str(tmp_path)}
+    make_context(tmp_path, "skips", "tcp://gpu-host:2376", skip=True)
+    make_context(tmp_path, "plain", "tcp://gpu-host:2375")
+    with pytest.raises(EngineConfigError, match="without verifying the engine's certificate, but docker_tls_verify"):
+        resolve_endpoint(tls_verify=True, environ=dict(environ, DOCKER_CONTEXT="skips"))
+    with pytest.raises(EngineConfigError, match="'plain' .* without TLS, but docker_tls_verify / DOCKER_TLS_VERIFY"):
+        resolve_endpoint(environ=dict(environ, DOCKER_CONTEXT="plain", DOCKER_TLS_VERIFY="1"))
+    with pytest.raises(EngineConfigError, match="without TLS, but docker_tls / DOCKER_TLS asks for TLS"):
+        resolve_endpoint(tls=True, environ=dict(environ, DOCKER_CONTEXT="plain"))
+    with pytest.raises(EngineConfigError, match="docker_cert_path applies to the engine named by docker_host"):
+        resolve_endpoint(cert_path=str(tmp_path), environ=dict(environ, DOCKER_CONTEXT="plain"))
+
+
+def test_a_context_reaches_its_engine_over_verified_tls(tmp_path, tls_fake):
+    make_context(tmp_path, "lab", tls_fake.address, tls_files=("ca.pem", "cert.pem", "key.pem"))
+    engine = DockerEngine(timeout=5, environ={"DOCKER_CONFIG": str(tmp_path), "DOCKER_CONTEXT": "lab"})
+    assert engine.info()["ServerVersion"] == "99.0" and engine.endpoint.context == "lab"
+
+
+# -- registry credentials never cross a network in clear ------------------------------------------
+def nvcr_credentials(tmp_path):
+    return write_config(tmp_path, {"auths": {"nvcr.io": {"auth": base64.b64encode(b"$oauthtoken:nvapi-x").decode()}}})
+
+
+def test_credentials_are_not_sent_to_a_remote_engine_over_plain_tcp(tmp_path):
+    engine = DockerEngine("tcp://gpu-host.example.com:2375", timeout=1, environ=nvcr_credentials(tmp_path))
+    engine.api_version = "1.43"
+    with pytest.raises(EngineConfigError, match=r"the credentials for nvcr.io would cross the network in clear: "
+                                                 r".*tcp://gpu-host.example.com:2375.* TLS .*ssh://"):
+        engine.image_pull("nvcr.io/nvidia/tao/tao-toolkit:6")
+    assert engine._conn is None  # nothing was sent
+
+
+def test_credentials_go_to_a_loopback_engine_or_over_tls(tmp_path):
+    environ = nvcr_credentials(tmp_path)
+    local = FakeEngine(None)
+    try:
+        DockerEngine(local.address, timeout=5, environ=environ).image_pull("nvcr.io/nvidia/x:1")
+        assert decode(local.requests[-1]["headers"]["X-Registry-Auth"])["password"] == "nvapi-x"
+    finally:
+        local.close()
+    certs = write_certs(tmp_path / "certs", "ca.pem")
+    remote = FakeEngine(str(tmp_path / "remote.sock"))
+    try:
+        engine = DockerEngine("tcp://gpu-host.example.com:2376", timeout=5, environ=environ, tls_verify=True,
+                              cert_path=certs)
+        engine._connect = lambda: docker_engine._UnixConnection(remote.path, 5)  # TLS itself is tested above
+        engine.image_pull("nvcr.io/nvidia/x:1")
+        assert decode(remote.requests[-1]["headers"]["X-Registry-Auth"])["password"] == "nvapi-x"
+    finally:
+        remote.close()
+
+
+# -- every answer is read with a limit ------------------------------------------------------------
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_answer_larger_than_the_limit_is_an_error_and_the_engine_still_answers(fake, monkeypatch, chunked):
+    monkeypatch.setattr(docker_engine, "JSON_LIMIT", 4096)
+    fake.routes["/info"] = (200, json.dumps({"ServerVersion": "x" * 100000}).encode(), chunked)
+    engine = client(fake)
+    with pytest.raises(EngineError, match=r"answered GET /info with more than 4096 bytes"):
+        engine.info()
+    assert engine._conn is None  # the rest of that answer is never read
+    del fake.routes["/info"]
+    assert engine.info()["ServerVersion"] == "99.0"
+
+
+@pytest.mark.parametrize("body, what", [(b"<html>proxy error</html>", "something that is not JSON"),
+                                        (b'["a", "list"]', "a JSON list"), (b"", "something that is not JSON")])
+def test_an_answer_that_is_not_the_json_expected_is_an_engine_error(fake, body, what):
+    fake.routes["/info"] = (200, body, False)
+    with pytest.raises(EngineError, match="answered GET /info with %s" % what):
+        client(fake).info()
+    fake.routes["/containers/create"] = (201, b'{"Warnings": []}', False)
+    with pytest.raises(EngineError, match="gave no Id"):
+        client(fake).container_create("job-1", {})
+
+
+def test_a_pull_progress_line_longer_than_the_limit_is_an_error(fake, monkeypatch):
+    monkeypatch.setattr(docker_engine, "LINE_LIMIT", 1024)
+    fake.pull_events = [{"status": "Pulling"}, b"[1, 2]\r\n", b"x" * 5000 + b"\r\n", {"status": "never read"}]
+    engine = client(fake)
+    with pytest.raises(EngineError, match="a line of pull progress longer than 1024 bytes"):
+        engine.image_pull("busybox:1")
+    assert engine.info()["ServerVersion"] == "99.0"
+
+
+def test_logs_longer_than_the_limit_are_cut(fake, monkeypatch):
+    monkeypatch.setattr(docker_engine, "LOG_LIMIT", 16)
+    engine = client(fake)
+    assert engine.container_logs("abc") == "out one\n\n[... the rest is cut: the logs are longer than 16 bytes]\n"
+    assert engine.info()["ServerVersion"] == "99.0"
+
+
+# -- secrets stay out of child processes ----------------------------------------------------------
+def test_the_ssh_child_gets_no_secret(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "canary-hf")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-aws")
+    seen = tmp_path / "env.json"
+    probe = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    engine = DockerEngine("ssh://gpu-host", timeout=5, ssh_command=[sys.executable, "-c", probe, str(seen)])
+    with pytest.raises(EngineError, match="cannot reach the Docker engine at ssh://gpu-host"):
+        engine.ping()
+    environ = json.loads(seen.read_text())
+    assert "HF_TOKEN" not in environ and "AWS_SECRET_ACCESS_KEY" not in environ
+    assert environ["PATH"] == os.environ["PATH"]
+
+
+def test_the_credential_helper_keeps_its_cloud_keys_but_not_the_collections_secrets(tmp_path, monkeypatch):
+    helper = tmp_path / "bin" / "docker-credential-probe"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\nread server\n'
+                      'echo "{\\"Username\\": \\"u\\", '
+                      '\\"Secret\\": \\"hf=${HF_TOKEN:-gone} aws=${AWS_SECRET_ACCESS_KEY}\\"}"\n')
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(helper.parent) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("HF_TOKEN", "canary-hf")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cloud-key")
+    environ = write_config(tmp_path, {"credsStore": "probe"})
+    assert decode(registry_auth("registry.example.com", environ))["password"] == "hf=gone aws=cloud-key"
+
+
+# -- addresses that are not ---------------------------------------------------------------------------
+@pytest.mark.parametrize("host", ["tcp://gpu-host:abc", "tcp://gpu-host:99999", "tcp://[::1:2375"])
+def test_a_tcp_address_that_is_not_one_is_a_clean_error(host):
+    with pytest.raises(EngineConfigError, match=r"docker_host %s is not a valid address \(.*\); use tcp://host:port"
+                       % re.escape(host)):
+        docker_engine.connection_factory(host, 5, {})
+    with pytest.raises(EngineConfigError, match="is not a valid address"):
+        DockerEngine(host, environ={})
