@@ -350,7 +350,6 @@ CATALOG = json.loads(r'''
    "kubernetes"
   ],
   "registry": {
-   "default_path": "/tmp/tao-inf-ms-state.json",
    "port_range": [
     8080,
     8199
@@ -363,7 +362,10 @@ CATALOG = json.loads(r'''
    "CLEARML_API_ACCESS_KEY",
    "CLEARML_API_SECRET_KEY",
    "TAO_API_KEY",
-   "TAO_USER_KEY"
+   "TAO_USER_KEY",
+   "NGC_API_KEY",
+   "NGC_CLI_API_KEY",
+   "HUGGING_FACE_HUB_TOKEN"
   ]
  },
  "versions": {

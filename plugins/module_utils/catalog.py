@@ -19,7 +19,6 @@ PLATFORMS = tuple(SERVICE["platforms"])
 SECRET_ENV = tuple(SERVICE["secret_env"])
 FORBIDDEN_ENV = tuple(SERVICE["forbidden_env"])
 CONTAINER_PORT = SERVICE["container_port"]
-DEFAULT_REGISTRY_PATH = SERVICE["registry"]["default_path"]
 REGISTRY_SCHEMA_VERSION = SERVICE["registry"]["schema_version"]
 PORT_RANGE = tuple(SERVICE["registry"]["port_range"])
 

@@ -22,7 +22,7 @@ import time
 
 from urllib.parse import urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
+from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, readiness
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import write_atomically
 
@@ -54,7 +54,27 @@ def _choice_text(candidates):
 
 
 def resolve_target(state, job_id=None, network_arch=None, name=None):
-    """Pick the service for a request (CONTRACT §6 routing rules)."""
+    """Pick the service for a request: an explicit job_id or name must exist; else the one
+    service of ``network_arch``, else the one service (several -> the user must choose)."""
+    return _ready_to_serve(_select(state, job_id, network_arch, name))
+
+
+def _ready_to_serve(entry):
+    """A service whose start has not finished has no endpoint yet: say so instead of sending."""
+    if entry.get("status") == "starting" or not entry.get("host_url"):
+        if procs.owner_alive(entry.get("owner")):
+            raise TaoInferenceError(
+                "service %s (%s) is still starting (since %s); wait for its start to finish (tao_inference_service "
+                "waits for readiness) and send the request again" % (
+                    entry["job_id"], entry.get("network_arch"), entry.get("started_at")), job_id=entry["job_id"])
+        raise TaoInferenceError(
+            "service %s (%s) never finished starting: the run that started it was interrupted. Start it again "
+            "(tao_inference_service with its name) or stop it with state=absent and job_id %s"
+            % (entry["job_id"], entry.get("network_arch"), entry["job_id"]), job_id=entry["job_id"])
+    return entry
+
+
+def _select(state, job_id, network_arch, name):
     entries = state.entries()
     if job_id:
         if job_id == "latest":
@@ -62,7 +82,7 @@ def resolve_target(state, job_id=None, network_arch=None, name=None):
             if job_id is None:
                 raise TaoInferenceError("job_id 'latest' was given but the registry %s holds no service; "
                                         "start one first" % state.path)
-        if job_id not in entries:
+        if state.get(job_id) is None:
             raise TaoInferenceError(
                 "no service with job_id %s in the registry %s; running: %s"
                 % (job_id, state.path, _choice_text([describe(e) for e in entries.values()]) or "none"),

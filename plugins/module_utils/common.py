@@ -8,12 +8,22 @@ __metaclass__ = type
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
+from ansible_collections.tao.inference.plugins.module_utils.registry import DEFAULT_LOCK_TIMEOUT, Registry
 
 SLURM_RUNTIMES = ("pyxis", "apptainer", "docker")
 
 REGISTRY_ARGS = dict(
-    registry_path=dict(type="path", default=catalog.DEFAULT_REGISTRY_PATH),
+    registry_path=dict(type="path"),
+    lock_timeout=dict(type="float", default=DEFAULT_LOCK_TIMEOUT),
 )
+
+
+def open_registry(module):
+    """The registry the module's options name (per user by default), in the module's check mode."""
+    params = module.params
+    if params["lock_timeout"] <= 0:
+        module.fail_json(msg="lock_timeout must be more than 0 seconds")
+    return Registry(params["registry_path"], module.check_mode, params["lock_timeout"])
 
 WAIT_ARGS = dict(
     wait=dict(type="bool", default=True),
@@ -32,6 +42,7 @@ SLURM_ARGS = dict(
     time_limit=dict(type="str"),
     slurm_container_runtime=dict(type="str", choices=list(SLURM_RUNTIMES), default="pyxis"),
     sbatch_options=dict(type="list", elements="str", default=[]),
+    slurm_bind_address=dict(type="str", default="0.0.0.0"),
 )
 
 

@@ -24,6 +24,7 @@ READY = "ready"
 WAITING = "waiting"
 FATAL = "fatal"
 
+MAX_BODY = 64 * 1024  # a readiness answer is a few hundred bytes; more is not read
 RETRY_TYPES = frozenset(catalog.REQUEST["retry_types"])
 FATAL_TYPES = frozenset(catalog.REQUEST["fatal_types"])
 
@@ -61,12 +62,17 @@ class Probe(object):
         return "Probe(%s, %s)" % (self.state, self.reason)
 
 
+def _text(value, limit):
+    """A server's word as short plain text (it may send any JSON there)."""
+    return "".join(c if c.isprintable() else " " for c in str(value))[:limit]
+
+
 def classify(http_status, body):
     """Turn a readiness answer into a :class:`Probe`."""
     data = body if isinstance(body, dict) else {}
     error = data.get("error") if isinstance(data.get("error"), dict) else {}
-    reason = data.get("reason") or error.get("type") or data.get("status") or ""
-    message = data.get("message") or error.get("message") or ""
+    reason = _text(data.get("reason") or error.get("type") or data.get("status") or "", 64)
+    message = _text(data.get("message") or error.get("message") or "", 500)
     if http_status == 200 and data.get("status", READY) == READY and not error:
         return Probe(READY, READY, message, http_status)
     if reason in FATAL_TYPES:
@@ -84,12 +90,14 @@ def probe(base_url, timeout=2.0):
     try:
         conn.request("GET", parts.path.rstrip("/") + catalog.REQUEST["endpoints"]["readiness"])
         response = conn.getresponse()
-        raw = response.read()
+        raw = response.read(MAX_BODY + 1)
         status = response.status
     except (socket.error, http_client.HTTPException) as exc:
         return Probe(WAITING, "unreachable", str(exc) or exc.__class__.__name__)
     finally:
         conn.close()
+    if len(raw) > MAX_BODY:
+        return Probe(WAITING, "http_%s" % status, "the readiness answer is larger than %d bytes" % MAX_BODY, status)
     try:
         body = json.loads(raw.decode("utf-8")) if raw else {}
     except ValueError:

@@ -2,9 +2,18 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The service registry: one JSON file, keyed by job_id, plus ``latest``.
 
-Every read-modify-write holds an exclusive ``flock`` on ``<path>.lock`` and
-replaces the file atomically (temp file in the same folder, fsync, rename),
-mode 0600. A corrupt file is reported with its path and never overwritten.
+It is per user by default (:func:`default_path`), and it is treated as
+untrusted data when it is read back:
+
+* the file and its lock are opened with ``O_NOFOLLOW`` and refused when
+  another user owns them or group/others may write them (or their folder);
+* every read-modify-write holds an exclusive ``flock`` on ``<path>.lock``,
+  waited for at most ``lock_timeout`` seconds, and replaces the file
+  atomically (temp file in the same folder, fsync, rename), mode 0600;
+* every entry is validated (:func:`entry_problem`) before any code uses it:
+  an entry that fails is never acted on, and never dropped either;
+* a corrupt file is reported with its path and never overwritten.
+
 The layout stays readable by the seed's tooling: top-level ``<job_id>: {...}``
 entries, ``"latest": <job_id>``, and a ``schema_version`` number.
 """
@@ -19,18 +28,166 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
+import stat
 import tempfile
+import threading
+import time
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils import trust
 
 LATEST = "latest"
 SCHEMA_KEY = "schema_version"
+STARTING = "starting"
+STARTED = "started"
+# Holds are milliseconds long (a read, or a port reservation and a write); 32 starts at once
+# wait well under a second each. The default leaves room for a slow (NFS) home folder.
+DEFAULT_LOCK_TIMEOUT = 30.0
+MAX_REGISTRY_BYTES = 16 * 1024 * 1024
+
+
+def default_path(environ=None):
+    """``$XDG_STATE_HOME/tao-inference/registry.json``, else ``~/.local/state/tao-inference/registry.json``."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_STATE_HOME") or ""
+    if not os.path.isabs(base):  # the XDG spec: a relative value is invalid and ignored
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "tao-inference", "registry.json")
+
+
+# -- what an entry may hold ------------------------------------------------------
+_STATUSES = (STARTING, STARTED)
+
+
+def _is_int(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _docker_host_problem(value):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "is not a string"
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return "is not a URL"
+    if scheme == "unix":
+        return None if trust.check_path(rest or "/", "socket") else "bad socket path"
+    if scheme in ("tcp", "ssh", "http", "https"):
+        userinfo, at, hostport = rest.rstrip("/").rpartition("@")
+        if at and scheme != "ssh":
+            return "holds user info"
+        trust.check_user(userinfo or None, "user")
+        host, colon, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+        if not colon:
+            host = hostport
+        trust.check_host(host, "host")
+        if colon:
+            trust.check_port(port, "port")
+        return None
+    return "has an unknown scheme"
+
+
+_CONNECTION_FIELDS = {
+    "docker_host": _docker_host_problem,
+    "login_host": lambda v: trust.check_host(v, "login_host") and None,
+    "user": lambda v: trust.check_user(v, "user") and None,
+    "port": lambda v: trust.check_port(v, "port") and None,
+    "key_path": lambda v: trust.check_path(v, "key_path") and None,
+    "ssh_config": lambda v: trust.check_path(v, "ssh_config") and None,
+}
+
+
+def _field_checks():
+    def text(value):
+        trust.check_text(value, "text")
+        return None if value is None or isinstance(value, str) else "is not a string"
+
+    def optional(check):
+        return lambda value: None if value is None else check(value)
+
+    def port(value):
+        return None if _is_int(value, 1, 65535) else "is not a TCP port"
+
+    def host(value):
+        trust.check_host(value, "host")
+
+    def destination(value):
+        user, _at, name = str(value).rpartition("@")
+        trust.check_user(user or None, "user")
+        trust.check_host(name, "host")
+
+    return {
+        "name": optional(lambda v: None if isinstance(v, str) and trust.SERVICE_NAME.fullmatch(v) else "bad name"),
+        "platform_job_id": optional(
+            lambda v: None if isinstance(v, str) and trust.PLATFORM_ID.fullmatch(v) else "bad platform id"),
+        "host_url": optional(lambda v: trust.check_http_url(v) and None),
+        "docker_url": optional(lambda v: trust.check_http_url(v, "docker_url") and None),
+        "host_port": optional(port),
+        "node_port": optional(port),
+        "num_gpus": optional(lambda v: None if _is_int(v, 0, 1024) else "is not a GPU count"),
+        "tunnel_pid": optional(lambda v: None if _is_int(v, 1, 2 ** 31) else "is not a pid"),
+        "tunnel_start_time": optional(lambda v: None if str(v).isdigit() else "is not a start time"),
+        "container_id": optional(lambda v: None if isinstance(v, str) and trust.HEX.fullmatch(v) else "not hex"),
+        "slurm_node": optional(host),
+        "slurm_node_addr": optional(host),
+        "login_host": optional(destination),
+        "docker_host": _docker_host_problem,
+        "secret_env": optional(lambda v: None if isinstance(v, list) and all(
+            isinstance(n, str) and trust.ENV_NAME.fullmatch(n) for n in v) else "is not a list of names"),
+        "status": optional(lambda v: None if v in _STATUSES else "is not a known status"),
+        "port_scope": text, "image": text, "model_path": text, "fingerprint": text, "started_at": text,
+        "slurm_runtime": text, "stop_error": text,
+    }
+
+
+_FIELD_CHECKS = _field_checks()
+
+
+def entry_problem(key, entry):
+    """Why the registry entry ``key`` cannot be trusted, or None when every field is valid."""
+    if not isinstance(entry, dict):
+        return "it is not an object"
+    if not trust.is_uuid(key) or entry.get("job_id") != key:
+        return "its key/job_id is not the UUID it was given"
+    if entry.get("platform") not in catalog.PLATFORMS:
+        return "platform %r is not known" % (entry.get("platform"),)
+    if entry.get("network_arch") not in catalog.NETWORK_ARCHS:
+        return "network_arch %r is not known" % (entry.get("network_arch"),)
+    try:
+        for field, check in _FIELD_CHECKS.items():
+            problem = check(entry.get(field))
+            if problem:
+                return "%s %s" % (field, problem)
+        connection = entry.get("connection") or {}
+        if not isinstance(connection, dict):
+            return "connection is not an object"
+        for field, value in connection.items():
+            if field not in _CONNECTION_FIELDS:
+                return "connection.%s is not a known connection field" % field
+            problem = _CONNECTION_FIELDS[field](value) if value is not None else None
+            if problem:
+                return "connection.%s %s" % (field, problem)
+        owner = entry.get("owner")
+        if owner is not None and not (isinstance(owner, dict) and _is_int(owner.get("pid"), 1, 2 ** 31)
+                                      and str(owner.get("start_time")).isdigit()
+                                      and isinstance(owner.get("host"), str)):
+            return "owner is not a process"
+    except TaoInferenceError as exc:
+        return exc.msg
+    if entry.get("status", STARTED) == STARTED and not entry.get("host_url"):
+        return "a started service has no host_url"
+    return None
 
 
 class RegistryState(object):
-    """In-memory registry contents; ``dirty`` once changed."""
+    """In-memory registry contents; ``dirty`` once changed.
+
+    Readers see only entries that pass :func:`entry_problem`; the others stay in
+    the file untouched and are listed by :meth:`rejected`."""
 
     def __init__(self, data, path):
         self.data = data
@@ -38,21 +195,39 @@ class RegistryState(object):
         self.dirty = False
 
     # -- reading -----------------------------------------------------------
+    def _raw(self):
+        return dict((key, value) for key, value in self.data.items() if key not in (LATEST, SCHEMA_KEY))
+
     def entries(self):
-        """``{job_id: entry}`` for every service (seed-compatible filter)."""
-        return dict(
-            (key, value) for key, value in self.data.items()
-            if key not in (LATEST, SCHEMA_KEY) and isinstance(value, dict)
-        )
+        """``{job_id: entry}`` for every valid service entry."""
+        return dict((key, value) for key, value in self._raw().items() if entry_problem(key, value) is None)
+
+    def rejected(self):
+        """``{key: why}`` for every entry that failed validation (never used, never dropped)."""
+        found = {}
+        for key, value in self._raw().items():
+            problem = entry_problem(key, value)
+            if problem is not None:
+                found[trust.check_text(key, "key") if isinstance(key, str) else repr(key)] = problem
+        return found
 
     def get(self, job_id):
-        entry = self.entries().get(job_id)
-        return copy.deepcopy(entry) if entry is not None else None
+        """A copy of the valid entry ``job_id``; None when there is none. An entry that is
+        there but invalid raises: it must not be mistaken for a service that is gone."""
+        if job_id in self._raw():
+            problem = entry_problem(job_id, self.data[job_id])
+            if problem is not None:
+                raise TaoInferenceError(
+                    "the registry %s has an entry %s that cannot be trusted (%s); nothing was done with it. "
+                    "Inspect the file, stop what it started by hand if anything, and delete the entry"
+                    % (self.path, job_id, problem))
+            return copy.deepcopy(self.data[job_id])
+        return None
 
     @property
     def latest(self):
         value = self.data.get(LATEST)
-        return value if value in self.entries() else None
+        return value if isinstance(value, str) and value in self.entries() else None
 
     def find_name(self, name):
         """Entries carrying ``name`` (newest first)."""
@@ -60,10 +235,13 @@ class RegistryState(object):
         return sorted(found, key=lambda e: e.get("started_at") or "", reverse=True)
 
     def used_ports(self, port_scope):
-        return set(
-            int(e["host_port"]) for e in self.entries().values()
-            if e.get("host_port") and e.get("port_scope") == port_scope
-        )
+        # Invalid entries keep their ports too: a port is never handed out twice.
+        used = set()
+        for value in self._raw().values():
+            if isinstance(value, dict) and value.get("port_scope") == port_scope and \
+                    _is_int(value.get("host_port"), 1, 65535):
+                used.add(value["host_port"])
+        return used
 
     # -- changing ----------------------------------------------------------
     def put(self, entry, make_latest=True):
@@ -73,11 +251,14 @@ class RegistryState(object):
         self.dirty = True
 
     def update(self, job_id, **fields):
+        if job_id not in self.entries():
+            raise TaoInferenceError("the registry %s lost service %s while it was being changed; "
+                                    "see tao_inference_info" % (self.path, job_id))
         self.data[job_id].update(copy.deepcopy(fields))
         self.dirty = True
 
     def remove(self, job_id):
-        """Drop an entry; ``latest`` moves to the newest remaining one, or goes."""
+        """Drop a valid entry; ``latest`` moves to the newest remaining one, or goes."""
         if job_id not in self.entries():
             return False
         del self.data[job_id]
@@ -129,22 +310,87 @@ def port_is_free(port, addresses=("0.0.0.0", "127.0.0.1")):
     return True
 
 
+class _LockWait(Exception):
+    """The alarm that ends a wait for the registry lock."""
+
+
+def _owner_name(uid):
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return "uid %d" % uid
+
+
+def check_private(st, path, what):
+    """Refuse a file another user owns, that group/others may write, or that is no regular file."""
+    if not stat.S_ISREG(st.st_mode):
+        raise TaoInferenceError("the %s %s is not a regular file; refusing to use it. Move it away, or set "
+                                "registry_path to a file of your own" % (what, path))
+    if st.st_uid != os.geteuid():
+        raise TaoInferenceError(
+            "the %s %s belongs to %s, not to you; refusing to use it (another user could plant services or "
+            "commands in it). Remove it, or set registry_path to a file of your own"
+            % (what, path, _owner_name(st.st_uid)))
+    if st.st_mode & 0o022:
+        raise TaoInferenceError(
+            "the %s %s can be written by group or others (mode %04o); refusing to use it. Run `chmod 600 %s` "
+            "if it is yours and you trust its contents" % (what, path, stat.S_IMODE(st.st_mode), path))
+
+
+def _check_folder(folder):
+    """A folder another user controls could swap the registry under us: refuse it."""
+    st = os.stat(folder)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise TaoInferenceError("the registry folder %s belongs to %s; refusing to keep the registry there. "
+                                "Set registry_path to a folder of your own" % (folder, _owner_name(st.st_uid)))
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise TaoInferenceError("the registry folder %s can be written by group or others (mode %04o) and is not "
+                                "sticky; refusing to keep the registry there. Set registry_path to a private "
+                                "folder" % (folder, stat.S_IMODE(st.st_mode)))
+
+
 class Registry(object):
     """File-backed registry. ``check_mode`` never writes anything."""
 
-    def __init__(self, path=None, check_mode=False):
-        self.path = os.path.abspath(os.path.expanduser(path or catalog.DEFAULT_REGISTRY_PATH))
+    def __init__(self, path=None, check_mode=False, lock_timeout=DEFAULT_LOCK_TIMEOUT):
+        self.path = os.path.abspath(os.path.expanduser(path or default_path()))
         self.lock_path = self.path + ".lock"
         self.check_mode = check_mode
+        self.lock_timeout = lock_timeout
+
+    def _open_private(self, path, flags, what, mode=0o600):
+        """``os.open`` that never follows a symlink, then :func:`check_private`; None if missing."""
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            if exc.errno == errno.ELOOP:
+                raise TaoInferenceError("the %s %s is a symbolic link; refusing to follow it. Remove the link, or "
+                                        "set registry_path to the real file" % (what, path))
+            raise
+        try:
+            check_private(os.fstat(fd), path, what)
+        except TaoInferenceError:
+            os.close(fd)
+            raise
+        return fd
 
     def _load(self):
         try:
-            with open(self.path, "r") as handle:
-                text = handle.read()
-        except IOError as exc:
-            if exc.errno == errno.ENOENT:
-                return {}
+            fd = self._open_private(self.path, os.O_RDONLY, "registry")
+        except OSError as exc:
             raise TaoInferenceError("cannot read the registry %s: %s" % (self.path, exc.strerror))
+        if fd is None:
+            return {}
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(MAX_REGISTRY_BYTES + 1)
+        if len(raw) > MAX_REGISTRY_BYTES:
+            raise TaoInferenceError("the registry %s is larger than %d MiB; it was left as it is: repair it or "
+                                    "move it away" % (self.path, MAX_REGISTRY_BYTES // (1024 * 1024)))
+        text = raw.decode("utf-8", "replace")
         if not text.strip():
             return {}
         try:
@@ -168,6 +414,13 @@ class Registry(object):
             )
         return data
 
+    def _make_folder(self, folder):
+        try:
+            os.makedirs(folder, 0o700)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise TaoInferenceError("cannot create the registry folder %s: %s" % (folder, exc.strerror))
+
     @contextlib.contextmanager
     def _locked(self, exclusive):
         folder = os.path.dirname(self.path)
@@ -175,19 +428,72 @@ class Registry(object):
             if self.check_mode or not exclusive:
                 yield
                 return
-            os.makedirs(folder, 0o700)
+            self._make_folder(folder)
+        _check_folder(folder)
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._open_private(self.lock_path, os.O_RDWR | os.O_CREAT, "registry lock")
         except OSError as exc:
             if not exclusive and exc.errno in (errno.EACCES, errno.EROFS):
                 yield  # read-only access: read without the lock
                 return
             raise TaoInferenceError("cannot open the registry lock %s: %s" % (self.lock_path, exc.strerror))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            self._flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
             os.close(fd)
+
+    def _flock(self, fd, mode):
+        """Take the lock, waiting at most ``lock_timeout`` s. In the main thread the wait blocks in the
+        kernel (woken the moment the holder lets go) and an alarm ends it; elsewhere it polls."""
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise TaoInferenceError("cannot lock the registry %s: %s" % (self.lock_path, exc.strerror))
+        if threading.current_thread() is threading.main_thread():
+            self._flock_blocking(fd, mode)
+        else:
+            self._flock_polling(fd, mode)
+
+    def _timed_out(self):
+        return TaoInferenceError(
+            "the registry %s stayed locked by another run for %ss (lock file %s); wait for it to finish "
+            "and run again, raise lock_timeout, or find the process holding it (`fuser %s`)"
+            % (self.path, self.lock_timeout, self.lock_path, self.lock_path))
+
+    def _flock_blocking(self, fd, mode):
+        def on_alarm(_signum, _frame):
+            raise _LockWait()
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, self.lock_timeout)
+            try:
+                fcntl.flock(fd, mode)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _LockWait:
+            raise self._timed_out()
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+
+    def _flock_polling(self, fd, mode):
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.001
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timed_out()
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.05)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise TaoInferenceError("cannot lock the registry %s: %s" % (self.lock_path, exc.strerror))
 
     def read(self):
         """A consistent snapshot (shared lock)."""
@@ -207,7 +513,11 @@ class Registry(object):
         data = dict(data)
         data[SCHEMA_KEY] = catalog.REGISTRY_SCHEMA_VERSION
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        write_atomically(self.path, text.encode("utf-8"), mode=0o600, sync=True)
+        try:
+            write_atomically(self.path, text.encode("utf-8"), mode=0o600, sync=True)
+        except OSError as exc:
+            raise TaoInferenceError("cannot write the registry %s: %s; it was left as it was"
+                                    % (self.path, exc.strerror or exc))
 
 
 def write_atomically(path, chunks, mode=0o644, sync=False):

@@ -21,19 +21,37 @@ import time
 import datetime
 import uuid
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
+from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, readiness, trust
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import LABEL_PREFIX, Launch, PortTaken, mask
-
-STARTING = "starting"
-STARTED = "started"
+from ansible_collections.tao.inference.plugins.module_utils.registry import STARTED, STARTING
 LOG_LINES = 40
 _PORT_RETRIES = 5
 
 
 def utc_now():
     return datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def mask_probe(probe, secrets):
+    """A probe as a result dict, any secret value the server echoed masked."""
+    if probe is None:
+        return None
+    result = probe.as_dict()
+    result["message"] = mask(result["message"], secrets)
+    return result
+
+
+def _why(exc, secrets):
+    """What went wrong, in one line a user can read (a signal, an error of ours, or something else)."""
+    if isinstance(exc, procs.Interrupted):
+        return "the start was interrupted (%s)" % exc.name
+    if isinstance(exc, KeyboardInterrupt):
+        return "the start was interrupted (SIGINT)"
+    if isinstance(exc, TaoInferenceError):
+        return mask(exc.msg, secrets).rstrip(".")
+    return "the start failed (%s)" % type(exc).__name__
 
 
 def public_entry(entry):
@@ -55,8 +73,29 @@ CONNECTION_OPTIONS = {
 }
 
 
+# Connection values that name a local file: a registry entry may not choose them by itself.
+_FILE_OPTIONS = ("key_path", "ssh_config")
+
+
 def connection_of(platform, params):
     return dict((key, params.get(option)) for key, option in CONNECTION_OPTIONS.get(platform, {}).items())
+
+
+def trusted_connection(entry, platform, params):
+    """How to reach ``entry``'s service: the hosts, users and ports the registry recorded (validated
+    data), but local files (an ssh config, a key) only as this run's options name them: a registry
+    file must not be able to pick a config whose ProxyCommand would then run as the caller."""
+    passed = connection_of(platform, params)
+    connection = dict(passed)
+    for key, value in ((entry or {}).get("connection") or {}).items():
+        if key not in _FILE_OPTIONS:
+            connection[key] = value
+        elif value and passed.get(key) != value:
+            raise TaoInferenceError(
+                "service %s was started with %s %s; pass the same %s to reach it (a registry entry never "
+                "chooses an ssh configuration or key by itself)"
+                % (entry["job_id"], CONNECTION_OPTIONS[platform][key], value, CONNECTION_OPTIONS[platform][key]))
+    return connection
 
 
 def get_driver(platform, connection, params):
@@ -100,7 +139,8 @@ class ServiceManager(object):
 
     def driver(self, platform, entry=None):
         """The driver for ``platform``, connected as ``entry`` records (else as the options say)."""
-        connection = (entry or {}).get("connection") or connection_of(platform, self.params)
+        connection = trusted_connection(entry, platform, self.params) if entry and not entry.get("orphan") \
+            else connection_of(platform, self.params)
         key = (platform, tuple(sorted((k, str(v)) for k, v in connection.items())))
         if key not in self._drivers:
             self._drivers[key] = self._factory(platform, connection, self.params)
@@ -113,10 +153,11 @@ class ServiceManager(object):
         replace = []
         if spec.name:
             current = self.registry.read().find_name(spec.name)
+            self._refuse_concurrent_start(current)
             keep, status = self._reusable(current, fingerprint)
             if keep is not None:
-                probe = readiness.probe(keep["host_url"]) if keep.get("host_url") else None
-                if probe is None or not probe.fatal:
+                probe = readiness.probe(keep["host_url"])
+                if not probe.fatal:
                     return self._keep(driver, keep, status, probe, wait, wait_timeout, wait_sleep)
             replace = current + self._orphans(driver, spec.name, current)
         before = replace[0] if replace else {}
@@ -130,35 +171,87 @@ class ServiceManager(object):
             self._stop_one(self.driver(old["platform"], old), old)
         job_id = str(uuid.uuid4())
         plain, secret = container_env(spec, job_id, self.environ)
-        entry = self._reserve(driver, spec, job_id, fingerprint)
+        entry = self._entry(spec, job_id, fingerprint)
+        with procs.interruptible():
+            try:
+                return self._start(driver, spec, entry, before, plain, secret, wait, wait_timeout, wait_sleep)
+            except BaseException as exc:  # a failure, a signal, or Ctrl-C: remove what was made
+                self._abandon(driver, entry, exc, secret)
+                raise
+
+    def _start(self, driver, spec, entry, before, plain, secret, wait, wait_timeout, wait_sleep):
+        """Reserve, start, record and wait; the caller cleans up if anything here fails."""
+        deadline = readiness.Deadline(wait_timeout)
+        self._reserve(driver, spec, entry)
 
         def on_submitted(fields):
             # The platform took the job: record its id at once, so nothing is lost
             # if this run dies before the service is up.
             entry.update(fields)
             with self.registry.transaction() as state:
-                state.update(job_id, **fields)
+                state.update(entry["job_id"], **fields)
 
-        launch = Launch(spec, job_id, inner_command(spec, job_id), plain, secret,
-                        entry.get("host_port"), self._labels(spec, job_id, fingerprint),
+        launch = Launch(spec, entry["job_id"], inner_command(spec, entry["job_id"]), plain, secret,
+                        entry.get("host_port"), self._labels(spec, entry["job_id"], entry["fingerprint"]),
                         timeout=wait_timeout, on_submitted=on_submitted)
-        try:
-            fields = self._start_with_port_retry(driver, spec, launch, entry)
-        except BaseException:
-            self._forget(entry["job_id"])
-            raise
-        entry.update(fields)
+        entry.update(self._start_with_port_retry(driver, spec, launch, entry))
         entry["status"] = STARTED
+        entry.pop("owner", None)
         with self.registry.transaction() as state:
             state.put(entry)
         result = {"changed": True, "service": public_entry(entry), "diff": {"before": before, "after": entry}}
         if wait:
-            result["readiness"] = self._wait(driver, entry, secret, wait_timeout, wait_sleep, cleanup=True)
+            # One deadline: the time the platform took to run the job counts against wait_timeout.
+            result["readiness"] = self._wait(driver, entry, secret, deadline.remaining(), wait_sleep)
         return result
 
+    def _abandon(self, driver, entry, exc, secrets):
+        """A start failed or was interrupted: stop what it made and drop its entry. If the platform
+        cannot confirm the stop, the entry stays (with ``stop_error``): its platform id is never lost."""
+        made = bool(entry.get("platform_job_id") or entry.get("host_url"))
+        try:
+            stopped = driver.stop(entry)
+        except TaoInferenceError as stop_exc:
+            self._mark_stop_error(entry, stop_exc.msg)
+            raise TaoInferenceError(
+                "%s; then stopping it failed too: %s. The registry keeps service %s so that `state: absent` "
+                "with job_id %s can stop it" % (_why(exc, secrets), mask(stop_exc.msg, secrets), entry["job_id"],
+                                                entry["job_id"]), job_id=entry["job_id"]) from None
+        self._forget(entry["job_id"])
+        if isinstance(exc, procs.Interrupted) or isinstance(exc, KeyboardInterrupt):
+            raise TaoInferenceError(
+                "the start of service %s was interrupted (%s)%s; nothing of it is left running or in the "
+                "registry" % (entry["job_id"], exc.name if isinstance(exc, procs.Interrupted) else "SIGINT",
+                              ", and what it had started was stopped" if (stopped or made) else ""),
+                job_id=entry["job_id"], interrupted=True) from None
+        if isinstance(exc, TaoInferenceError) and (stopped or made) and "It was stopped" not in exc.msg:
+            exc.msg += " It was stopped and removed from the registry."
+            exc.args = (exc.msg,)
+
+    def _mark_stop_error(self, entry, message):
+        try:
+            with self.registry.transaction() as state:
+                if state.get(entry["job_id"]) is not None:
+                    fields = dict((k, v) for k, v in entry.items() if k in ("platform_job_id",))
+                    state.update(entry["job_id"], stop_error=trust.check_text(
+                        " ".join(message.split())[:500], "message"), **fields)
+        except TaoInferenceError:
+            pass  # the registry itself failed: the error message names the job
+
+    def _refuse_concurrent_start(self, current):
+        for entry in current:
+            if entry.get("status") == STARTING and procs.owner_alive(entry.get("owner")):
+                owner = entry.get("owner") or {}
+                raise TaoInferenceError(
+                    "service %s is being started by another run right now (pid %s on %s, since %s); wait for it "
+                    "to finish, or stop it with state=absent" % (entry.get("name"), owner.get("pid"),
+                                                               owner.get("host"), entry.get("started_at")),
+                    job_id=entry["job_id"])
+
     def _reusable(self, current, fingerprint):
-        """The one running entry with this fingerprint, and its status."""
-        if len(current) != 1 or current[0].get("fingerprint") != fingerprint:
+        """The one running, fully started entry with this fingerprint, and its status."""
+        if len(current) != 1 or current[0].get("fingerprint") != fingerprint or \
+                current[0].get("status") != STARTED:
             return None, None
         status = self.driver(current[0]["platform"], current[0]).status(current[0])
         if status.running or status.state == status.PENDING:
@@ -177,19 +270,24 @@ class ServiceManager(object):
         result = {"changed": needs_repair, "repaired": ["tunnel"] if needs_repair else [],
                   "service": public_entry(entry), "diff": {"before": before, "after": entry}}
         if wait and not self.check_mode:
-            result["readiness"] = self._wait(driver, entry, {}, wait_timeout, wait_sleep)
-        elif probe is not None:
-            result["readiness"] = probe.as_dict()
+            result["readiness"] = self._wait(driver, entry, self._secrets_of(entry), wait_timeout, wait_sleep)
+        else:
+            result["readiness"] = mask_probe(probe, self._secrets_of(entry))
         return result
 
+    def _secrets_of(self, entry):
+        """Values of the entry's secret variables, as this run's environment has them (for masking)."""
+        return dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
+
     def _orphans(self, driver, name, known):
-        """Platform objects carrying ``name`` that the registry lost track of."""
+        """Platform objects carrying ``name`` (any name when None) that the registry lost track of."""
         known_ids = set(e["job_id"] for e in known)
         orphans = []
         for found in driver.find(name):
-            job_id = found.labels.get(LABEL_PREFIX + "job_id") or found.ident
-            if job_id and job_id not in known_ids:
-                orphans.append({"job_id": job_id, "name": name, "platform": driver.name, "orphan": True,
+            job_id = found.labels.get(LABEL_PREFIX + "job_id")
+            if trust.is_uuid(job_id) and job_id not in known_ids:
+                orphans.append({"job_id": job_id, "name": found.labels.get(LABEL_PREFIX + "name"),
+                                "platform": driver.name, "orphan": True,
                                 "platform_job_id": found.labels.get("platform_job_id")})
         return orphans
 
@@ -222,11 +320,11 @@ class ServiceManager(object):
             "fingerprint": fingerprint,
             "started_at": utc_now(),
             "status": STARTING,
+            "owner": procs.this_process(),
         }
 
-    def _reserve(self, driver, spec, job_id, fingerprint, exclude=()):
-        """Write a ``starting`` entry holding the host port, under the lock."""
-        entry = self._entry(spec, job_id, fingerprint)
+    def _reserve(self, driver, spec, entry):
+        """Write the ``starting`` entry (it names this process) holding the host port, under the lock."""
         needs_port = getattr(driver, "needs_host_port", False)
         with self.registry.transaction() as state:
             if needs_port:
@@ -237,7 +335,7 @@ class ServiceManager(object):
                     entry["host_port"] = spec.host_port
                 else:
                     entry["host_port"] = state.allocate_port(
-                        scope, is_free=lambda port: driver.port_is_free(spec, port), exclude=exclude)
+                        scope, is_free=lambda port: driver.port_is_free(spec, port))
             state.put(entry, make_latest=False)
         return entry
 
@@ -278,7 +376,7 @@ class ServiceManager(object):
         with self.registry.transaction() as state:
             state.remove(job_id)
 
-    def _wait(self, driver, entry, secrets, timeout, sleep_max, cleanup=False):
+    def _wait(self, driver, entry, secrets, timeout, sleep_max):
         history = []
 
         def alive():
@@ -294,30 +392,32 @@ class ServiceManager(object):
 
         probe = readiness.wait_ready(entry["host_url"], timeout, sleep_max, alive=alive, on_change=on_change)
         if probe.ready:
-            result = probe.as_dict()
+            result = mask_probe(probe, secrets)
             result["history"] = history
             return result
         logs = driver.logs(entry, LOG_LINES, secrets)
-        if cleanup:
-            self._stop_one(driver, entry)
         if probe.fatal:
             what = "failed to start: %s" % probe.reason
         else:
-            what = "was not ready after %ss (last state: %s)" % (timeout, probe.reason)
+            what = "was not ready after %ss (last state: %s)" % (round(timeout, 1), probe.reason)
         msg = "service %s (%s) %s%s." % (
             entry["job_id"], entry["network_arch"], what, (" - " + probe.message) if probe.message else "")
-        if cleanup:
-            msg += " It was stopped and removed from the registry."
-        tail = [line for line in (logs or "").splitlines() if line.strip()][-LOG_LINES:]
+        tail = [mask(line, secrets) for line in (logs or "").splitlines() if line.strip()][-LOG_LINES:]
         if tail:
             msg += " Last container log lines:\n" + "\n".join(tail[-15:])
-        raise TaoInferenceError(mask(msg, secrets), readiness=probe.as_dict(), logs=tail, history=history,
-                                job_id=entry["job_id"])
+        raise TaoInferenceError(mask(msg, secrets), readiness=mask_probe(probe, secrets), logs=tail,
+                                history=history, job_id=entry["job_id"])
 
     # -- absent ----------------------------------------------------------------
     def _stop_one(self, driver, entry):
-        """Stop the platform object and drop the entry; True if something ran."""
-        stopped = driver.stop(entry)
+        """Stop the platform object and drop the entry; True if something ran. When the platform
+        cannot confirm the stop, the entry stays, with ``stop_error``, and the error is raised."""
+        try:
+            stopped = driver.stop(entry)
+        except TaoInferenceError as exc:
+            if not entry.get("orphan"):
+                self._mark_stop_error(entry, exc.msg)
+            raise
         if not entry.get("orphan"):
             with self.registry.transaction() as state:
                 state.remove(entry["job_id"])
@@ -345,8 +445,8 @@ class ServiceManager(object):
             for driver in drivers.values():
                 targets += self._orphans(driver, name, targets)
         elif job_id and not targets and job_id != "latest" and platform:
-            # The registry lost it, but the platform may still run it.
-            targets = [{"job_id": job_id, "platform": platform, "orphan": True}]
+            # The registry lost it, but the platform may still run it: only what carries its label.
+            targets = [o for o in self._orphans(self.driver(platform), None, []) if o["job_id"] == job_id]
         # changed = something was running (or left exited) on the platform. Dropping the
         # entry of a service that is already gone only tidies the registry.
         stopped, tidied = [], []
@@ -367,7 +467,7 @@ class ServiceManager(object):
 
     def _log_tail(self, entry, lines=15):
         """Last log lines of a failed service, secret values masked."""
-        secrets = dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
+        secrets = self._secrets_of(entry)
         try:
             text = self.driver(entry["platform"], entry).logs(entry, lines, secrets)
         except TaoInferenceError:
@@ -397,10 +497,17 @@ class ServiceManager(object):
             except TaoInferenceError as exc:
                 item["platform_status"] = {"state": "unknown", "detail": exc.msg, "exit_code": None}
                 item["running"] = None
+            if entry.get("status") == STARTING:
+                # A start in progress, or one whose run was killed (its process is gone).
+                item["abandoned"] = not procs.owner_alive(entry.get("owner"))
+                if item["abandoned"]:
+                    item["platform_status"]["detail"] += (
+                        "; its start was interrupted (the run that started it is gone): stop it with state=absent "
+                        "and job_id %s, or start it again by name" % entry["job_id"])
             probe = None
             if item["running"] and entry.get("host_url"):
                 probe = readiness.probe(entry["host_url"], timeout=probe_timeout)
-            item["readiness"] = probe.as_dict() if probe else None
+            item["readiness"] = mask_probe(probe, self._secrets_of(entry))
             item["ready"] = bool(probe and probe.ready)
             if (probe is not None and probe.fatal) or entry["job_id"] in gone:
                 item["log_tail"] = self._log_tail(entry)
@@ -413,7 +520,9 @@ class ServiceManager(object):
             else:
                 with self.registry.transaction() as live:
                     pruned = [j for j in gone if live.remove(j)]
-        return {"changed": bool(pruned or released), "services": services, "pruned": pruned, "latest": state.latest}
+        rejected = [{"key": key, "problem": problem} for key, problem in sorted(state.rejected().items())]
+        return {"changed": bool(pruned or released), "services": services, "pruned": pruned,
+                "latest": state.latest, "rejected": rejected}
 
     def watch(self, job_id, previous, timeout, sleep_max=0.5):
         """Wait up to ``timeout`` s for the readiness reason of ``job_id`` to

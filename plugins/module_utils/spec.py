@@ -7,17 +7,20 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import ipaddress
 import json
 import re
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils import catalog, trust
 from ansible_collections.tao.inference.plugins.module_utils.common import SLURM_RUNTIMES
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
 
 _HF_PREFIX = catalog.SERVICE["model_path"]["hf_prefix"]
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENV_NAME = trust.ENV_NAME
+# registry[:port]/path[:tag][@digest]; never a leading '-' (a CLI would read it as an option).
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
+_NAME = trust.SERVICE_NAME
 
 # Options whose value never changes what runs, left out of the fingerprint.
 _NOT_FINGERPRINTED = ("name", "image_source")
@@ -89,16 +92,17 @@ def _check_env(env, secret_names):
     clean = {}
     for key, value in sorted((env or {}).items()):
         key = str(key)
-        if not _ENV_NAME.match(key):
-            raise TaoInferenceError("env name '%s' is not a valid variable name" % key)
+        if not _ENV_NAME.fullmatch(key):
+            raise TaoInferenceError("env name %r is not a valid variable name" % key)
         if key in catalog.FORBIDDEN_ENV:
             raise TaoInferenceError(
                 "env %s must not be set: it turns on callbacks to a TAO API server; remove it" % key
             )
-        if key in catalog.SECRET_ENV or key in secret_names:
+        if key in catalog.SECRET_ENV or key in secret_names or trust.looks_secret(key):
             raise TaoInferenceError(
-                "env %s is a secret: do not put its value in a playbook. Export it on the host that runs "
-                "the module and list its name in secret_env" % key
+                "env %s looks like a credential: do not put its value in a playbook, where it would be stored "
+                "in the container's plain settings. Export it on the host that runs the module and list its "
+                "name in secret_env" % key
             )
         if isinstance(value, bool):
             value = "True" if value else "False"
@@ -117,8 +121,8 @@ def _check_secret_env(names, model_path, environ):
     missing = []
     for name in names:
         name = str(name)
-        if not _ENV_NAME.match(name):
-            raise TaoInferenceError("secret_env entry '%s' is not a variable name (give names, never values)" % name)
+        if not _ENV_NAME.fullmatch(name):
+            raise TaoInferenceError("secret_env entry %r is not a variable name (give names, never values)" % name)
         if name in catalog.FORBIDDEN_ENV:
             raise TaoInferenceError("secret_env %s must not be set: remove it" % name)
         if name not in environ:
@@ -135,12 +139,12 @@ def _check_secret_env(names, model_path, environ):
     return tuple(sorted(result))
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r" *(\d+(?:\.\d+)?) *([bkmg]?)b? *", re.IGNORECASE)
 
 
 def parse_size(value):
     """Bytes in ``value`` ("16g", "512m", "1024"), as docker's --shm-size reads it."""
-    match = _SIZE.match(str(value))
+    match = _SIZE.fullmatch(str(value))
     if not match:
         raise TaoInferenceError("shm_size '%s' is not a size such as 16g, 512m or 1073741824" % value)
     number, unit = match.groups()
@@ -156,6 +160,10 @@ def _check_volumes(volumes):
     result = []
     for item in volumes or []:
         parts = str(item).split(":")
+        # A comma would split the list pyxis and apptainer take; a control character breaks a script line.
+        if any(c in str(item) for c in ",\n\r\t\0") or trust.check_text(str(item), "volume") is None:
+            raise TaoInferenceError("volume %r holds a comma or a control character; give one "
+                                    "/host/path:/container/path[:ro|rw] per list item" % (item,))
         if len(parts) not in (2, 3) or not parts[0].startswith("/") or not parts[1].startswith("/"):
             raise TaoInferenceError(
                 "volume '%s' is not /host/path:/container/path[:ro|rw]" % item
@@ -192,13 +200,19 @@ def _check_server_options(network_arch, options):
     return clean
 
 
-_SBATCH_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[^\s]+)?$")
-_SLURM_WORD = re.compile(r"^[A-Za-z0-9_.:@+,-]+$")
+# Full matches only (re.fullmatch): a trailing newline would end an #SBATCH line early.
+_SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[\x21-\x7e]+)?")
+_SLURM_WORD = re.compile(r"[A-Za-z0-9_.:@+,-]+")
+# sbatch options the collection sets itself, or that would break what it relies on: the comment
+# that finds the job again, the private log that carries the node port, the environment that
+# carries secrets, one task in the folder it chose. sbatch takes unambiguous prefixes (--comm=).
+_RESERVED_SBATCH = ("--comment", "--output", "--error", "--input", "--open-mode", "--export", "--export-file",
+                    "--get-user-env", "--wrap", "--array", "--chdir", "--ntasks", "--parsable", "--uid", "--gid")
 
 
 def _slurm_options(params, environ):
-    """What shapes a Slurm job (partition, account, limits, runtime); the SSH
-    connection itself is not part of the spec."""
+    """What shapes a Slurm job (partition, account, limits, runtime, the docker runtime's publish
+    address); the SSH connection itself is not part of the spec."""
     if not params.get("slurm_login_host"):
         raise TaoInferenceError("platform slurm needs slurm_login_host: the login host that runs sbatch, reached "
                                 "with ssh in batch mode (plus slurm_user, ssh_key_path, ssh_port or ssh_config)")
@@ -211,15 +225,35 @@ def _slurm_options(params, environ):
         "sbatch_options": list(params.get("sbatch_options") or []),
     }
     if options["runtime"] not in SLURM_RUNTIMES:
-        raise TaoInferenceError("slurm_container_runtime '%s' is not one of %s"
+        raise TaoInferenceError("slurm_container_runtime %r is not one of %s"
                                 % (options["runtime"], ", ".join(SLURM_RUNTIMES)))
     for key in ("partition", "account", "time_limit"):
-        if options[key] and not _SLURM_WORD.match(options[key]):
-            raise TaoInferenceError("%s '%s' holds characters Slurm does not take in a name" % (key, options[key]))
+        if options[key] and not (isinstance(options[key], str) and _SLURM_WORD.fullmatch(options[key])):
+            raise TaoInferenceError("%s %r holds characters Slurm does not take in a name" % (key, options[key]))
     for option in options["sbatch_options"]:
-        if not _SBATCH_OPTION.match(option):
-            raise TaoInferenceError("sbatch_options entry '%s' must look like --name or --name=value (no spaces)"
-                                    % option)
+        if not (isinstance(option, str) and _SBATCH_OPTION.fullmatch(option)):
+            raise TaoInferenceError("sbatch_options entry %r must look like --name or --name=value (no spaces)"
+                                    % (option,))
+        name = option.split("=", 1)[0]
+        if len(name) > 3 and any(reserved.startswith(name) for reserved in _RESERVED_SBATCH):
+            raise TaoInferenceError("sbatch_options entry %r is not allowed: the collection sets %s itself (the job's "
+                                    "comment, private log, environment and single task are what it finds, reads "
+                                    "and stops the service by)" % (option, ", ".join(_RESERVED_SBATCH)))
+    bind = params.get("slurm_bind_address") or "0.0.0.0"
+    try:
+        bind = str(ipaddress.ip_address(bind)) if isinstance(bind, str) and "%" not in bind else None
+    except ValueError:
+        bind = None
+    if bind is None:
+        raise TaoInferenceError("slurm_bind_address %r is not an IP address (e.g. 0.0.0.0 for every interface of "
+                                "the node, or the node address the login host reaches)"
+                                % (params.get("slurm_bind_address"),))
+    if bind != "0.0.0.0":
+        if options["runtime"] != "docker":
+            raise TaoInferenceError("slurm_bind_address applies to slurm_container_runtime docker only: pyxis and "
+                                    "apptainer containers share the node's network and the server chooses its "
+                                    "own address; remove slurm_bind_address or use the docker runtime")
+        options["bind_address"] = bind  # absent at the default, so existing services keep their fingerprint
     return options
 
 
@@ -230,9 +264,9 @@ def build_spec(params, environ):
     the host running the module (image overrides and secrets come from it).
     """
     name = params.get("name")
-    if name is not None and not _NAME.match(name):
+    if name is not None and not _NAME.fullmatch(name):
         raise TaoInferenceError(
-            "name '%s' must start with a letter or digit and hold only letters, digits, '.', '_' "
+            "name %r must start with a letter or digit and hold only letters, digits, '.', '_' "
             "or '-' (63 at most)" % name
         )
     network_arch = params.get("network_arch")
@@ -246,7 +280,7 @@ def build_spec(params, environ):
         raise TaoInferenceError(
             "platform '%s' is not known; choose one of: %s" % (platform, ", ".join(catalog.PLATFORMS))
         )
-    model_path = check_model_path(params.get("model_path"))
+    model_path = check_model_path(trust.check_text(params.get("model_path"), "model_path"))
 
     num_gpus = params.get("num_gpus")
     num_gpus = 1 if num_gpus is None else int(num_gpus)
@@ -275,6 +309,15 @@ def build_spec(params, environ):
 
     secret_env = _check_secret_env(params.get("secret_env"), model_path, environ)
     image, image_source = resolve_image(network_arch, environ, override=params.get("image"))
+    if not _IMAGE.fullmatch(image):
+        raise TaoInferenceError("image %r (from %s) is not an image reference such as "
+                                "nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl" % (image, image_source))
+    bind_address = params.get("bind_address") or "127.0.0.1"
+    try:
+        ipaddress.ip_address(bind_address)
+    except ValueError:
+        raise TaoInferenceError("bind_address %r is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every "
+                                "interface)" % (bind_address,))
     return ServiceSpec(
         name=name,
         network_arch=network_arch,
@@ -284,7 +327,7 @@ def build_spec(params, environ):
         image=image,
         image_source=image_source,
         host_port=host_port,
-        bind_address=params.get("bind_address") or "127.0.0.1",
+        bind_address=bind_address,
         env=_check_env(params.get("env"), secret_env),
         secret_env=secret_env,
         volumes=_check_volumes(params.get("volumes")),

@@ -21,20 +21,30 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.tao.inference.plugins.module_utils import procs
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.trust import (
+    check_host, check_path, check_port, check_user, child_environ,
+)
+
+# Options every long-lived ssh process gets: a user's ControlMaster/ControlPath settings would
+# otherwise hand the forward to a shared master process that this collection cannot track.
+NO_MULTIPLEXING = ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
 
 
 class SSHTarget(object):
     """How to reach one host with ``ssh`` in batch mode."""
 
-    def __init__(self, host, user=None, port=None, key_path=None, config=None, connect_timeout=15):
+    def __init__(self, host, user=None, port=None, key_path=None, config=None, connect_timeout=15,
+                 what="ssh host"):
         if not host:
             raise TaoInferenceError("an SSH host is required")
-        self.host = host
-        self.user = user
-        self.port = port
-        self.key_path = key_path
-        self.config = config
+        # Validated here, where every ssh argv starts: nothing can be read by ssh as an option.
+        self.host = check_host(host, what)
+        self.user = check_user(user, "ssh user")
+        self.port = check_port(port, "ssh port")
+        self.key_path = check_path(key_path, "ssh_key_path")
+        self.config = check_path(config, "ssh_config")
         self.connect_timeout = connect_timeout
 
     @property
@@ -52,25 +62,35 @@ class SSHTarget(object):
         argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout]
         return argv
 
+    def argv(self, *words, **options):
+        """``ssh [options] [extra] -- destination words...``: the destination can never be an option."""
+        return self.base_argv() + list(options.get("extra") or []) + ["--", self.destination] + list(words)
+
     def resolved_host(self):
         """The address ``ssh`` connects to for this host (its ``HostName`` in the ssh configuration)."""
-        argv = ["ssh"] + (["-F", self.config] if self.config else []) + ["-G", self.host]
+        argv = ["ssh"] + (["-F", self.config] if self.config else []) + ["-G", "--", self.host]
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=15, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return self.host
+            proc = subprocess.run(argv, capture_output=True, timeout=15, check=False, env=child_environ())
+        except OSError as exc:
+            raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
+        except subprocess.TimeoutExpired:
+            raise TaoInferenceError("`ssh -G %s` did not answer within 15 s; check the ssh configuration" % self.host)
+        if proc.returncode != 0:
+            raise TaoInferenceError("ssh cannot read its configuration for %s: %s" % (
+                self.host, proc.stderr.decode("utf-8", "replace").strip() or "exit %d" % proc.returncode))
         for line in proc.stdout.decode("utf-8", "replace").splitlines():
             key, _sep, value = line.partition(" ")
             if key == "hostname" and value.strip():
-                return value.strip()
+                return check_host(value.strip(), "the HostName ssh gives for %s" % self.host)
         return self.host
 
     def run(self, words, stdin=None, timeout=120, check=True):
         """Run ``words`` (a list, shell-quoted here) on the host; return ``(rc, out, err)``."""
         remote = " ".join(w if isinstance(w, Raw) else shlex.quote(str(w)) for w in words)
-        argv = self.base_argv() + [self.destination, "--", remote]
+        argv = self.argv(remote)
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False,
+                                  env=child_environ())
         except OSError as exc:
             raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
         except subprocess.TimeoutExpired:
@@ -96,15 +116,6 @@ def forward_spec(local_port, remote_host, remote_port):
     return "127.0.0.1:%d:%s:%d" % (local_port, remote_host, remote_port)
 
 
-def _proc_start_time(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except (IOError, OSError, IndexError):
-        return None, None
-    return fields[0], fields[19]  # state, starttime (clock ticks since boot)
-
-
 def _proc_cmdline(pid):
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
@@ -115,10 +126,7 @@ def _proc_cmdline(pid):
 
 def tunnel_alive(pid, start_time, spec):
     """True when ``pid`` is still our ssh forward (not a zombie, not a reused pid)."""
-    if not pid:
-        return False
-    state, started = _proc_start_time(int(pid))
-    if state is None or state in ("Z", "X") or str(started) != str(start_time):
+    if not procs.alive(pid, start_time):
         return False
     return spec.encode("utf-8") in _proc_cmdline(int(pid))
 
@@ -163,12 +171,13 @@ def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
 
     Fails (and leaves no process) if the forward cannot be set up in ``timeout`` s."""
     spec = forward_spec(local_port, remote_host, remote_port)
-    argv = target.base_argv() + ["-N", "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=30",
-                                 "-o", "ServerAliveCountMax=3", "-L", spec, target.destination]
+    argv = target.argv(extra=NO_MULTIPLEXING + [
+        "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=30", "-o", "ServerAliveCountMax=3",
+        "-L", spec])
     errors = tempfile.TemporaryFile()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, env=child_environ())
     except OSError as exc:
         raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
     deadline = time.monotonic() + timeout
@@ -179,7 +188,7 @@ def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
             raise TaoInferenceError("the SSH tunnel %s through %s failed (exit %d): %s"
                                     % (spec, target.destination, proc.returncode, message or "no message"))
         if _listens(proc.pid, local_port):
-            _state, started = _proc_start_time(proc.pid)
+            _state, started = procs.stat_of(proc.pid)
             return proc.pid, started
         time.sleep(0.05)
     proc.kill()
@@ -200,7 +209,7 @@ def find_tunnels(remote_host, remote_port):
             continue
         for word in argv:
             if word.startswith(b"127.0.0.1:") and word.endswith(suffix):
-                _state, started = _proc_start_time(int(name))
+                _state, started = procs.stat_of(int(name))
                 found.append((int(name), started, word.decode("utf-8")))
     return found
 
@@ -216,7 +225,7 @@ def close_tunnel(pid, start_time, spec, timeout=5):
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state, started = _proc_start_time(pid)
+        state, started = procs.stat_of(pid)
         if state is None or state in ("Z", "X") or str(started) != str(start_time):
             return True
         time.sleep(0.05)

@@ -39,7 +39,8 @@ attributes:
 options:
   job_id:
     description:
-      - Only this service (V(latest) for the most recently started one).
+      - Only this service (V(latest) for the most recently started one). A job_id is the UUID the
+        collection gave the service.
     type: str
   name:
     description:
@@ -60,6 +61,17 @@ options:
       - Longest wait for O(watch_from), in seconds.
     type: float
     default: 30
+  ssh_config:
+    description:
+      - The ssh configuration file services were started with (C(ssh_config) of
+        M(tao.inference.tao_inference_service)), to reach their Slurm login host or C(ssh://) Docker host.
+      - A registry entry never chooses an ssh configuration or key by itself; a service recorded with
+        one it does not get here is listed with platform state C(unknown) and a message that says so.
+    type: path
+  ssh_key_path:
+    description:
+      - The SSH private key services were started with; the same rule as O(ssh_config).
+    type: path
 seealso:
   - module: tao.inference.tao_inference_service
 """
@@ -122,6 +134,18 @@ services:
     latest:
       description: Whether this is the registry's C(latest).
       type: bool
+    status:
+      description: V(started), or V(starting) while a start is under way (or was interrupted).
+      type: str
+    abandoned:
+      description:
+        - For a V(starting) entry only. True when the run that was starting it is gone (killed, or its
+          controller lost); stop it with O(tao.inference.tao_inference_service#module:state=absent) and its job_id, or
+          start it again by name, which replaces it.
+      type: bool
+    stop_error:
+      description: Why the last stop could not be confirmed (the service may still run); absent otherwise.
+      type: str
 latest:
   description: The job_id C(latest) points at, or null.
   returned: always
@@ -131,15 +155,29 @@ pruned:
   returned: always
   type: list
   elements: str
+rejected:
+  description:
+    - Registry entries that failed validation (a bad URL, an unknown platform, a host that starts with
+      C(-)...). They are never acted on and never dropped; inspect the file and delete them by hand.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    key:
+      description: The entry's key in the file.
+      type: str
+    problem:
+      description: What is wrong with it.
+      type: str
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
 
 
@@ -150,6 +188,8 @@ def main():
         prune=dict(type="bool", default=False),
         watch_from=dict(type="str"),
         watch_timeout=dict(type="float", default=30),
+        ssh_config=dict(type="path"),
+        ssh_key_path=dict(type="path", no_log=False),
     )
     argument_spec.update(REGISTRY_ARGS)
     module = AnsibleModule(
@@ -158,9 +198,11 @@ def main():
         mutually_exclusive=[("job_id", "name")],
     )
     params = module.params
-    manager = ServiceManager(Registry(params["registry_path"], module.check_mode), os.environ, params)
+    manager = ServiceManager(open_registry(module), os.environ, params)
 
     def action():
+        if params["job_id"]:
+            check_job_id(params["job_id"], allow_latest=True)
         if params["watch_from"] is not None:
             selector = params["job_id"] or params["name"]
             if not selector:

@@ -154,7 +154,7 @@ def main():
                            required_if=[("platform", "slurm", ("slurm_login_host",))])
     params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
 
-    manager = ServiceManager(Registry(params["registry_path"], check_mode=True), os.environ, params)
+    manager = ServiceManager(Registry(params["registry_path"], True, params["lock_timeout"]), os.environ, params)
 
     def action():
         spec = build_spec(params, os.environ)

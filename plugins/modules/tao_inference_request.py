@@ -48,6 +48,9 @@ options:
   job_id:
     description:
       - The service to ask. V(latest) means the most recently started service (only when given).
+        A job_id is the UUID the collection gave the service.
+      - A service whose start has not finished yet (or was interrupted) is refused with a message
+        that says which, never sent to.
     type: str
   name:
     description:
@@ -413,6 +416,7 @@ from ansible_collections.tao.inference.plugins.module_utils import batch, catalo
 from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
 
 try:
     import httpx
@@ -529,7 +533,9 @@ def main():
                 module.fail_json(msg="%s applies to a batch only (requests or requests_file)" % option)
 
     def action():
-        state = Registry(params["registry_path"], check_mode=True).read()
+        if params["job_id"]:
+            check_job_id(params["job_id"], allow_latest=True)
+        state = Registry(params["registry_path"], True, params["lock_timeout"]).read()
         entry = chat.resolve_target(state, params["job_id"], params["network_arch"], params["name"])
         arch = entry["network_arch"]
         if params["network_arch"] and params["network_arch"] != arch:

@@ -60,6 +60,11 @@ options:
     description:
       - The service to stop with O(state=absent). The literal V(latest) means the most recently
         started service, and is accepted only when given explicitly.
+      - A job_id is the lower-case UUID the collection gave the service; anything else is refused.
+        Only platform objects that carry the collection's labels (or, on Slurm, the user's own jobs
+        whose comment names this job_id) are ever stopped, even when the registry has no entry.
+      - When the platform cannot confirm the stop (e.g. C(scancel) fails), the entry stays in the
+        registry with C(stop_error), so the service is never forgotten while it may still run.
     type: str
   network_arch:
     description:
@@ -316,9 +321,11 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, SLURM_ARGS, WAIT_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.common import (
+    REGISTRY_ARGS, SLURM_ARGS, WAIT_ARGS, open_registry, run,
+)
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
 
@@ -358,9 +365,11 @@ def main():
         mutually_exclusive=[("name", "job_id")],
     )
     params = module.params
-    manager = ServiceManager(Registry(params["registry_path"], module.check_mode), os.environ, params)
+    manager = ServiceManager(open_registry(module), os.environ, params)
 
     def action():
+        if params["job_id"]:
+            check_job_id(params["job_id"], allow_latest=True)
         if params["state"] == "absent":
             return manager.absent(job_id=params["job_id"], name=params["name"], platform=params["platform"])
         if params["job_id"]:

@@ -97,6 +97,35 @@ class Harness(object):
         path.write_text(play)
         return self.playbook(str(path), extra_vars, args, env, inventory, timeout)
 
+    def spawn(self, tasks, env=None, args=()):
+        """Start a one-play playbook in the background (its own process group, as a terminal runs it);
+        ``finish(proc)`` waits for it and returns the :class:`Run`."""
+        self.count += 1
+        path = self.tmp / ("play%d.yml" % self.count)
+        path.write_text(textwrap.dedent("""\
+            - hosts: localhost
+              gather_facts: false
+              module_defaults:
+                group/tao.inference.service:
+                  registry_path: {registry}
+              tasks:
+            """).format(registry=self.registry) + textwrap.indent(textwrap.dedent(tasks), "    "))
+        record = self.tmp / ("record%d.jsonl" % self.count)
+        cmd = [os.path.join(BIN, "ansible-playbook"), str(path), "-e", json.dumps({"registry_path": self.registry})]
+        cmd += list(args)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=self.env(dict({"TAO_TEST_RECORD": str(record)}, **(env or {}))))
+        proc.record = record
+        return proc
+
+    @staticmethod
+    def finish(proc, timeout=300):
+        out, err = proc.communicate(timeout=timeout)
+        proc.stdout, proc.stderr = out, err
+        records = [json.loads(line) for line in proc.record.read_text().splitlines()] if proc.record.exists() else []
+        return Run(proc, records)
+
     def playbook(self, path, extra_vars=None, args=(), env=None, inventory=None, timeout=300):
         record = self.tmp / ("record%d.jsonl" % self.count)
         self.count += 1

@@ -27,7 +27,7 @@ from ansible_collections.tao.inference.plugins.module_utils.platforms.base impor
 )
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
-from ansible_collections.tao.inference.plugins.module_utils.ssh import SSHTarget
+from ansible_collections.tao.inference.plugins.module_utils.ssh import NO_MULTIPLEXING, SSHTarget
 
 _PORT_TAKEN = ("port is already allocated", "address already in use", "bind for")
 
@@ -117,17 +117,22 @@ class LocalDockerDriver(Driver):
 
     def _ssh_target(self):
         url = urlsplit(self.host)
-        if not url.hostname:
-            raise TaoInferenceError("docker_host %s names no host; use ssh://[user@]host[:port]" % self.host)
-        return SSHTarget(url.hostname, user=url.username, port=url.port, key_path=self.ssh_key_path,
-                         config=self.ssh_config)
+        try:
+            port = url.port
+        except ValueError:
+            raise TaoInferenceError("docker_host %s has a port that is not a number; use ssh://[user@]host[:port]"
+                                    % self.host)
+        if not url.hostname or url.password is not None or url.path not in ("", "/"):
+            raise TaoInferenceError("docker_host %s is not of the form ssh://[user@]host[:port]" % self.host)
+        return SSHTarget(url.hostname, user=url.username, port=port, key_path=self.ssh_key_path,
+                         config=self.ssh_config, what="docker_host's host")
 
     def _ssh_command(self):
         """ssh://: reach the engine with ``docker system dial-stdio``, as ssh_key_path / ssh_config say."""
         if not self.host.startswith("ssh://"):
             return None
         target = self._ssh_target()
-        return target.base_argv() + [target.destination, "--", "docker", "system", "dial-stdio"]
+        return target.argv("docker", "system", "dial-stdio", extra=NO_MULTIPLEXING)
 
     def close(self):
         if self._engine is not None:
@@ -297,8 +302,8 @@ class LocalDockerDriver(Driver):
 
     def status(self, entry):
         document = self._inspect(entry)
-        if document is None:
-            return PlatformStatus(PlatformStatus.MISSING, "no container named %s" % entry["job_id"])
+        if document is None or not self._ours(document, entry["job_id"]):
+            return PlatformStatus(PlatformStatus.MISSING, "no container of tao.inference named %s" % entry["job_id"])
         return self._status_of(document)
 
     @staticmethod
@@ -325,7 +330,18 @@ class LocalDockerDriver(Driver):
         return mask(text, secrets)
 
     def stop(self, entry):
-        return self._call(self.engine.container_remove, "remove container %s" % entry["job_id"], entry["job_id"])
+        """Remove the container of ``entry``: only one that carries our labels for this job_id,
+        removed by its full id (a name or id prefix could match a container we never made)."""
+        document = self._inspect(entry)
+        if document is None or not self._ours(document, entry["job_id"]):
+            return False
+        return self._call(self.engine.container_remove, "remove container %s" % entry["job_id"], document["Id"])
+
+    @staticmethod
+    def _ours(document, job_id):
+        labels = (document.get("Config") or {}).get("Labels") or {}
+        return labels.get(LABEL_PREFIX + "managed-by") == "tao.inference" and \
+            labels.get(LABEL_PREFIX + "job_id") == job_id and isinstance(document.get("Id"), str)
 
     def find(self, name=None):
         label = LABEL_PREFIX + ("name=%s" % name if name else "job_id")

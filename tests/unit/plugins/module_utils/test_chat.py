@@ -9,13 +9,19 @@ from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInf
 from ansible_collections.tao.inference.plugins.module_utils.registry import RegistryState
 
 
+def u(letter):
+    """A job_id (job_ids are UUIDs) ending in ``letter``."""
+    return "00000000-0000-4000-8000-00000000000" + letter
+
+
 def state_of(*entries):
     data = {}
     for job_id, arch, started in entries:
+        job_id = u(job_id)
         data[job_id] = {"job_id": job_id, "network_arch": arch, "started_at": started,
                         "host_url": "http://localhost:%d" % (8080 + len(data)), "platform": "local-docker"}
     if entries:
-        data["latest"] = entries[-1][0]
+        data["latest"] = u(entries[-1][0])
     return RegistryState(data, "/tmp/reg.json")
 
 
@@ -31,14 +37,15 @@ TWO_RL = state_of(("a", "cosmos-rl", "1"), ("b", "cosmos-rl", "2"), ("c", "tao-d
     (TWO_RL, {"network_arch": "tao-dataservices"}, "c"),
 ])
 def test_routing_picks(state, kwargs, expected):
-    assert chat.resolve_target(state, **kwargs)["job_id"] == expected
+    kwargs = dict((k, u(v) if k == "job_id" and v != "latest" else v) for k, v in kwargs.items())
+    assert chat.resolve_target(state, **kwargs)["job_id"] == u(expected)
 
 
 @pytest.mark.parametrize("state, kwargs, message, candidates", [
     (TWO_RL, {}, "3 services are running and none was chosen", ["a", "b", "c"]),
     (TWO_RL, {"network_arch": "cosmos-rl"}, "2 cosmos-rl services are running", ["a", "b"]),
     (TWO_RL, {"network_arch": "cosmos-predict2.5"}, "no cosmos-predict2.5 service is running", ["a", "b", "c"]),
-    (TWO_RL, {"job_id": "zzz"}, "no service with job_id zzz", ["a", "b", "c"]),
+    (TWO_RL, {"job_id": u("d")}, "no service with job_id %s" % u("d"), ["a", "b", "c"]),
     (state_of(), {}, "no service is running", None),
 ])
 def test_routing_refuses_to_guess(state, kwargs, message, candidates):
@@ -46,9 +53,9 @@ def test_routing_refuses_to_guess(state, kwargs, message, candidates):
         chat.resolve_target(state, **kwargs)
     assert message in err.value.msg
     if candidates is not None:
-        assert [c["job_id"] for c in err.value.details["candidates"]] == candidates
+        assert [c["job_id"] for c in err.value.details["candidates"]] == [u(c) for c in candidates]
         for job_id in candidates:  # the message lists job_id, arch, url and start time
-            assert job_id in err.value.msg
+            assert u(job_id) in err.value.msg
         assert "http://localhost:" in err.value.msg and "started" in err.value.msg
 
 

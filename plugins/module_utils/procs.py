@@ -1,0 +1,92 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Processes known by pid *and* start time, and signals that end a start cleanly.
+
+A pid alone can be reused by another program; a pid with the start time the
+kernel gave it (``/proc/<pid>/stat`` field 22) names one process for good.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import contextlib
+import os
+import signal
+import socket
+
+
+def stat_of(pid):
+    """``(state, start_time)`` of ``pid`` from /proc, or ``(None, None)`` when it is gone."""
+    try:
+        with open("/proc/%d/stat" % int(pid)) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (IOError, OSError, IndexError, ValueError):
+        return None, None
+    return fields[0], fields[19]
+
+
+def alive(pid, start_time):
+    """True when ``pid`` still runs and is the process that started at ``start_time`` (not a zombie)."""
+    if not pid:
+        return False
+    state, started = stat_of(pid)
+    return state is not None and state not in ("Z", "X") and str(started) == str(start_time)
+
+
+def this_process():
+    """Who is running this start: kept in a ``starting`` registry entry."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start_time": stat_of(os.getpid())[1]}
+
+
+def owner_alive(owner):
+    """True when the process in ``owner`` (see :func:`this_process`) may still be at work: it runs
+    here, or it ran on another machine, where this one cannot look."""
+    if not owner:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    return alive(owner.get("pid"), owner.get("start_time"))
+
+
+class Interrupted(BaseException):
+    """A signal (TERM, INT, HUP) arrived while something was being started."""
+
+    def __init__(self, signum):
+        super(Interrupted, self).__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self):
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return "signal %d" % self.signum
+
+
+CATCHABLE = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Inside: TERM, INT and HUP raise :class:`Interrupted` once; later ones are ignored, so the
+    cleanup an ``except`` block runs (still inside) finishes. Handlers are restored on exit."""
+    fired = []
+
+    def handler(signum, _frame):
+        if fired:
+            return
+        fired.append(signum)
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in CATCHABLE:
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except (ValueError, OSError):  # not the main thread: signals stay as they were
+            pass
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

@@ -1,0 +1,146 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Checks at the trust boundaries: what a user, a registry file or a platform hands us.
+
+Every check is a full match: a value with a trailing newline, a leading ``-``
+(which ssh or a CLI would read as an option) or a control character is refused.
+Child processes get :func:`child_environ`: the module's environment without
+any secret, so a long-lived ssh tunnel never carries ``HF_TOKEN`` in
+``/proc/<pid>/environ`` and an ssh ``SendEnv`` line cannot forward it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import os
+import re
+
+from urllib.parse import urlsplit
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# Ids platforms give (a Slurm job id, a Kubernetes object name, a cloud id): never a leading '-'.
+PLATFORM_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}")
+HEX = re.compile(r"[0-9a-f]{1,64}")
+# A DNS name or an IPv4 address (IPv6 is checked by ipaddress); never a leading '-'.
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
+# POSIX-ish login names (what useradd and ssh take); never a leading '-', never '@'.
+_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?")
+_SECRET_NAME = re.compile(r".*(?:_TOKEN|_KEY|_SECRET)|.*PASSWORD.*|.*PASSWD.*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_uuid(value):
+    return isinstance(value, str) and UUID.fullmatch(value) is not None
+
+
+def check_job_id(value, what="job_id", allow_latest=False):
+    """A job_id is the UUID the collection gave the service (or ``latest`` where allowed)."""
+    if allow_latest and value == "latest":
+        return value
+    if not is_uuid(value):
+        raise TaoInferenceError(
+            "%s %r is not a job_id: job_ids are the lower-case UUIDs the collection gives each service "
+            "(see tao_inference_info)%s" % (what, value, "; or give 'latest'" if allow_latest else ""))
+    return value
+
+
+def check_host(value, what):
+    """A host name or address for ssh or an engine URL; refuses what a CLI would read as an option."""
+    if isinstance(value, str):
+        bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        try:
+            ipaddress.ip_address(bare)
+            return value
+        except ValueError:
+            if _HOST.fullmatch(value):
+                return value
+    raise TaoInferenceError(
+        "%s %r is not a host name or address (letters, digits, '.', '-' and '_' only; it must not start "
+        "with '-')" % (what, value))
+
+
+def check_user(value, what):
+    if value is None or (isinstance(value, str) and _USER.fullmatch(value)):
+        return value
+    raise TaoInferenceError(
+        "%s %r is not a user name (letters, digits, '.', '-' and '_' only; it must not start with '-')"
+        % (what, value))
+
+
+def check_port(value, what):
+    if value is None:
+        return None
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = 0
+    if isinstance(value, bool) or not 1 <= port <= 65535 or str(value).strip() != str(port):
+        raise TaoInferenceError("%s %r is not a TCP port (1-65535)" % (what, value))
+    return port
+
+
+def check_path(value, what):
+    """A local file path option (ssh config, key): absolute, no control characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or _CONTROL.search(value):
+        raise TaoInferenceError("%s %r is not an absolute file path" % (what, value))
+    return value
+
+
+def check_http_url(value, what="host_url"):
+    """``http(s)://host:port[/path]`` with a valid host and no user info."""
+    error = TaoInferenceError("%s %r is not an http(s)://host:port URL" % (what, value))
+    if not isinstance(value, str) or _CONTROL.search(value) or " " in value:
+        raise error
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        raise error
+    if url.scheme not in ("http", "https") or not url.hostname or url.username or url.password \
+            or url.query or url.fragment:
+        raise error
+    check_host(url.hostname if ":" not in url.hostname else "[%s]" % url.hostname, what)
+    if port is not None and not 1 <= port <= 65535:
+        raise error
+    return value
+
+
+def check_text(value, what):
+    """Free text that goes into a message or a label: no control characters."""
+    if value is None or (isinstance(value, str) and not _CONTROL.search(value)):
+        return value
+    raise TaoInferenceError("%s %r holds control characters" % (what, value))
+
+
+# -- secrets in child processes ----------------------------------------------------
+def known_secret_names():
+    return tuple(catalog.SECRET_ENV)
+
+
+def looks_secret(name):
+    """True for names that hold credentials by convention (``*_TOKEN``, ``*_KEY``, ``*_SECRET``,
+    ``*PASSWORD*``) and for the collection's own secret names."""
+    upper = str(name).upper()
+    return upper in known_secret_names() or _SECRET_NAME.fullmatch(upper) is not None
+
+
+def child_environ(secret_names=(), by_pattern=True, environ=None):
+    """The environment for a child process: ours, less every secret.
+
+    ``secret_names`` are dropped too (a service's own ``secret_env``). With ``by_pattern`` every
+    name that :func:`looks_secret` goes; without it (a docker credential helper, which may need
+    its own cloud credentials) only the collection's secret names and ``secret_names`` go.
+    """
+    environ = os.environ if environ is None else environ
+    drop = set(known_secret_names()) | set(secret_names or ())
+    return dict((key, value) for key, value in environ.items()
+                if key not in drop and not (by_pattern and looks_secret(key)))

@@ -1,0 +1,165 @@
+"""Proof suite, secrets: a canary value in every secret variable never leaks.
+
+Every secret name the collection knows gets its own canary value in the environment of
+``ansible-playbook``; each service lists them all in ``secret_env``. While the playbook runs
+(``-vvvv --diff``), a watcher reads the argv of every process on this machine and the
+environment of every ssh process. Afterwards the output, the results, the registry, the
+container's labels and command, the Slurm batch script and the environment of every process
+left running (the tunnel) are searched. The one place a value may be is the channel that must
+carry it: the container's (job's) environment.
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+
+from .conftest import IMAGE, ROOT, docker, service_task
+from .test_slurm import ASK, SSH_CONFIG, sh, slurm, slurm_task, uname  # noqa: F401  pylint: disable=unused-import
+
+RUN = os.urandom(4).hex()
+CANARIES = dict((name, "canary%s%s" % (name.lower().replace("_", ""), RUN)) for name in catalog.SECRET_ENV)
+SECRET_ENV = "secret_env: [%s]" % ", ".join(sorted(CANARIES))
+
+
+class ProcessWatch(object):
+    """Reads /proc every few milliseconds while a playbook runs; records every leak it sees."""
+
+    def __init__(self):
+        self.leaks = []
+        self.seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self):
+        values = [v.encode() for v in CANARIES.values()]
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                        argv = handle.read()
+                    self.seen += 1
+                    if any(v in argv for v in values):
+                        self.leaks.append(("argv", pid, argv[:200]))
+                    if os.path.basename(argv.split(b"\0")[0]) == b"ssh":
+                        with open("/proc/%s/environ" % pid, "rb") as handle:
+                            if any(v in handle.read() for v in values):
+                                self.leaks.append(("ssh environ", pid, argv[:200]))
+                except OSError:
+                    continue
+            time.sleep(0.01)
+
+
+def leaked(text):
+    return [name for name, value in CANARIES.items() if value in text]
+
+
+def test_no_secret_leaks_on_local_docker_over_ssh(harness):
+    tasks = service_task(extra="name: proof-%s\ndocker_host: ssh://tao-login\nssh_config: %s\n%s"
+                         % (RUN, SSH_CONFIG, SECRET_ENV)) + """\
+- name: Ask
+  tao.inference.tao_inference_request:
+    name: proof-%(run)s
+    prompt: hello
+    media: ["%(png)s"]
+    sampling: {}
+- name: Info
+  tao.inference.tao_inference_info:
+    name: proof-%(run)s
+  register: info
+- name: A start that fails, with the secrets set
+  tao.inference.tao_inference_service:
+    network_arch: tao-dataservices
+    model_path: /no/such/model
+    image: %(image)s
+    num_gpus: 0
+    docker_host: ssh://tao-login
+    ssh_config: %(config)s
+    %(secrets)s
+  ignore_errors: true
+  register: failed
+- name: Stop
+  tao.inference.tao_inference_service:
+    name: proof-%(run)s
+    docker_host: ssh://tao-login
+    ssh_config: %(config)s
+    state: absent
+""" % {"run": RUN, "png": os.path.join(ROOT, "playbooks", "files", "demo.png"), "image": IMAGE,
+       "config": SSH_CONFIG, "secrets": SECRET_ENV}
+    with ProcessWatch() as watch:
+        run = harness.play(tasks, args=["-vvvv", "--diff"], env=CANARIES)
+    assert run.rc == 0, run.output[-3000:]
+    job_id = run.task("Start")["result"]["job_id"]
+    failed = run.task("A start that fails, with the secrets set")
+    assert failed["status"] == "failed" and "model_load_failed" in failed["result"]["msg"], failed
+    assert watch.seen > 100 and watch.leaks == []
+    assert leaked(run.output) == [] and leaked(json.dumps(run.records)) == []
+    assert leaked(open(harness.registry).read()) == []
+    assert run.task("Start")["result"]["secret_env"] == sorted(CANARIES)
+    assert harness.containers() == []
+    print("secrets: %d canaries, %d process reads, 0 leaks in argv, ssh environments, -vvvv output, results, "
+          "diffs, registry (job %s)" % (len(CANARIES), watch.seen, job_id))
+
+
+def test_the_container_gets_the_secrets_in_its_environment_only(harness):
+    run = harness.play(service_task(extra="name: proof-env-%s\n%s" % (RUN, SECRET_ENV)), env=CANARIES)
+    assert run.rc == 0, run.output[-3000:]
+    [doc] = json.loads(docker("inspect", run.task("Start")["result"]["job_id"]).stdout)
+    assert leaked(json.dumps(doc["Config"]["Labels"]) + json.dumps(doc["Config"]["Cmd"]) + json.dumps(doc["Args"])) == []
+    for name, value in CANARIES.items():
+        assert "%s=%s" % (name, value) in doc["Config"]["Env"]
+
+
+def test_no_secret_leaks_on_slurm(slurm):  # noqa: F811
+    name = uname("proof")
+    with ProcessWatch() as watch:
+        run = slurm.play(slurm_task(name=name, extra=SECRET_ENV) + ASK, args=["-vvvv", "--diff"], env=CANARIES)
+        assert run.rc == 0, run.output[-3000:]
+        entry = run.task("Start")["result"]
+        script = sh("scontrol", "write", "batch_script", str(entry["platform_job_id"]), "-").stdout
+        # The tunnel this run left running: its argv and its environment.
+        with open("/proc/%d/environ" % int(entry["tunnel_pid"]), "rb") as handle:
+            tunnel_env = handle.read().decode("utf-8", "replace")
+        stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    platform: slurm\n"
+                          "    slurm_login_host: tao-login\n    ssh_config: %s\n    state: absent\n"
+                          % (name, SSH_CONFIG), args=["-vvvv"], env=CANARIES)
+    assert stop.rc == 0, stop.output[-3000:]
+    assert "#SBATCH" in script and leaked(script) == []
+    assert leaked(tunnel_env) == [] and "PATH=" in tunnel_env
+    assert watch.leaks == []
+    assert leaked(run.output + stop.output) == [] and leaked(json.dumps(run.records + stop.records)) == []
+    assert leaked(open(slurm.registry).read()) == []
+    print("secrets on slurm: %d canaries, %d process reads; batch script, tunnel environment, argv, -vvvv output "
+          "and registry clean" % (len(CANARIES), watch.seen))
+
+
+@pytest.mark.parametrize("name", ["MY_API_TOKEN", "DB_PASSWORD"])
+def test_a_credential_in_plain_env_is_refused_with_the_way_to_pass_it(harness, name):
+    run = harness.play(service_task(extra="env: {%s: not-a-canary}" % name))
+    msg = run.task("Start")["result"]["msg"]
+    assert run.rc != 0 and "secret_env" in msg and name in msg
+    assert harness.containers() == []
+
+
+def test_the_ssh_tunnel_and_dial_stdio_children_get_no_secret():
+    """The environment helper itself, for a process started the way the tunnel is."""
+    from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ
+
+    env = dict(os.environ, **CANARIES)
+    proc = subprocess.run(["env"], capture_output=True, text=True, env=child_environ(environ=env), check=True)
+    assert leaked(proc.stdout) == []
