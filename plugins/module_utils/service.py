@@ -103,10 +103,13 @@ def get_driver(platform, connection, params):
     if platform == "local-docker":
         from ansible_collections.tao.inference.plugins.module_utils.platforms import local_docker
 
+        # TLS settings come from this run's options or environment, never from the registry.
         return local_docker.LocalDockerDriver(docker_host=connection.get("docker_host"),
                                               pull=params.get("pull") or "missing",
                                               ssh_key_path=connection.get("key_path"),
-                                              ssh_config=connection.get("ssh_config"))
+                                              ssh_config=connection.get("ssh_config"),
+                                              tls=params.get("docker_tls"), tls_verify=params.get("docker_tls_verify"),
+                                              cert_path=params.get("docker_cert_path"))
     if platform == "slurm":
         from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import SlurmDriver
 

@@ -59,6 +59,18 @@ options:
       - Docker engine to check (default C(DOCKER_HOST) or the local socket); the same forms as
         O(tao.inference.tao_inference_service#module:docker_host).
     type: str
+  docker_tls:
+    description:
+      - As O(tao.inference.tao_inference_service#module:docker_tls).
+    type: bool
+  docker_tls_verify:
+    description:
+      - As O(tao.inference.tao_inference_service#module:docker_tls_verify).
+    type: bool
+  docker_cert_path:
+    description:
+      - As O(tao.inference.tao_inference_service#module:docker_cert_path).
+    type: path
   bind_address:
     description:
       - Address the service port will be published on (checked against a remote O(docker_host)).
@@ -146,6 +158,9 @@ def main():
         image=dict(type="str"),
         num_gpus=dict(type="int", default=1),
         docker_host=dict(type="str"),
+        docker_tls=dict(type="bool"),
+        docker_tls_verify=dict(type="bool"),
+        docker_cert_path=dict(type="path"),
         bind_address=dict(type="str", default="127.0.0.1"),
     )
     argument_spec.update(REGISTRY_ARGS)

@@ -157,13 +157,32 @@ options:
     description:
       - Docker engine to use, e.g. V(unix:///var/run/docker.sock), V(tcp://gpu-host:2376) or
         V(ssh://user@gpu-host). Default is C(DOCKER_HOST) or the local socket.
-      - C(tcp://) uses TLS when C(DOCKER_TLS_VERIFY) (verified against C(ca.pem)) or C(DOCKER_TLS) is set,
-        with the certificates in C(DOCKER_CERT_PATH) (default C(~/.docker)), as the docker CLI does.
+      - Without it and without C(DOCKER_HOST), the docker context in C(DOCKER_CONTEXT), else the current
+        context of C(~/.docker/config.json), is used as the docker CLI does; a context that cannot be read
+        is an error, never a silent fall-back to the local socket.
+      - C(tcp://) uses TLS as O(docker_tls) and O(docker_tls_verify) say, with the certificates in
+        O(docker_cert_path). Asked-for verification never weakens; a missing C(ca.pem), or half a client
+        certificate pair, is an error.
       - C(ssh://) runs C(docker system dial-stdio) on that host over C(ssh) in batch mode (the docker CLI must
-        be installed there); O(ssh_key_path) and O(ssh_config) apply.
+        be installed there); O(ssh_key_path) and O(ssh_config) apply. The host and user are checked (no
+        leading C(-), no spaces or control characters) and always follow C(--) on the ssh command line.
       - Pulls use the registry credentials the docker CLI stored with C(docker login) on the host that runs
         the module (C(~/.docker/config.json) or C(DOCKER_CONFIG); C(auths), C(credHelpers), C(credsStore)).
+        They are never sent to a C(tcp://) engine on another machine without TLS; such a pull fails.
     type: str
+  docker_tls:
+    description:
+      - Use TLS towards a C(tcp://) O(docker_host). Default from C(DOCKER_TLS) (on when it is set and not empty).
+    type: bool
+  docker_tls_verify:
+    description:
+      - Use TLS and verify the engine's certificate against C(ca.pem) in O(docker_cert_path).
+        Default from C(DOCKER_TLS_VERIFY) (on when it is set and not empty), as the docker CLI reads it.
+    type: bool
+  docker_cert_path:
+    description:
+      - Folder with C(ca.pem), C(cert.pem) and C(key.pem). Default from C(DOCKER_CERT_PATH), else C(~/.docker).
+    type: path
 requirements:
   - For local-docker, a Docker engine (API 1.40 or newer, Docker 19.03+) the host that runs the module can
     reach. The module speaks the Engine API itself; no Python Docker library is needed.
@@ -350,6 +369,9 @@ def main():
         server_options=dict(type="dict", default={}),
         shm_size=dict(type="str", default="16g"),
         docker_host=dict(type="str"),
+        docker_tls=dict(type="bool"),
+        docker_tls_verify=dict(type="bool"),
+        docker_cert_path=dict(type="path"),
     )
     argument_spec.update(REGISTRY_ARGS)
     argument_spec.update(WAIT_ARGS)
