@@ -6,6 +6,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
+
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
 from ansible_collections.tao.inference.plugins.module_utils.registry import DEFAULT_LOCK_TIMEOUT, Registry
@@ -18,12 +20,14 @@ REGISTRY_ARGS = dict(
 )
 
 
-def open_registry(module):
-    """The registry the module's options name (per user by default), in the module's check mode."""
+def open_registry(module, read_only=False):
+    """The registry the module's options name (per user by default), in the module's check mode
+    (always read-only with ``read_only``)."""
     params = module.params
-    if params["lock_timeout"] <= 0:
-        module.fail_json(msg="lock_timeout must be more than 0 seconds")
-    return Registry(params["registry_path"], module.check_mode, params["lock_timeout"])
+    if not 0 < params["lock_timeout"] <= 86400:
+        module.fail_json(msg="lock_timeout must be more than 0 and at most 86400 seconds, got %s"
+                         % params["lock_timeout"])
+    return Registry(params["registry_path"], read_only or module.check_mode, params["lock_timeout"])
 
 WAIT_ARGS = dict(
     wait=dict(type="bool", default=True),
@@ -50,6 +54,9 @@ def run(module, action, cleanup=None):
     """Run ``action()``; turn TaoInferenceError into fail_json; drop the diff
     unless diff mode is on. ``cleanup()`` runs before the module answers (it
     closes connections, so no ssh process outlives the module)."""
+    for option, value in sorted(module.params.items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            module.fail_json(msg="%s must be a finite number of seconds, got %s" % (option, value))
     try:
         try:
             result = action()

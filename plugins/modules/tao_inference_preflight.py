@@ -145,8 +145,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, SLURM_ARGS, run
-from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, SLURM_ARGS, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
 
@@ -169,7 +168,7 @@ def main():
                            required_if=[("platform", "slurm", ("slurm_login_host",))])
     params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
 
-    manager = ServiceManager(Registry(params["registry_path"], True, params["lock_timeout"]), os.environ, params)
+    manager = ServiceManager(open_registry(module, read_only=True), os.environ, params)
 
     def action():
         spec = build_spec(params, os.environ)

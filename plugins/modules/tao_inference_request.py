@@ -413,9 +413,8 @@ import uuid
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.tao.inference.plugins.module_utils import batch, catalog, chat
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, run
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.registry import Registry
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
 
 try:
@@ -532,10 +531,12 @@ def main():
             if params[option] is not None:
                 module.fail_json(msg="%s applies to a batch only (requests or requests_file)" % option)
 
+    registry = open_registry(module, read_only=True)
+
     def action():
         if params["job_id"]:
             check_job_id(params["job_id"], allow_latest=True)
-        state = Registry(params["registry_path"], True, params["lock_timeout"]).read()
+        state = registry.read()
         entry = chat.resolve_target(state, params["job_id"], params["network_arch"], params["name"])
         arch = entry["network_arch"]
         if params["network_arch"] and params["network_arch"] != arch:
