@@ -8,7 +8,6 @@ __metaclass__ = type
 
 import math
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
 from ansible_collections.tao.inference.plugins.module_utils.registry import DEFAULT_LOCK_TIMEOUT, Registry
 
@@ -19,15 +18,6 @@ REGISTRY_ARGS = dict(
     lock_timeout=dict(type="float", default=DEFAULT_LOCK_TIMEOUT),
 )
 
-
-def open_registry(module, read_only=False):
-    """The registry the module's options name (per user by default), in the module's check mode
-    (always read-only with ``read_only``)."""
-    params = module.params
-    if not 0 < params["lock_timeout"] <= 86400:
-        module.fail_json(msg="lock_timeout must be more than 0 and at most 86400 seconds, got %s"
-                         % params["lock_timeout"])
-    return Registry(params["registry_path"], read_only or module.check_mode, params["lock_timeout"])
 
 WAIT_ARGS = dict(
     wait=dict(type="bool", default=True),
@@ -48,6 +38,16 @@ SLURM_ARGS = dict(
     sbatch_options=dict(type="list", elements="str", default=[]),
     slurm_bind_address=dict(type="str", default="0.0.0.0"),
 )
+
+
+def open_registry(module, read_only=False):
+    """The registry the module's options name (per user by default), in the module's check mode
+    (always read-only with ``read_only``)."""
+    params = module.params
+    if not 0 < params["lock_timeout"] <= 86400:
+        module.fail_json(msg="lock_timeout must be more than 0 and at most 86400 seconds, got %s"
+                         % params["lock_timeout"])
+    return Registry(params["registry_path"], read_only or module.check_mode, params["lock_timeout"])
 
 
 def run(module, action, cleanup=None):
