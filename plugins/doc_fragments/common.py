@@ -108,10 +108,10 @@ options:
       - V(pyxis) and V(apptainer) containers share the node's network, so two services on one node
         cannot both listen on 8080. When the server takes C(--port) (tao-dataservices, cosmos-predict2.5),
         the batch script gives it the first port from 8080 to 8199 that nothing listens on, held with a lock
-        file for the job's life. cosmos-rl has no port option and always listens on 8080: a second cosmos-rl
+        file for the job's life. cosmos-rl has no port option and always listens on 8080; a second cosmos-rl
         job on the same node fails at once and its log says why. V(docker) runs each container in its
         own network and publishes a free port (see O(slurm_bind_address)).
-      - Container variables never appear on a command line: V(pyxis) and V(docker) get their names
+      - Container variables never appear on a command line. V(pyxis) and V(docker) get their names
         only, V(apptainer) gets C(APPTAINERENV_<NAME>) variables, all from the job's environment.
     type: str
     choices: [pyxis, apptainer, docker]
@@ -121,9 +121,9 @@ options:
       - Extra C(sbatch) options, each as V(--name) or V(--name=value), e.g. V(--exclusive) or
         V(--constraint=a100).
       - Options the collection sets itself, or that would break how it finds, reads and stops the job, are
-        refused (also when abbreviated): C(--comment), C(--output), C(--error), C(--input), C(--open-mode),
-        C(--export), C(--export-file), C(--get-user-env), C(--wrap), C(--array), C(--chdir), C(--ntasks),
-        C(--parsable), C(--uid), C(--gid).
+        refused, also when abbreviated. They are C(--comment), C(--output), C(--error), C(--input),
+        C(--open-mode), C(--export), C(--export-file), C(--get-user-env), C(--wrap), C(--array), C(--chdir),
+        C(--ntasks), C(--parsable), C(--uid) and C(--gid).
     type: list
     elements: str
     default: []
@@ -135,8 +135,8 @@ options:
         can reach the service. Give the node address that the login host reaches (the SSH tunnel goes from
         the login host to this address) to publish on that interface only. V(127.0.0.1) works only when the
         login host is the compute node itself.
-      - Any other value than V(0.0.0.0) is refused with the V(pyxis) and V(apptainer) runtimes: their
-        containers share the node's network and the server chooses its own address there.
+      - Any other value than V(0.0.0.0) is refused with the V(pyxis) and V(apptainer) runtimes, whose
+        containers share the node's network, where the server chooses its own address.
     type: str
     default: 0.0.0.0
 """

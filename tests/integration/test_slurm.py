@@ -7,16 +7,28 @@ reference microservice with the `docker` container runtime.
 
 import json
 import os
+import pwd
 import signal
+import socket
+import stat
 import subprocess
 import time
+import urllib.request
+import uuid
 
 import pytest
+
+from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Launch
+from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import SlurmDriver, batch_script
+from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
 
 from .conftest import IMAGE, ROOT, docker
 
 SSH_CONFIG = os.path.join(ROOT, ".build", "ssh", "config")
 PNG = os.path.join(ROOT, "playbooks", "files", "demo.png")
+CONNECTION = "    platform: slurm\n    slurm_login_host: tao-login\n    ssh_config: %s\n" % SSH_CONFIG
 
 
 def sh(*argv):
@@ -128,8 +140,8 @@ def test_start_request_stop_leaves_nothing(slurm):
     assert entry["tunnel_pid"] == svc["tunnel_pid"] and tunnel_running(entry)
     assert "reference microservice" in run.task("Ask")["result"]["content"]
 
-    stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    state: absent\n"
-                      % uname("s-one"))
+    stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    state: absent\n%s"
+                      % (uname("s-one"), CONNECTION))
     assert stop.task("Stop")["status"] == "changed", stop.output
     assert svc["platform_job_id"] not in squeue_ids()
     assert wait_for(lambda: docker("ps", "-aq", "--filter", "name=" + svc["job_id"]).stdout.strip() == "")
@@ -188,7 +200,7 @@ def test_job_cancelled_elsewhere_is_reported_and_its_tunnel_stopped(slurm):
     assert wait_for(lambda: svc["platform_job_id"] not in squeue_ids())
     info = slurm.play("- name: Info\n  tao.inference.tao_inference_info:\n")
     item = info.task("Info")["result"]["services"][0]
-    assert item["platform_status"]["state"] == "exited"
+    assert item["platform_status"]["state"] == "exited", item["platform_status"]
     assert "CANCELLED" in item["platform_status"]["detail"]
     assert item["released"] is True and not tunnel_running(entry)
     assert info.task("Info")["status"] == "changed"  # it stopped a process on this host
@@ -273,3 +285,254 @@ def test_start_playbook_on_slurm_runs_the_preflight_role(slurm):
     stop = slurm.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"name": uname("s-play")})
     assert stop.rc == 0, stop.output
     assert slurm.entries() == {} and not jobs_named(uname("s-play"))
+
+
+# -- trust: private files, own jobs only, submits that were cut off ------------------------------------
+def login_home():
+    return pwd.getpwnam("root").pw_dir  # tao-login is root@127.0.0.1 (scripts/ensure-sshd.sh)
+
+
+def test_the_job_folder_and_logs_are_private(slurm):
+    folder = os.path.join(login_home(), ".tao-inference")
+    if os.path.isdir(folder):
+        os.chmod(folder, 0o755)  # a folder an older release made readable is made private
+    run = slurm.play(slurm_task(name=uname("s-private"), extra="wait: false"))
+    assert run.rc == 0, run.output
+    job_id = run.task("Start")["result"]["job_id"]
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(folder, "%s.log" % job_id)).st_mode) == 0o600
+
+
+def test_slurm_bind_address_is_where_the_docker_runtime_publishes(slurm):
+    # The login host is the node here, so loopback reaches it; on a cluster it is a node address.
+    run = slurm.play(slurm_task(name=uname("s-bind"), extra="slurm_bind_address: 127.0.0.1") + ASK)
+    assert run.rc == 0, run.output
+    svc = run.task("Start")["result"]
+    ports = json.loads(docker("inspect", "--format", "{{json .HostConfig.PortBindings}}", svc["job_id"]).stdout)
+    assert [b["HostIp"] for b in ports["8080/tcp"]] == ["127.0.0.1"]
+    assert svc["slurm_node_addr"] == "127.0.0.1"
+    assert "reference microservice" in run.task("Ask")["result"]["content"]
+
+    bad = slurm.play(slurm_task(title="Bad", extra="slurm_bind_address: node-1"))
+    assert bad.rc != 0 and "slurm_bind_address 'node-1' is not an IP address" in bad.task("Bad")["result"]["msg"]
+
+
+def test_absent_by_job_id_finds_a_job_the_registry_lost(slurm, named):
+    run = slurm.play(slurm_task(name=named("s-lostid"), extra="wait: false"))
+    svc = run.task("Start")["result"]
+    tunnel = slurm.entries()[svc["job_id"]]
+    os.unlink(slurm.registry)
+    stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    job_id: %s\n    state: absent\n%s"
+                      % (svc["job_id"], CONNECTION))
+    assert stop.task("Stop")["status"] == "changed", stop.output
+    assert stop.task("Stop")["result"]["stopped"] == [svc["job_id"]]
+    assert wait_for(lambda: svc["platform_job_id"] not in squeue_ids())
+    assert wait_for(lambda: not tunnel_running(tunnel), 5)
+
+
+def sbatch(*args, **kw):
+    """Submit a job straight to Slurm (not through the collection); return its id."""
+    proc = subprocess.run(["sbatch", "--parsable"] + list(args), capture_output=True, text=True, check=False,
+                          timeout=60, **kw)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+@pytest.fixture
+def jobs():
+    """Ids of jobs a test submits itself; all cancelled, and their shim containers removed, at the end."""
+    ids = []
+    yield ids
+    if ids:
+        sh("scancel", *ids)
+        names = ["tao-shim-%s" % i for i in ids]
+        wait_for(lambda: not set(ids) & set(squeue_ids()), 20)
+        docker("rm", "-f", *names, check=False)
+
+
+def driver():
+    return SlurmDriver("tao-login", ssh_config=SSH_CONFIG)
+
+
+@pytest.fixture
+def named(jobs):
+    """A run-unique service name; whatever Slurm job still carries it at the end is cancelled."""
+    made = []
+
+    def name(base):
+        made.append(uname(base))
+        return made[-1]
+    yield name
+    for item in made:
+        jobs += jobs_named(item)
+
+
+def test_find_and_stop_touch_only_this_users_jobs_of_this_service(slurm, jobs):
+    name = uname("s-owner")
+    ours, theirs, other = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    sleep = ["--output=/dev/null", "--chdir=/tmp", "--wrap=sleep 300"]
+    mine = sbatch("--comment=tao.inference:job_id=%s,name=%s" % (ours, name), *sleep)
+    foreign = sbatch("--uid=nobody", "--comment=tao.inference:job_id=%s,name=%s" % (theirs, name), *sleep)
+    bogus = sbatch("--comment=tao.inference:job_id=../../etc,name=%s" % name, *sleep)
+    jobs += [mine, foreign, bogus]
+    drv = driver()
+    assert [(f.ident, f.labels["platform_job_id"]) for f in drv.find(name)] == [(ours, mine)]
+    # A registry entry that points at another user's job, or at another service's job: left alone.
+    assert drv.stop({"job_id": theirs, "platform_job_id": foreign}) is False
+    assert drv.stop({"job_id": other, "platform_job_id": mine}) is False
+    assert {mine, foreign, bogus} <= set(squeue_ids())
+    assert drv.stop({"job_id": ours, "platform_job_id": mine}) is True
+    assert mine not in squeue_ids() and {foreign, bogus} <= set(squeue_ids())
+
+
+def launch_for(name, timeout=60, **params):
+    base = dict(network_arch="cosmos-rl", model_path="hf_model://a/b", platform="slurm", slurm_login_host="tao-login",
+                slurm_container_runtime="docker", image=IMAGE, num_gpus=0, name=name)
+    base.update(params)
+    spec = build_spec(base, {})
+    job_id = str(uuid.uuid4())
+    plain, secret = container_env(spec, job_id, {})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return Launch(spec, job_id, inner_command(spec, job_id), plain, secret, port, {}, timeout=timeout)
+
+
+def submit_then(drv, after):
+    """Make the submit call reach the real sbatch, then behave as ``after`` says."""
+    real = drv.target.run
+
+    def run(words, **kw):
+        if not str(words[0]).startswith("sh -c "):
+            return real(words, **kw)
+        rc, out, err = real(words, **kw)
+        return after(rc, out, err)
+    drv.target.run = run
+
+
+def test_a_submit_cut_off_after_sbatch_took_the_job_leaves_no_job(slurm, named):
+    drv = driver()
+
+    def timed_out(rc, out, err):
+        raise TaoInferenceError("ssh tao-login timed out after 60s running: sh -c ...")
+    submit_then(drv, timed_out)
+    launch = launch_for(named("s-cut"))
+    with pytest.raises(TaoInferenceError) as caught:
+        drv.start(launch)
+    assert "which was cancelled: nothing is left running" in caught.value.msg, caught.value.msg
+    assert not jobs_named(uname("s-cut"))
+    assert wait_for(lambda: docker("ps", "-aq", "--filter", "name=" + launch.job_id).stdout.strip() == "", 20)
+
+
+def test_sbatch_output_that_is_no_job_id_is_refused_and_the_job_cancelled(slurm, named):
+    drv = driver()
+    submit_then(drv, lambda rc, out, err: (rc, out + "Have a nice day!\n", err))
+    with pytest.raises(TaoInferenceError) as caught:
+        drv.start(launch_for(named("s-motd")))
+    msg = caught.value.msg
+    assert "printed no job id" in msg and "Have a nice day!" in msg and "which was cancelled" in msg
+    assert not jobs_named(uname("s-motd"))
+
+    # A banner *before* the id is no trouble.
+    drv = driver()
+    submit_then(drv, lambda rc, out, err: (rc, "Welcome to the test cluster\n" + out, err))
+    launch = launch_for(named("s-banner"))
+    fields = drv.start(launch)
+    assert jobs_named(uname("s-banner")) == [fields["platform_job_id"]]
+    assert drv.stop(dict(fields, job_id=launch.job_id)) is True  # the job, and the tunnel it opened
+    assert not jobs_named(uname("s-banner"))
+    assert wait_for(lambda: not tunnel_running(fields), 5)
+
+
+# -- containers on the node's own network (pyxis, apptainer) -------------------------------------------
+# The test node has neither pyxis nor apptainer: this `apptainer` runs the image with Docker on the
+# host's network, as apptainer does, turning APPTAINERENV_<NAME> into <NAME>. The batch scripts are
+# the collection's own, submitted with the real sbatch to the real node.
+APPTAINER_SHIM = r"""#!/bin/bash
+printf '%s\n' "$@" > "$SHIM_OUT/apptainer.$SLURM_JOB_ID.argv"
+while [ $# -gt 0 ]; do case "$1" in docker://*) image=${1#docker://}; shift; break;; *) shift;; esac; done
+envs=()
+for var in $(compgen -e); do
+  case "$var" in APPTAINERENV_*) n=${var#APPTAINERENV_}; export "$n=${!var}"; envs+=(-e "$n");; esac
+done
+exec docker run --rm --init --network host --name "tao-shim-$SLURM_JOB_ID" "${envs[@]}" "$image" "$@"
+"""
+
+
+def host_network_job(tmp_path, jobs, arch, model="hf_model://org/m", env=None):
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "apptainer").write_text(APPTAINER_SHIM)
+    (shim / "apptainer").chmod(0o755)
+    env = dict({"TAO_EMULATOR_HOST": "127.0.0.1"}, **(env or {}))
+    spec = build_spec(dict(network_arch=arch, model_path=model, platform="slurm", slurm_login_host="tao-login",
+                           slurm_container_runtime="apptainer", image=IMAGE, num_gpus=0, env=env), {})
+    job_id = str(uuid.uuid4())
+    plain, secret = container_env(spec, job_id, {})
+    script = batch_script(spec, spec.platform_options, job_id, inner_command(spec, job_id), plain, secret)
+    environ = dict(os.environ, PATH="%s:%s" % (shim, os.environ["PATH"]), SHIM_OUT=str(tmp_path))
+    slurm_id = sbatch(input=script, env=environ, cwd=str(tmp_path))
+    jobs.append(slurm_id)
+    return job_id, slurm_id
+
+
+def node_port(tmp_path, job_id, slurm_id, timeout=60):
+    """The port the job's log reports, or None once the job ended without one."""
+    log = tmp_path / ("%s.log" % job_id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        for line in text.splitlines():
+            if line.startswith("TAO_NODE_PORT="):
+                return int(line.split("=", 1)[1])
+        if slurm_id not in squeue_ids() and log.exists():
+            return None
+        time.sleep(0.2)
+    raise AssertionError("no port after %ss: %s" % (timeout, log.read_text() if log.exists() else "no log"))
+
+
+def ready(port, timeout=60):
+    def probe():
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/health/readiness" % port, timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+    return wait_for(probe, timeout)
+
+
+def test_two_services_on_one_node_network_get_two_ports(slurm, jobs, tmp_path):
+    one = host_network_job(tmp_path, jobs, "tao-dataservices")
+    first = node_port(tmp_path, *one)
+    two = host_network_job(tmp_path, jobs, "tao-dataservices")
+    second = node_port(tmp_path, *two)
+    assert first and second and first != second
+    assert ready(first) and ready(second)
+
+
+def test_apptainer_env_reaches_the_container_whole_and_never_as_an_argument(slurm, jobs, tmp_path):
+    value = "x,LD_PRELOAD=/tmp/e.so"
+    job_id, slurm_id = host_network_job(tmp_path, jobs, "tao-dataservices", env={"A": value})
+    assert node_port(tmp_path, job_id, slurm_id)
+    assert wait_for(lambda: docker("ps", "-q", "--filter", "name=tao-shim-" + slurm_id).stdout.strip() != "", 30)
+    env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", "tao-shim-" + slurm_id).stdout)
+    assert "A=%s" % value in env and not [e for e in env if e.startswith("LD_PRELOAD=")]
+    argv = (tmp_path / ("apptainer.%s.argv" % slurm_id)).read_text()
+    assert "LD_PRELOAD" not in argv and "TAO_EMULATOR_HOST" not in argv
+
+
+def test_a_second_fixed_port_service_on_the_node_fails_at_once_and_says_why(slurm, jobs, tmp_path):
+    """cosmos-rl always listens on 8080: the second one on a node must not collide with the first."""
+    why = "cosmos-rl takes no port option and always listens on 8080"
+    one = host_network_job(tmp_path, jobs, "cosmos-rl")
+    first = node_port(tmp_path, *one)
+    if first is None:  # 8080 was already taken on this machine by another program: said as clearly
+        assert why in (tmp_path / ("%s.log" % one[0])).read_text()
+    else:
+        assert first == 8080 and ready(first)
+    started = time.monotonic()
+    two = host_network_job(tmp_path, jobs, "cosmos-rl")
+    assert node_port(tmp_path, *two) is None and time.monotonic() - started < 30
+    log = (tmp_path / ("%s.log" % two[0])).read_text()
+    assert why in log and "port 8080 on %s is taken" % socket.gethostname().split(".")[0] in log
+    assert not docker("ps", "-aq", "--filter", "name=tao-shim-" + two[1]).stdout.strip()

@@ -1,16 +1,24 @@
-"""Slurm: the exact batch script per runtime, and how secrets reach sbatch."""
+"""Slurm: the exact batch script per runtime, how secrets reach sbatch, and how the driver
+treats what Slurm answers (job ids, ownership, cancels that are not confirmed)."""
 
+import fcntl
 import os
 import shlex
+import shutil
 import stat
 import subprocess
+import sys
+import time
 
 import pytest
 
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.platforms import slurm as slurm_mod
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import MASK, Launch
 from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import (
-    batch_script, pyxis_image, secret_lines, submit_prologue,
+    ACTIVE, SlurmDriver, batch_script, parse_comment, parse_sbatch_output, port_from_argument, pyxis_image,
+    secret_lines, submit_command, submit_prologue,
 )
 
 from .helpers import JOB_ID, make_spec
@@ -34,7 +42,7 @@ export CLOUD_BASED=False
 export LOG_LEVEL=debug
 export TAO_API_JOB_ID=0f8c2e4a-1b2c-4d3e-8f90-123456789abc
 export TAO_EXECUTION_BACKEND=slurm
-echo TAO_NODE_PORT=8080
+{CLAIM}{FIXED}echo TAO_NODE_PORT=$port
 srun \
   '--container-image=nvcr.io#nvidia/tao/tao-toolkit:7.0.0-cosmos-rl' \
   --no-container-mount-home \
@@ -61,13 +69,16 @@ export CLOUD_BASED=False
 export LOG_LEVEL=debug
 export TAO_API_JOB_ID=0f8c2e4a-1b2c-4d3e-8f90-123456789abc
 export TAO_EXECUTION_BACKEND=slurm
+export APPTAINERENV_CLOUD_BASED="$CLOUD_BASED"
+export APPTAINERENV_LOG_LEVEL="$LOG_LEVEL"
+export APPTAINERENV_TAO_API_JOB_ID="$TAO_API_JOB_ID"
+export APPTAINERENV_TAO_EXECUTION_BACKEND="$TAO_EXECUTION_BACKEND"
 export APPTAINERENV_HF_TOKEN="$HF_TOKEN"
-echo TAO_NODE_PORT=8080
+{CLAIM}{FIXED}echo TAO_NODE_PORT=$port
 apptainer exec \
   --cleanenv \
   --nv \
   --bind /data/ckpt:/models/x:ro \
-  --env CLOUD_BASED=False,LOG_LEVEL=debug,TAO_API_JOB_ID=0f8c2e4a-1b2c-4d3e-8f90-123456789abc,TAO_EXECUTION_BACKEND=slurm \
   docker://nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl \
   /bin/sh -c {INNER} &
 wait $!
@@ -125,11 +136,42 @@ wait "$run"
 '''
 
 
+CLAIM = r'''# The container shares the node's network: take a port nothing listens on, and hold its
+# lock for the job's life so that a job starting beside this one cannot take it too.
+locks=/tmp
+if [ -d /run/lock ] && [ -w /run/lock ]; then locks=/run/lock; fi
+listening() {
+  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p="$(printf ':%04X' "$1")" \
+    '$4 == "0A" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }'
+}
+claim() {
+  lock="$locks/tao-inference-port-$1.lock"
+  [ -L "$lock" ] && return 1
+  [ -e "$lock" ] || (umask 022 && : >>"$lock") 2>/dev/null
+  { [ -f "$lock" ] && [ -r "$lock" ]; } || return 1
+  exec 9<"$lock"
+  if command -v flock >/dev/null 2>&1 && ! flock -n 9; then exec 9<&-; return 1; fi
+  if listening "$1"; then exec 9<&-; return 1; fi
+}
+'''
+
+
+FIXED = (
+    'port=8080\n'
+    'if ! claim "$port"; then\n'
+    '  echo "tao.inference: port $port on $(hostname) is taken by another service or program. cosmos-rl takes '
+    'no port option and always listens on $port, so one node runs one of it at a time: stop the other service, '
+    'or run this one on another node (e.g. sbatch_options: [--exclude=$(hostname)])" >&2\n'
+    '  exit 1\n'
+    'fi\n'
+)
+
+
 def expected(template):
     """The pinned text with the inner command (pinned in test_command.py) filled in."""
     spec = make_spec(environ={"HF_TOKEN": SECRET}, network_arch="cosmos-rl", model_path="/models/x", platform="slurm",
                      slurm_login_host="login", num_gpus=2)
-    return template.format(INNER=shlex.quote(inner_command(spec, JOB_ID)))
+    return template.format(INNER=shlex.quote(inner_command(spec, JOB_ID)), CLAIM=CLAIM, FIXED=FIXED)
 
 
 def script_for(runtime, **overrides):
@@ -172,6 +214,23 @@ def test_cpu_only_and_defaults_from_the_environment():
     ({"sbatch_options": ["--x\n#SBATCH --y"]}, "must look like"),
     ({"partition": "gpu\n#SBATCH --x"}, "characters Slurm does not take"),
     ({"slurm_login_host": None}, "needs slurm_login_host"),
+    # Full matches: a trailing newline is refused, not taken as the end of the value.
+    ({"partition": "gpu\n"}, "characters Slurm does not take"),
+    ({"account": "proj\n"}, "characters Slurm does not take"),
+    ({"time_limit": "01:00:00\n"}, "characters Slurm does not take"),
+    ({"sbatch_options": ["--exclusive\n"]}, "must look like"),
+    ({"sbatch_options": ["--constraint=a\x00b"]}, "must look like"),
+    # What the collection sets itself or relies on, also abbreviated as sbatch allows.
+    ({"sbatch_options": ["--comment=x"]}, "is not allowed"),
+    ({"sbatch_options": ["--comm=x"]}, "is not allowed"),
+    ({"sbatch_options": ["--output=/tmp/all.log"]}, "is not allowed"),
+    ({"sbatch_options": ["--export=NONE"]}, "is not allowed"),
+    ({"sbatch_options": ["--chdir=/"]}, "is not allowed"),
+    ({"sbatch_options": ["--uid=0"]}, "is not allowed"),
+    ({"slurm_bind_address": "localhost", "slurm_container_runtime": "docker"}, "is not an IP address"),
+    ({"slurm_bind_address": "127.0.0.1\n", "slurm_container_runtime": "docker"}, "is not an IP address"),
+    ({"slurm_bind_address": "fe80::1%eth0", "slurm_container_runtime": "docker"}, "is not an IP address"),
+    ({"slurm_bind_address": "127.0.0.1", "slurm_container_runtime": "pyxis"}, "docker only"),
 ])
 def test_bad_slurm_input(params, message):
     base = {"platform": "slurm", "slurm_login_host": "login"}
@@ -191,18 +250,36 @@ def test_pyxis_image_names(image, expected):
     assert pyxis_image(image) == expected
 
 
-def test_submit_prologue_exports_secrets_from_stdin_only(tmp_path):
-    """Run the remote prologue with a fake sbatch: the secret reaches its
-    environment, the script reaches its stdin intact, and no argv holds it."""
+def test_good_sbatch_options_pass():
+    spec = make_spec(platform="slurm", slurm_login_host="login",
+                     sbatch_options=["--exclusive", "--constraint=a100&nvlink", "--ntasks-per-node=1", "--qos=high"])
+    assert spec.platform_options["sbatch_options"][1] == "--constraint=a100&nvlink"
+
+
+def _fake_sbatch(tmp_path, stdout="42"):
     fake = tmp_path / "bin" / "sbatch"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "$*" > "$OUT/argv"\nenv > "$OUT/env"\npwd > "$OUT/cwd"\n'
-                    'cat > "$OUT/script"\necho 42\n')
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\necho "$*" > "$OUT/argv"\nenv > "$OUT/env"\npwd > "$OUT/cwd"\numask > "$OUT/umask"\n'
+                    'cat > "$OUT/script"\nprintf "%%s\\n" "%s"\n' % stdout)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+LOGIN_SHELLS = [shell for shell in ("bash", "dash", "sh", "tcsh", "csh", "fish", "zsh") if shutil.which(shell)]
+
+
+@pytest.mark.parametrize("shell", LOGIN_SHELLS)
+def test_submit_prologue_exports_secrets_from_stdin_only(tmp_path, shell):
+    """Run the remote command as a login shell would (``<shell> -c <command>``), with a fake sbatch:
+    the secret reaches its environment, the script its stdin intact, no argv holds a value, and the
+    folder and what sbatch creates are private."""
+    fake = _fake_sbatch(tmp_path)
     secrets = {"HF_TOKEN": "hf_a b$c'\"d\\e", "WANDB_API_KEY": "w=1=2"}
     script = "#!/bin/bash\necho hello\n"
     env = {"PATH": "%s:/usr/bin:/bin" % fake.parent, "OUT": str(tmp_path), "HOME": str(tmp_path)}
-    out = subprocess.run(["sh", "-c", str(submit_prologue(secrets))], input=(secret_lines(secrets) + script).encode(),
+    (tmp_path / ".tao-inference").mkdir(mode=0o755)  # an older, readable folder is made private
+    command = " ".join(submit_command(secrets))
+    out = subprocess.run([shell, "-c", command], input=(secret_lines(secrets) + script).encode(),
                          env=env, cwd=str(tmp_path), capture_output=True, check=True)
     assert out.stdout.strip() == b"42"
     assert (tmp_path / "script").read_text() == script
@@ -211,5 +288,509 @@ def test_submit_prologue_exports_secrets_from_stdin_only(tmp_path):
     argv = (tmp_path / "argv").read_text()
     assert argv.strip() == "--parsable --export=ALL"
     for value in secrets.values():
-        assert value not in str(submit_prologue(secrets))
+        assert value not in command
     assert (tmp_path / "cwd").read_text().strip() == os.path.join(str(tmp_path), ".tao-inference")
+    assert (tmp_path / "umask").read_text().strip() == "0077"  # Slurm creates the job log with it: 0600
+    assert stat.S_IMODE((tmp_path / ".tao-inference").stat().st_mode) == 0o700
+
+
+def test_submit_command_is_posix_sh_whatever_the_login_shell():
+    """The prologue runs under ``sh -c '...'``; its text has nothing that csh or fish would read
+    inside single quotes (a quote, a backslash, a ``!``), nor a newline."""
+    prologue = submit_prologue({"HF_TOKEN": "x"})
+    assert not set(prologue) & set("'\\!\n")
+    (command,) = submit_command({"HF_TOKEN": "x"})
+    assert command == "sh -c '%s'" % prologue
+    assert prologue.startswith("umask 077 && mkdir -p .tao-inference && chmod 700 .tao-inference && ")
+
+
+# -- apptainer environment ------------------------------------------------------------------
+def test_apptainer_env_is_no_argument_and_is_never_split():
+    text = script_for("apptainer", env={"A": "x,LD_PRELOAD=/tmp/e.so", "LOG_LEVEL": "debug"})
+    assert "--env" not in text and "x,LD_PRELOAD" not in text.split("apptainer exec", 1)[1]
+    assert "export A=x,LD_PRELOAD=/tmp/e.so\n" in text
+    assert 'export APPTAINERENV_A="$A"\n' in text and "APPTAINERENV_LD_PRELOAD" not in text
+
+
+def _run_script(text, tmp_path, bin_dir, name="job"):
+    path = tmp_path / ("%s.sh" % name)
+    path.write_text(text)
+    log = open(str(tmp_path / ("%s.log" % name)), "w")
+    env = {"PATH": "%s:/usr/bin:/bin" % bin_dir, "HF_TOKEN": SECRET, "OUT": str(tmp_path)}
+    return subprocess.Popen(["bash", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path),
+                            start_new_session=True)
+
+
+def _stop(proc):
+    try:
+        os.killpg(proc.pid, 9)
+    except OSError:
+        pass
+    proc.wait()
+
+
+def _fake_bin(tmp_path):
+    """``apptainer`` that records its argv and environment, then runs the command after the image;
+    ``python`` that listens on its ``--port`` on 127.0.0.1 (the server, on the node's network)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "apptainer").write_text(
+        '#!/bin/bash\nprintf "%s\\n" "$@" > "$OUT/apptainer.$$.argv"\nenv > "$OUT/apptainer.$$.env"\n'
+        'while [ "${1#docker://}" = "$1" ]; do shift; done\nshift\nexec "$@"\n')
+    (bin_dir / "python").write_text(
+        '#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = --port ] && port=$2; shift; done\n'
+        'exec %s -c "import socket, sys, time; s = socket.socket(); s.bind((\'127.0.0.1\', int(sys.argv[1]))); '
+        's.listen(); time.sleep(120)" "$port"\n' % sys.executable)
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (bin_dir / "cosmos-rl-inference-microservice").write_text("#!/bin/sh\nexec sleep 120\n")
+    for item in bin_dir.iterdir():
+        item.chmod(0o755)
+    return bin_dir
+
+
+def _marker(tmp_path, name, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in (tmp_path / ("%s.log" % name)).read_text().splitlines():
+            if line.startswith("TAO_NODE_PORT="):
+                return int(line.split("=", 1)[1])
+        time.sleep(0.05)
+    raise AssertionError((tmp_path / ("%s.log" % name)).read_text())
+
+
+def _listening(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _lock_dir():
+    return "/run/lock" if os.path.isdir("/run/lock") and os.access("/run/lock", os.W_OK) else "/tmp"
+
+
+def test_apptainer_script_runs_with_the_env_in_apptainerenv_only(tmp_path):
+    bin_dir = _fake_bin(tmp_path)
+    text = script_for("apptainer", network_arch="tao-dataservices", model_path="/models/x",
+                      env={"A": "x,LD_PRELOAD=/tmp/e.so"})
+    proc = _run_script(text, tmp_path, bin_dir)
+    try:
+        _marker(tmp_path, "job")
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("apptainer.*.env")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        (env_file,) = tmp_path.glob("apptainer.*.env")
+        (argv_file,) = tmp_path.glob("apptainer.*.argv")
+        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        assert env["APPTAINERENV_A"] == "x,LD_PRELOAD=/tmp/e.so" and "APPTAINERENV_LD_PRELOAD" not in env
+        assert env["APPTAINERENV_HF_TOKEN"] == SECRET
+        argv = argv_file.read_text()
+        assert "LD_PRELOAD" not in argv and SECRET not in argv and "debug" not in argv
+    finally:
+        _stop(proc)
+
+
+# -- ports on the node's own network -----------------------------------------------------------
+def test_the_port_word_is_found_only_as_the_port_option():
+    assert port_from_argument("umask 0 && x --port 8080 --job '{}'") == "umask 0 && x --port \"$1\" --job '{}'"
+    assert port_from_argument("umask 0 && x --job '{\"m\":\"/a --port 8080\"}'") is None  # inside a quoted word
+    assert port_from_argument("umask 0 && x --job \"--port 8080\"") is None
+    assert port_from_argument("umask 0 && x --port 9000") is None
+    assert port_from_argument("umask 0 && x --port 8080 --port 8080") is None
+    for arch, moved in (("tao-dataservices", True), ("cosmos-predict2.5", True), ("cosmos-rl", False)):
+        spec = make_spec(network_arch=arch, model_path="/models/x", platform="slurm", slurm_login_host="login")
+        assert (port_from_argument(inner_command(spec, JOB_ID)) is not None) is moved
+
+
+@pytest.mark.parametrize("runtime", ["pyxis", "apptainer"])
+def test_a_server_with_a_port_option_gets_a_free_port_of_its_own(runtime):
+    text = script_for(runtime, network_arch="tao-dataservices", model_path="/models/x")
+    assert "p=8080\nwhile [ \"$p\" -le 8199 ]; do\n" in text and "echo TAO_NODE_PORT=$port\n" in text
+    assert "--port \"$1\" --job" in text and "' sh \"$port\" &\n" in text and "--port 8080" not in text
+
+
+def test_two_services_on_one_node_take_two_ports(tmp_path):
+    bin_dir = _fake_bin(tmp_path)
+    text = script_for("apptainer", network_arch="tao-dataservices", model_path="/models/x")
+    one = _run_script(text, tmp_path, bin_dir, "one")
+    two = None
+    try:
+        first = _marker(tmp_path, "one")
+        two = _run_script(text, tmp_path, bin_dir, "two")
+        second = _marker(tmp_path, "two")
+        assert first != second and 8080 <= first <= 8199 and 8080 <= second <= 8199
+        deadline = time.monotonic() + 30
+        while not (_listening(first) and _listening(second)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _listening(first) and _listening(second)
+        assert one.poll() is None and two.poll() is None
+    finally:
+        _stop(one)
+        if two is not None:
+            _stop(two)
+
+
+def _hold(port):
+    handle = open(os.path.join(_lock_dir(), "tao-inference-port-%d.lock" % port), "a")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def test_a_held_port_is_skipped(tmp_path):
+    bin_dir = _fake_bin(tmp_path)
+    handle = _hold(8080)
+    proc = _run_script(script_for("pyxis", network_arch="tao-dataservices", model_path="/models/x"), tmp_path,
+                       bin_dir)
+    try:
+        port = _marker(tmp_path, "job")
+        assert port > 8080
+        deadline = time.monotonic() + 30
+        while not _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _listening(port)  # srun ran the server with the port it was given
+    finally:
+        _stop(proc)
+        handle.close()
+
+
+def test_a_second_fixed_port_server_on_the_node_fails_at_once_and_says_why(tmp_path):
+    bin_dir = _fake_bin(tmp_path)
+    handle = _hold(8080)  # the first cosmos-rl job on this node
+    try:
+        started = time.monotonic()
+        proc = _run_script(script_for("apptainer"), tmp_path, bin_dir)
+        assert proc.wait(timeout=10) == 1 and time.monotonic() - started < 5
+        log = (tmp_path / "job.log").read_text()
+        assert "port 8080 on " in log and "cosmos-rl takes no port option and always listens on 8080" in log
+        assert "TAO_NODE_PORT" not in log and not list(tmp_path.glob("apptainer.*"))
+    finally:
+        handle.close()
+
+
+# -- docker publish address ----------------------------------------------------------------------
+def test_docker_publishes_on_every_interface_by_default_and_the_option_is_left_out():
+    spec = make_spec(platform="slurm", slurm_login_host="login", slurm_container_runtime="docker",
+                     slurm_bind_address="0.0.0.0")
+    assert "bind_address" not in spec.platform_options  # services started before keep their fingerprint
+    assert "-p 0.0.0.0::8080" in script_for("docker")
+
+
+@pytest.mark.parametrize("address, publish, tunnel", [
+    ("127.0.0.1", "-p 127.0.0.1::8080", "127.0.0.1"),
+    ("10.1.2.3", "-p 10.1.2.3::8080", "10.1.2.3"),
+    ("::1", "-p '[::1]::8080'", "[::1]"),
+])
+def test_docker_publishes_on_slurm_bind_address_and_the_tunnel_goes_there(address, publish, tunnel):
+    text = script_for("docker", slurm_bind_address=address)
+    assert publish in text and "0.0.0.0" not in text
+    assert "echo TAO_NODE_ADDR=%s\necho TAO_NODE_PORT=$port\n" % address in text
+    spec = make_spec(platform="slurm", slurm_login_host="login", slurm_container_runtime="docker",
+                     slurm_bind_address=address)
+    assert slurm_mod.tunnel_host(spec.platform_options, "node-addr") == tunnel
+    assert slurm_mod.tunnel_host(make_spec(platform="slurm", slurm_login_host="login").platform_options,
+                                 "node-addr") == "node-addr"
+
+
+# -- names that go into script lines -------------------------------------------------------------
+@pytest.mark.parametrize("env, secrets", [
+    ({"A\n": "x"}, {}), ({"A;B": "x"}, {}), ({"LOG_LEVEL": "a\0b"}, {}), ({}, {"HF_TOKEN\n": "x"}),
+])
+def test_batch_script_refuses_names_that_are_not_variable_names(env, secrets):
+    spec = make_spec(platform="slurm", slurm_login_host="login")
+    with pytest.raises(TaoInferenceError):
+        batch_script(spec, spec.platform_options, JOB_ID, "true", env, secrets)
+
+
+def test_batch_script_refuses_a_job_id_that_is_no_uuid():
+    spec = make_spec(platform="slurm", slurm_login_host="login")
+    with pytest.raises(TaoInferenceError, match="not a job_id"):
+        batch_script(spec, spec.platform_options, JOB_ID + "\n", "true", {}, {})
+
+
+# -- what sbatch prints ----------------------------------------------------------------------------
+@pytest.mark.parametrize("out, expected", [
+    ("42\n", "42"), ("42;cluster-a\n", "42"), ("Welcome to the cluster\nMOTD: be nice\n42\n", "42"),
+    ("42\n\n  \n", "42"), ("42\nWelcome\n", None), ("Welcome 42\n", None), ("", None), ("\n", None),
+    ("42;bad cluster\n", None), ("\u0664\u0662\n", None), ("42;\n", None), ("-42\n", None),
+])
+def test_sbatch_output_is_read_strictly(out, expected):
+    assert parse_sbatch_output(out) == expected
+
+
+@pytest.mark.parametrize("comment, expected", [
+    ("tao.inference:job_id=%s,name=svc" % JOB_ID, (JOB_ID, "svc")),
+    ("tao.inference:job_id=%s,name=" % JOB_ID, (JOB_ID, "")),
+    ("tao.inference:job_id=not-a-uuid-not-a-uuid-not-a-uuid-1234,name=", None),
+    ("tao.inference:job_id=%s,name=svc,extra=1" % JOB_ID, None),
+    ("tao.inference:job_id=%s" % JOB_ID.upper(), None),
+    ("my own comment", None), ("", None),
+])
+def test_only_comments_with_a_uuid_job_id_are_ours(comment, expected):
+    assert parse_comment(comment) == expected
+
+
+# -- the driver against a scripted login host ------------------------------------------------------
+OTHER_ID = "11111111-2222-4333-8444-555555555555"
+
+
+class FakeLogin(object):
+    """A login host that answers the driver's commands from a table of jobs, as Slurm 22.05 does."""
+
+    destination = "login"
+
+    def __init__(self):
+        self.jobs = {}
+        self.logs = {}
+        self.calls = []
+        self.submit = lambda stdin: (0, "%s\n" % self.add(JOB_ID), "")
+        self.scancel_rc = 0
+        self.cancel_works = True
+        self.squeue_down = False
+
+    def add(self, job_id, state="RUNNING", user="me", comment=None, slurm_id=None):
+        slurm_id = slurm_id or str(100 + len(self.jobs))
+        self.jobs[slurm_id] = {"state": state, "node": "n1" if state == "RUNNING" else "", "user": user,
+                               "comment": comment if comment is not None else "tao.inference:job_id=%s,name=" % job_id}
+        return slurm_id
+
+    def run(self, words, stdin=None, check=True, timeout=60):
+        words = [str(w) for w in words]
+        self.calls.append(words)
+        if words[0].startswith("sh -c "):
+            return self.submit(stdin)
+        if self.squeue_down and words[0] in ("squeue", "scontrol"):
+            return 1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+        if words[:2] == ["squeue", "--me"]:
+            return 0, "".join("%s|%s|%s|%s\n" % (i, j["state"], j["node"], j["comment"])
+                              for i, j in self.jobs.items() if j["user"] == "me" and j["state"] in ACTIVE), ""
+        job = self.jobs.get(words[3] if words[:2] in (["squeue", "-h"], ["scontrol", "show"]) else "")
+        if words[:3] == ["squeue", "-h", "-j"]:
+            if job is None:
+                return 1, "", "slurm_load_jobs error: Invalid job id specified\n"
+            return 0, ("%s|%s|None\n" % (job["state"], job["node"])) if job["state"] in ACTIVE else "", ""
+        if words[:3] == ["scontrol", "show", "job"]:
+            if job is None:
+                return 1, "", "slurm_load_jobs error: Invalid job id specified\n"
+            return 0, "JobId=%s JobState=%s Reason=None\n" % (words[3], job["state"]), ""
+        if words[:3] == ["scontrol", "show", "node"]:
+            return 0, "NodeName=n1 NodeAddr=10.0.0.7 State=IDLE\n", ""
+        if words[0] == "scancel":
+            if self.scancel_rc:
+                return self.scancel_rc, "", "scancel: error: Kill job error on job id %s: Access denied\n" % words[1]
+            if self.cancel_works and words[1] in self.jobs:
+                self.jobs[words[1]]["state"] = "CANCELLED"
+            return 0, "", ""
+        if words[0] == "tail":
+            return 0, self.logs.get(words[-1], ""), ""
+        if words[:4] == ["grep", "-m", "2", "-E"] and words[4] == "^(TAO_NODE_PORT=|TAO_NODE_ADDR=)":
+            found = [line for line in self.logs.get(words[5], "").splitlines(True)
+                     if line.startswith(("TAO_NODE_PORT=", "TAO_NODE_ADDR="))]
+            return (0 if found else 1), "".join(found[:2]), ""
+        raise AssertionError("unexpected command %s" % words)
+
+    def scancels(self):
+        return [c[1] for c in self.calls if c[0] == "scancel"]
+
+
+@pytest.fixture
+def login(monkeypatch):
+    monkeypatch.setattr(slurm_mod, "SUBMIT_RECHECK", 0)
+    monkeypatch.setattr(slurm_mod, "CANCEL_WAIT", 0.3)
+    fake = FakeLogin()
+    driver = SlurmDriver("login")
+    driver.target = fake
+    return fake, driver
+
+
+def _launch(timeout=2, **params):
+    base = dict(network_arch="cosmos-rl", model_path="/models/x", platform="slurm", slurm_login_host="login",
+                slurm_container_runtime="docker", num_gpus=0, secret_env=["HF_TOKEN"])
+    base.update(params)
+    environ = {"HF_TOKEN": SECRET}
+    spec = make_spec(environ=environ, **base)
+    plain, secret = container_env(spec, JOB_ID, environ)
+    submitted = []
+    launch = Launch(spec, JOB_ID, inner_command(spec, JOB_ID), plain, secret, 18080, {}, timeout=timeout,
+                    on_submitted=submitted.append)
+    return launch, submitted
+
+
+def test_a_banner_before_the_job_id_is_no_job_id(login, monkeypatch):
+    fake, driver = login
+    fake.submit = lambda stdin: (0, "Welcome to cluster 7 (node 12)\n%s\n" % fake.add(JOB_ID), "")
+    fake.logs[".tao-inference/%s.log" % JOB_ID] = "TAO_NODE_PORT=40001\n"
+    monkeypatch.setattr(slurm_mod, "open_tunnel", lambda *args: (4242, "99"))
+    launch, submitted = _launch()
+    fields = driver.start(launch)
+    assert fields["platform_job_id"] == "100" and submitted[0]["platform_job_id"] == "100"
+    assert fields["node_port"] == 40001 and fields["slurm_node_addr"] == "10.0.0.7"
+
+
+def test_unreadable_sbatch_output_finds_cancels_and_shows_it_masked(login):
+    fake, driver = login
+    fake.submit = lambda stdin: (0, "%s\nlast login token %s\n" % (fake.add(JOB_ID), SECRET), "")
+    launch, submitted = _launch()
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.start(launch)
+    msg = caught.value.msg
+    assert "printed no job id" in msg and "last login token %s" % MASK in msg and SECRET not in msg
+    assert "Slurm had taken it as job 100, which was cancelled" in msg
+    assert fake.scancels() == ["100"] and fake.jobs["100"]["state"] == "CANCELLED"
+    assert submitted[0]["platform_job_id"] == "100"
+
+
+def test_a_submit_cut_off_after_sbatch_took_the_job_cancels_it(login):
+    fake, driver = login
+
+    def cut(stdin):
+        fake.add(JOB_ID)
+        raise TaoInferenceError("ssh login timed out after 60s running: sh -c '...'")
+    fake.submit = cut
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.start(_launch()[0])
+    assert "did not complete (ssh login timed out" in caught.value.msg
+    assert "Slurm had taken it as job 100, which was cancelled" in caught.value.msg
+    assert fake.jobs["100"]["state"] == "CANCELLED"
+
+
+def test_a_submit_cut_off_before_sbatch_names_the_job_id(login):
+    fake, driver = login
+
+    def cut(stdin):
+        raise TaoInferenceError("cannot reach login over SSH: Connection reset")
+    fake.submit = cut
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.start(_launch()[0])
+    assert "none was submitted" in caught.value.msg
+    assert "state: absent, job_id: %s, platform: slurm" % JOB_ID in caught.value.msg
+    assert caught.value.details["job_id"] == JOB_ID
+
+
+def test_a_submit_whose_outcome_cannot_be_learned_names_the_job_id(login):
+    fake, driver = login
+
+    def cut(stdin):
+        fake.squeue_down = True
+        raise TaoInferenceError("ssh login timed out after 60s")
+    fake.submit = cut
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.start(_launch()[0])
+    assert "Whether Slurm took the job is unknown" in caught.value.msg
+    assert "job_id: %s" % JOB_ID in caught.value.msg
+
+
+def test_sbatch_errors_and_job_logs_are_masked(login):
+    fake, driver = login
+    fake.submit = lambda stdin: (1, "", "sbatch: error: bad value %s\n" % SECRET)
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.start(_launch()[0])
+    assert SECRET not in caught.value.msg and MASK in caught.value.msg
+
+    fake.submit = lambda stdin: (0, "%s\n" % fake.add(JOB_ID, state="FAILED"), "")
+    fake.logs[".tao-inference/%s.log" % JOB_ID] = "server: token=%s refused\n" % SECRET
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.start(_launch()[0])
+    assert "ended as FAILED" in caught.value.msg and "token=%s refused" % MASK in caught.value.msg
+    assert driver.logs({"job_id": JOB_ID}, 5, {"HF_TOKEN": SECRET}) == "server: token=%s refused\n" % MASK
+
+
+def test_find_lists_only_own_jobs_with_a_uuid_job_id(login):
+    fake, driver = login
+    mine = fake.add(JOB_ID, comment="tao.inference:job_id=%s,name=svc" % JOB_ID)
+    fake.add(OTHER_ID, user="someone-else", comment="tao.inference:job_id=%s,name=svc" % OTHER_ID)
+    fake.add(None, comment="tao.inference:job_id=../../x,name=svc")
+    fake.add(None, comment="an unrelated job")
+    found = driver.find("svc")
+    assert [(f.ident, f.labels["platform_job_id"]) for f in found] == [(JOB_ID, mine)]
+    assert ["squeue", "--me", "-h", "-o", "%i|%T|%N|%k"] in fake.calls
+
+
+def test_stop_cancels_the_own_job_that_carries_the_job_id(login):
+    fake, driver = login
+    slurm_id = fake.add(JOB_ID)
+    assert driver.stop({"job_id": JOB_ID, "platform_job_id": slurm_id}) is True
+    assert fake.scancels() == [slurm_id]
+
+
+@pytest.mark.parametrize("owner, comment", [
+    ("someone-else", "tao.inference:job_id=%s,name=" % JOB_ID),  # another user's job
+    ("me", "tao.inference:job_id=%s,name=" % OTHER_ID),          # another service's job
+    ("me", "my own batch job"),                                   # not the collection's
+])
+def test_stop_never_cancels_a_job_that_is_not_this_services(login, owner, comment):
+    fake, driver = login
+    slurm_id = fake.add(None, user=owner, comment=comment)
+    assert driver.stop({"job_id": JOB_ID, "platform_job_id": slurm_id}) is False
+    assert fake.scancels() == [] and fake.jobs[slurm_id]["state"] == "RUNNING"
+
+
+def test_stop_finds_a_job_whose_id_was_never_recorded(login):
+    fake, driver = login
+    slurm_id = fake.add(JOB_ID)
+    assert driver.stop({"job_id": JOB_ID, "orphan": True}) is True
+    assert fake.scancels() == [slurm_id]
+
+
+def test_stop_raises_when_slurm_cannot_be_asked(login):
+    fake, driver = login
+    fake.add(JOB_ID)
+    fake.squeue_down = True
+    with pytest.raises(TaoInferenceError, match="squeue --me"):
+        driver.stop({"job_id": JOB_ID, "platform_job_id": "100"})
+    assert fake.scancels() == []
+
+
+def test_a_failed_scancel_raises_with_the_job_id_and_what_to_do(login):
+    fake, driver = login
+    slurm_id = fake.add(JOB_ID)
+    fake.scancel_rc = 1
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.stop({"job_id": JOB_ID, "platform_job_id": slurm_id})
+    assert "scancel %s failed" % slurm_id in caught.value.msg and "scancel %s" % slurm_id in caught.value.msg
+    assert caught.value.details["platform_job_id"] == slurm_id
+
+
+def test_a_job_still_active_after_scancel_raises(login):
+    fake, driver = login
+    slurm_id = fake.add(JOB_ID)
+    fake.cancel_works = False
+    started = time.monotonic()
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.stop({"job_id": JOB_ID, "platform_job_id": slurm_id})
+    assert "is still RUNNING" in caught.value.msg and "by hand on login: scancel %s" % slurm_id in caught.value.msg
+    assert time.monotonic() - started < 5
+
+
+def test_a_job_that_ended_before_scancel_is_no_failure(login):
+    fake, driver = login
+    slurm_id = fake.add(JOB_ID)
+    fake.scancel_rc = 1
+    fake.jobs[slurm_id]["state"] = "COMPLETED"  # ended between squeue --me and scancel
+    driver._cancel(slurm_id)
+
+
+def test_a_failed_start_whose_cancel_fails_names_the_slurm_job(login, monkeypatch):
+    fake, driver = login
+    fake.submit = lambda stdin: (0, "%s\n" % fake.add(JOB_ID), "")
+    fake.logs[".tao-inference/%s.log" % JOB_ID] = "TAO_NODE_PORT=40001\n"
+
+    def broken(*args):
+        raise TaoInferenceError("the SSH tunnel failed: port in use")
+    monkeypatch.setattr(slurm_mod, "open_tunnel", broken)
+    fake.cancel_works = False
+    with pytest.raises(TaoInferenceError) as caught:
+        driver.start(_launch()[0])
+    msg = caught.value.msg
+    assert msg.startswith("the SSH tunnel failed: port in use. Then cancelling Slurm job 100 failed")
+    assert "scancel 100" in msg and caught.value.details["platform_job_id"] == "100"
+
+
+def test_status_does_not_call_a_job_missing_when_slurm_does_not_answer(login):
+    fake, driver = login
+    slurm_id = fake.add(JOB_ID)
+    fake.squeue_down = True
+    with pytest.raises(TaoInferenceError, match="cannot tell the state"):
+        driver.status({"job_id": JOB_ID, "platform_job_id": slurm_id})
