@@ -451,7 +451,11 @@ def write_jsonl(path, items, records):
             line = {"id": record["id"], "prompt": item.prompt}
             line.update(record)
             yield (json.dumps(line) + "\n").encode("utf-8")
-    write_atomically(path, lines())
+    try:
+        write_atomically(path, lines())
+    except OSError as exc:
+        raise TaoInferenceError("cannot write output_path %s: %s (the answers are in the result)"
+                                % (path, exc.strerror or exc))
 
 
 def prepare_outputs(output_dir=None, output_path=None):
@@ -465,6 +469,9 @@ def prepare_outputs(output_dir=None, output_path=None):
             raise TaoInferenceError("cannot create the output folder %s: %s" % (folder, exc.strerror))
         if not os.access(folder, os.W_OK | os.X_OK):
             raise TaoInferenceError("the output folder %s is not writable" % folder)
+    if output_path and (os.path.isdir(output_path) or os.path.islink(output_path)):
+        raise TaoInferenceError("output_path %s is a folder or a symbolic link; give the path of a file to write "
+                                "(it is replaced as a whole)" % output_path)
 
 
 def run(url, network_arch, requests, sampling, options, check_mode=False, opener=open):

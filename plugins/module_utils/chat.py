@@ -517,5 +517,8 @@ def save_answer(content, folder, stem):
         raise TaoInferenceError("the service answered a %s data URI that is not valid base64: %s"
                                 % (match.group(1), exc), error_type="bad_answer")
     path = os.path.join(folder, stem + extension)
-    write_atomically(path, data)
+    try:
+        write_atomically(path, data)
+    except OSError as exc:
+        raise TaoInferenceError("cannot save the answer to %s: %s" % (path, exc.strerror or exc))
     return path

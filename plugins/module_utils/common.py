@@ -8,6 +8,7 @@ __metaclass__ = type
 
 import math
 
+from ansible_collections.tao.inference.plugins.module_utils import procs
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
 from ansible_collections.tao.inference.plugins.module_utils.registry import DEFAULT_LOCK_TIMEOUT, Registry
 
@@ -65,6 +66,10 @@ def run(module, action, cleanup=None):
                 cleanup()
     except TaoInferenceError as exc:
         fail(module, exc)
+        return
+    except (procs.Interrupted, KeyboardInterrupt) as exc:
+        module.fail_json(msg="interrupted (%s) before the task finished; run it again to see where things stand "
+                             "(tao_inference_info)" % getattr(exc, "name", "SIGINT"), interrupted=True)
         return
     if not module._diff:
         result.pop("diff", None)

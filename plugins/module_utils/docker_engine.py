@@ -32,7 +32,7 @@ import subprocess
 import http.client as http_client
 from urllib.parse import quote, urlencode, urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ
+from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ, ssh_environ
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Newest API version this client is written against; an older engine's own version is used as is.
@@ -126,7 +126,7 @@ class _SSHConnection(http_client.HTTPConnection):
         try:
             # ssh lives as long as the connection: its environment holds no secret (nor can SendEnv pass one on).
             self._proc = subprocess.Popen(self._argv, stdin=theirs, stdout=theirs, stderr=self._stderr,
-                                          close_fds=True, start_new_session=True, env=child_environ())
+                                          close_fds=True, start_new_session=True, env=ssh_environ())
         except OSError:
             ours.close()
             raise
@@ -200,8 +200,9 @@ class Endpoint(object):
         return "Endpoint(%r, tls=%r, context=%r)" % (self.host, self.tls, self.context)
 
     def in_clear(self):
-        """True when requests cross a network unencrypted: plain tcp:// to a host that is not loopback."""
-        if self.tls is not None:
+        """True when requests cross a network to an engine that was not authenticated: tcp:// to a host
+        that is not loopback, without TLS or with TLS that does not verify the engine's certificate."""
+        if self.tls is not None and self.tls.verify:
             return False
         url = urlsplit(self.host)
         return url.scheme.lower() in _TCP_SCHEMES and not is_loopback(url.hostname or "")
@@ -579,9 +580,9 @@ class DockerEngine(object):
         if auth:
             if self.endpoint.in_clear():
                 raise EngineConfigError(
-                    "the credentials for %s would cross the network in clear: the Docker engine at %s is reached "
-                    "over plain TCP without TLS. Reach it with TLS (docker_tls_verify and the engine's "
-                    "certificates) or over ssh://, or pull %s on that host itself"
+                    "the credentials for %s would go to an engine that was not authenticated: the Docker engine at "
+                    "%s is reached over TCP without verified TLS. Reach it with docker_tls_verify and the engine's "
+                    "CA certificate, or over ssh://, or pull %s on that host itself"
                     % (registry or "Docker Hub", self.host, ref))
             headers["X-Registry-Auth"] = auth
         response = self.request("POST", "/images/create", query=query, headers=headers, stream=True)[2]

@@ -67,16 +67,34 @@ class Interrupted(BaseException):
 CATCHABLE = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+class Guard(object):
+    """What :func:`interruptible` yields: ``hold()`` before cleaning up, so that a signal arriving
+    then is noted (``held``) instead of cutting the cleanup short."""
+
+    def __init__(self):
+        self.fired = []
+        self.holding = False
+
+    def hold(self):
+        self.holding = True
+
+    @property
+    def held(self):
+        return self.fired[0] if self.fired else None
+
+
 @contextlib.contextmanager
 def interruptible():
-    """Inside: TERM, INT and HUP raise :class:`Interrupted` once; later ones are ignored, so the
-    cleanup an ``except`` block runs (still inside) finishes. Handlers are restored on exit."""
-    fired = []
+    """Inside: TERM, INT and HUP raise :class:`Interrupted` once; later ones, and any once
+    :meth:`Guard.hold` was called, are only noted, so the cleanup an ``except`` block runs (still
+    inside) finishes. Handlers are restored on exit."""
+    guard = Guard()
 
     def handler(signum, _frame):
-        if fired:
+        fired = bool(guard.fired)
+        guard.fired.append(signum)
+        if fired or guard.holding:
             return
-        fired.append(signum)
         raise Interrupted(signum)
 
     previous = {}
@@ -86,7 +104,7 @@ def interruptible():
         except (ValueError, OSError):  # not the main thread: signals stay as they were
             pass
     try:
-        yield
+        yield guard
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)

@@ -137,6 +137,7 @@ def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
     ``on_change(probe, elapsed)`` is called whenever the reason changes.
     """
     deadline = Deadline(timeout, clock)
+    sleep_max = max(0.01, sleep_max)  # a zero or negative wait_sleep would spin
     delay = min(0.01, sleep_max)
     last = None
     last_alive = deadline.start
@@ -153,5 +154,5 @@ def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
         last = current
         if current.ready or current.fatal or deadline.expired:
             return current
-        sleep(min(delay, deadline.remaining()))
+        sleep(max(0.0, min(delay, deadline.remaining())))
         delay = min(delay * 1.2, sleep_max)

@@ -74,6 +74,7 @@ def _docker_host_problem(value):
     scheme, sep, rest = value.partition("://")
     if not sep:
         return "is not a URL"
+    scheme = scheme.lower()
     if scheme == "unix":
         return None if trust.check_path(rest or "/", "socket") else "bad socket path"
     if scheme in ("tcp", "ssh", "http", "https"):
@@ -116,7 +117,9 @@ def _field_checks():
         trust.check_host(value, "host")
 
     def destination(value):
-        user, _at, name = str(value).rpartition("@")
+        if not isinstance(value, str):
+            return "is not a string"
+        user, _at, name = value.rpartition("@")
         trust.check_user(user or None, "user")
         trust.check_host(name, "host")
 
@@ -130,7 +133,7 @@ def _field_checks():
         "node_port": optional(port),
         "num_gpus": optional(lambda v: None if _is_int(v, 0, 1024) else "is not a GPU count"),
         "tunnel_pid": optional(lambda v: None if _is_int(v, 1, 2 ** 31) else "is not a pid"),
-        "tunnel_start_time": optional(lambda v: None if str(v).isdigit() else "is not a start time"),
+        "tunnel_start_time": optional(lambda v: None if trust.DIGITS.fullmatch(str(v)) else "is not a start time"),
         "container_id": optional(lambda v: None if isinstance(v, str) and trust.HEX.fullmatch(v) else "not hex"),
         "slurm_node": optional(host),
         "slurm_node_addr": optional(host),
@@ -173,11 +176,13 @@ def entry_problem(key, entry):
                 return "connection.%s %s" % (field, problem)
         owner = entry.get("owner")
         if owner is not None and not (isinstance(owner, dict) and _is_int(owner.get("pid"), 1, 2 ** 31)
-                                      and str(owner.get("start_time")).isdigit()
+                                      and trust.DIGITS.fullmatch(str(owner.get("start_time")))
                                       and isinstance(owner.get("host"), str)):
             return "owner is not a process"
     except TaoInferenceError as exc:
         return exc.msg
+    except Exception as exc:  # pylint: disable=broad-except  # any odd value is a problem, never a crash
+        return "a field holds a value of the wrong kind (%s)" % type(exc).__name__
     if entry.get("status", STARTED) == STARTED and not entry.get("host_url"):
         return "a started service has no host_url"
     return None
@@ -208,7 +213,7 @@ class RegistryState(object):
         for key, value in self._raw().items():
             problem = entry_problem(key, value)
             if problem is not None:
-                found[trust.check_text(key, "key") if isinstance(key, str) else repr(key)] = problem
+                found[repr(key)[1:-1] if isinstance(key, str) else repr(key)] = problem
         return found
 
     def get(self, job_id):
@@ -244,8 +249,16 @@ class RegistryState(object):
         return used
 
     # -- changing ----------------------------------------------------------
+    def _checked(self, job_id, entry):
+        """What the collection writes must pass the same checks as what it reads back."""
+        problem = entry_problem(job_id, entry)
+        if problem is not None:
+            raise TaoInferenceError("refusing to record service %s in the registry %s: %s"
+                                    % (job_id, self.path, problem))
+        return entry
+
     def put(self, entry, make_latest=True):
-        self.data[entry["job_id"]] = copy.deepcopy(entry)
+        self.data[entry["job_id"]] = self._checked(entry["job_id"], copy.deepcopy(entry))
         if make_latest:
             self.data[LATEST] = entry["job_id"]
         self.dirty = True
@@ -254,7 +267,9 @@ class RegistryState(object):
         if job_id not in self.entries():
             raise TaoInferenceError("the registry %s lost service %s while it was being changed; "
                                     "see tao_inference_info" % (self.path, job_id))
-        self.data[job_id].update(copy.deepcopy(fields))
+        updated = copy.deepcopy(self.data[job_id])
+        updated.update(copy.deepcopy(fields))
+        self.data[job_id] = self._checked(job_id, updated)
         self.dirty = True
 
     def remove(self, job_id):
@@ -340,22 +355,34 @@ def check_private(st, path, what):
 
 
 def _check_folder(folder):
-    """A folder another user controls could swap the registry under us: refuse it."""
-    st = os.stat(folder)
-    if st.st_uid not in (os.geteuid(), 0):
-        raise TaoInferenceError("the registry folder %s belongs to %s; refusing to keep the registry there. "
-                                "Set registry_path to a folder of your own" % (folder, _owner_name(st.st_uid)))
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise TaoInferenceError("the registry folder %s can be written by group or others (mode %04o) and is not "
-                                "sticky; refusing to keep the registry there. Set registry_path to a private "
-                                "folder" % (folder, stat.S_IMODE(st.st_mode)))
+    """A folder another user controls could swap the registry under us: refuse the registry's folder
+    and every folder above it unless each belongs to us or root and no one else may rename in it
+    (not writable by group/others, or sticky as /tmp is)."""
+    current = folder
+    while True:
+        st = os.stat(current)
+        if st.st_uid not in (os.geteuid(), 0):
+            raise TaoInferenceError(
+                "the folder %s (holding the registry %s) belongs to %s; refusing to keep the registry there. "
+                "Set registry_path to a folder of your own" % (current, folder, _owner_name(st.st_uid)))
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise TaoInferenceError(
+                "the folder %s (holding the registry %s) can be written by group or others (mode %04o) and is not "
+                "sticky; refusing to keep the registry there. Set registry_path to a private folder"
+                % (current, folder, stat.S_IMODE(st.st_mode)))
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
 
 
 class Registry(object):
     """File-backed registry. ``check_mode`` never writes anything."""
 
     def __init__(self, path=None, check_mode=False, lock_timeout=DEFAULT_LOCK_TIMEOUT):
-        self.path = os.path.abspath(os.path.expanduser(path or default_path()))
+        path = os.path.abspath(os.path.expanduser(path or default_path()))
+        # The folder by its real path (each folder on it is then checked); the file itself is never followed.
+        self.path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
         self.lock_path = self.path + ".lock"
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
@@ -395,7 +422,7 @@ class Registry(object):
             return {}
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise TaoInferenceError(
                 "the registry %s is not valid JSON (%s). It was left as it is: repair it, or move it "
                 "away to start an empty registry (running services then need to be stopped by hand)"
@@ -534,7 +561,7 @@ def write_atomically(path, chunks, mode=0o644, sync=False):
                 os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.rename(tmp, path)
-    except Exception:
+    except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise

@@ -89,7 +89,8 @@ def trusted_connection(entry, platform, params):
     connection = dict(passed)
     for key, value in ((entry or {}).get("connection") or {}).items():
         if key not in _FILE_OPTIONS:
-            connection[key] = value
+            if value is not None:  # where the service runs, as recorded when it started
+                connection[key] = value
         elif value and passed.get(key) != value:
             raise TaoInferenceError(
                 "service %s was started with %s %s; pass the same %s to reach it (a registry entry never "
@@ -175,10 +176,12 @@ class ServiceManager(object):
         job_id = str(uuid.uuid4())
         plain, secret = container_env(spec, job_id, self.environ)
         entry = self._entry(spec, job_id, fingerprint)
-        with procs.interruptible():
+        entry["connection"] = driver.recorded_connection(entry["connection"])
+        with procs.interruptible() as guard:
             try:
                 return self._start(driver, spec, entry, before, plain, secret, wait, wait_timeout, wait_sleep)
             except BaseException as exc:  # a failure, a signal, or Ctrl-C: remove what was made
+                guard.hold()  # a signal now must not cut the cleanup short
                 self._abandon(driver, entry, exc, secret)
                 raise
 
@@ -215,7 +218,7 @@ class ServiceManager(object):
         try:
             stopped = driver.stop(entry)
         except TaoInferenceError as stop_exc:
-            self._mark_stop_error(entry, stop_exc.msg)
+            self._mark_stop_error(entry, mask(stop_exc.msg, secrets))
             raise TaoInferenceError(
                 "%s; then stopping it failed too: %s. The registry keeps service %s so that `state: absent` "
                 "with job_id %s can stop it" % (_why(exc, secrets), mask(stop_exc.msg, secrets), entry["job_id"],
@@ -283,11 +286,15 @@ class ServiceManager(object):
         return dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
 
     def _orphans(self, driver, name, known):
-        """Platform objects carrying ``name`` (any name when None) that the registry lost track of."""
+        """Platform objects carrying ``name`` (any name when None) that this registry lost track of.
+        Objects that name another registry belong to someone else (a shared engine) and are left alone."""
         known_ids = set(e["job_id"] for e in known)
         orphans = []
         for found in driver.find(name):
             job_id = found.labels.get(LABEL_PREFIX + "job_id")
+            registry = found.labels.get(LABEL_PREFIX + "registry")
+            if registry is not None and registry != self.registry.path:
+                continue
             if trust.is_uuid(job_id) and job_id not in known_ids:
                 orphans.append({"job_id": job_id, "name": found.labels.get(LABEL_PREFIX + "name"),
                                 "platform": driver.name, "orphan": True,
@@ -330,6 +337,12 @@ class ServiceManager(object):
         """Write the ``starting`` entry (it names this process) holding the host port, under the lock."""
         needs_port = getattr(driver, "needs_host_port", False)
         with self.registry.transaction() as state:
+            if spec.name:
+                # Checked again under the lock: two runs with one name must not both start.
+                for other in state.find_name(spec.name):
+                    raise TaoInferenceError(
+                        "another run started service %s (job %s) at the same time; run again to keep it, or stop "
+                        "it first" % (spec.name, other["job_id"]), job_id=other["job_id"])
             if needs_port:
                 scope = driver.port_scope(spec)
                 entry["port_scope"] = scope
@@ -419,7 +432,7 @@ class ServiceManager(object):
             stopped = driver.stop(entry)
         except TaoInferenceError as exc:
             if not entry.get("orphan"):
-                self._mark_stop_error(entry, exc.msg)
+                self._mark_stop_error(entry, mask(exc.msg, self._secrets_of(entry)))
             raise
         if not entry.get("orphan"):
             with self.registry.transaction() as state:

@@ -24,7 +24,7 @@ import time
 from ansible_collections.tao.inference.plugins.module_utils import procs
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.trust import (
-    check_host, check_path, check_port, check_user, child_environ,
+    check_host, check_path, check_port, check_user, ssh_environ,
 )
 
 # Options every long-lived ssh process gets: a user's ControlMaster/ControlPath settings would
@@ -70,7 +70,7 @@ class SSHTarget(object):
         """The address ``ssh`` connects to for this host (its ``HostName`` in the ssh configuration)."""
         argv = ["ssh"] + (["-F", self.config] if self.config else []) + ["-G", "--", self.host]
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=15, check=False, env=child_environ())
+            proc = subprocess.run(argv, capture_output=True, timeout=15, check=False, env=ssh_environ())
         except OSError as exc:
             raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
         except subprocess.TimeoutExpired:
@@ -90,7 +90,7 @@ class SSHTarget(object):
         argv = self.argv(remote)
         try:
             proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False,
-                                  env=child_environ())
+                                  env=ssh_environ())
         except OSError as exc:
             raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
         except subprocess.TimeoutExpired:
@@ -177,23 +177,31 @@ def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
     errors = tempfile.TemporaryFile()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                                start_new_session=True, close_fds=True, env=child_environ())
+                                start_new_session=True, close_fds=True, env=ssh_environ())
     except OSError as exc:
         raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            errors.seek(0)
-            message = errors.read().decode("utf-8", "replace").strip()
-            raise TaoInferenceError("the SSH tunnel %s through %s failed (exit %d): %s"
-                                    % (spec, target.destination, proc.returncode, message or "no message"))
-        if _listens(proc.pid, local_port):
-            _state, started = procs.stat_of(proc.pid)
-            return proc.pid, started
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise TaoInferenceError("the SSH tunnel %s through %s was not up after %ss" % (spec, target.destination, timeout))
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                errors.seek(0)
+                message = errors.read().decode("utf-8", "replace").strip()
+                raise TaoInferenceError("the SSH tunnel %s through %s failed (exit %d): %s"
+                                        % (spec, target.destination, proc.returncode, message or "no message"))
+            if _listens(proc.pid, local_port):
+                _state, started = procs.stat_of(proc.pid)
+                return proc.pid, started
+            time.sleep(0.05)
+        raise TaoInferenceError("the SSH tunnel %s through %s was not up after %ss"
+                                % (spec, target.destination, timeout))
+    except BaseException:
+        # Not up, or this run was interrupted before it could record the tunnel: never leave it behind.
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        raise
+    finally:
+        errors.close()
 
 
 def find_tunnels(remote_host, remote_port):
@@ -205,7 +213,7 @@ def find_tunnels(remote_host, remote_port):
         if not name.isdigit():
             continue
         argv = _proc_cmdline(int(name))
-        if not argv or os.path.basename(argv[0]) != b"ssh" or b"-N" not in argv:
+        if not argv or os.path.basename(argv[0]) != b"ssh" or b"-N" not in argv or not _own(name):
             continue
         for word in argv:
             if word.startswith(b"127.0.0.1:") and word.endswith(suffix):
@@ -214,9 +222,17 @@ def find_tunnels(remote_host, remote_port):
     return found
 
 
+def _own(pid):
+    """True when process ``pid`` runs as this user (root too only stops its own forwards)."""
+    try:
+        return os.stat("/proc/%s" % pid).st_uid == os.geteuid()
+    except OSError:
+        return False
+
+
 def close_tunnel(pid, start_time, spec, timeout=5):
     """Stop exactly our tunnel process; True if it was running."""
-    if not tunnel_alive(pid, start_time, spec):
+    if not tunnel_alive(pid, start_time, spec) or not _own(pid):
         return False
     pid = int(pid)
     try:

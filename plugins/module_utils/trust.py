@@ -4,9 +4,10 @@
 
 Every check is a full match: a value with a trailing newline, a leading ``-``
 (which ssh or a CLI would read as an option) or a control character is refused.
-Child processes get :func:`child_environ`: the module's environment without
-any secret, so a long-lived ssh tunnel never carries ``HF_TOKEN`` in
-``/proc/<pid>/environ`` and an ssh ``SendEnv`` line cannot forward it.
+ssh children get :func:`ssh_environ` (the few variables ssh needs, nothing else)
+and other children :func:`child_environ` (ours, less every secret), so a long-lived
+ssh tunnel never carries ``HF_TOKEN`` in ``/proc/<pid>/environ`` and an ssh
+``SendEnv`` line cannot forward it.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -34,6 +35,7 @@ _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 _USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?")
 _SECRET_NAME = re.compile(r".*(?:_TOKEN|_KEY|_SECRET)|.*PASSWORD.*|.*PASSWD.*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+DIGITS = _DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 def is_uuid(value):
@@ -52,8 +54,9 @@ def check_job_id(value, what="job_id", allow_latest=False):
 
 
 def check_host(value, what):
-    """A host name or address for ssh or an engine URL; refuses what a CLI would read as an option."""
-    if isinstance(value, str):
+    """A host name or address for ssh or an engine URL; refuses what a CLI would read as an option.
+    IPv6 scope ids (``%eth0``) are refused: ssh would pass them on to a ``ProxyCommand``."""
+    if isinstance(value, str) and not _CONTROL.search(value) and "%" not in value:
         bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
         try:
             ipaddress.ip_address(bare)
@@ -77,11 +80,13 @@ def check_user(value, what):
 def check_port(value, what):
     if value is None:
         return None
-    try:
+    if isinstance(value, int) and not isinstance(value, bool):
+        port = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
         port = int(value)
-    except (TypeError, ValueError):
+    else:
         port = 0
-    if isinstance(value, bool) or not 1 <= port <= 65535 or str(value).strip() != str(port):
+    if not 1 <= port <= 65535:
         raise TaoInferenceError("%s %r is not a TCP port (1-65535)" % (what, value))
     return port
 
@@ -131,6 +136,19 @@ def looks_secret(name):
     ``*PASSWORD*``) and for the collection's own secret names."""
     upper = str(name).upper()
     return upper in known_secret_names() or _SECRET_NAME.fullmatch(upper) is not None
+
+
+# What an ssh child needs from our environment: nothing else is passed on, so no secret, whatever
+# its name, can reach a tunnel's /proc/<pid>/environ or an ssh SendEnv line.
+SSH_ENVIRON = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TMPDIR", "TZ",
+               "SSH_AUTH_SOCK", "KRB5CCNAME", "KRB5_CONFIG", "XDG_RUNTIME_DIR")
+
+
+def ssh_environ(environ=None):
+    """The environment for an ssh child: only :data:`SSH_ENVIRON` and the ``LC_*`` locale variables."""
+    environ = os.environ if environ is None else environ
+    return dict((key, value) for key, value in environ.items()
+                if key in SSH_ENVIRON or (key.startswith("LC_") and ENV_NAME.fullmatch(key)))
 
 
 def child_environ(secret_names=(), by_pattern=True, environ=None):

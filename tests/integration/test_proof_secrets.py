@@ -23,7 +23,9 @@ from .conftest import IMAGE, ROOT, docker, service_task
 from .test_slurm import ASK, SSH_CONFIG, sh, slurm, slurm_task, uname  # noqa: F401  pylint: disable=unused-import
 
 RUN = os.urandom(4).hex()
-CANARIES = dict((name, "canary%s%s" % (name.lower().replace("_", ""), RUN)) for name in catalog.SECRET_ENV)
+# Every secret name the collection knows, and one of the user's own whose name looks like nothing.
+SECRET_NAMES = tuple(catalog.SECRET_ENV) + ("MYCORP_LOGIN",)
+CANARIES = dict((name, "canary%s%s" % (name.lower().replace("_", ""), RUN)) for name in SECRET_NAMES)
 SECRET_ENV = "secret_env: [%s]" % ", ".join(sorted(CANARIES))
 
 

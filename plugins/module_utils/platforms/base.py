@@ -133,6 +133,11 @@ class Driver(object):
         """Free what this machine holds for a service that is gone (e.g. a tunnel)."""
         return False
 
+    def recorded_connection(self, connection):
+        """The connection to record for a new service: where it really runs (e.g. the engine an
+        environment variable or a context chose), so a later run reaches the same place."""
+        return connection
+
     def repair(self, entry):
         """Fix what broke around a running service (e.g. a dead tunnel); changed fields."""
         return {}

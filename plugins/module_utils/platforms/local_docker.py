@@ -41,6 +41,11 @@ def _is_loopback(name):
         return False
 
 
+def _url_host(name):
+    """``name`` as it stands in a URL (an IPv6 address in brackets)."""
+    return "[%s]" % name if ":" in name else name
+
+
 def _is_port_conflict(exc):
     text = str(exc).lower()
     return any(marker in text for marker in _PORT_TAKEN)
@@ -133,6 +138,11 @@ class LocalDockerDriver(Driver):
             return None
         target = self._ssh_target()
         return target.argv("docker", "system", "dial-stdio", extra=NO_MULTIPLEXING)
+
+    def recorded_connection(self, connection):
+        recorded = dict(connection)
+        recorded["docker_host"] = self.host  # the engine DOCKER_HOST or a context chose, not just the option
+        return recorded
 
     def close(self):
         if self._engine is not None:
@@ -291,7 +301,7 @@ class LocalDockerDriver(Driver):
                 "Docker could not start the container: %s" % mask(str(exc), launch.secret_env)
             ) from None
         return {
-            "host_url": "http://%s:%d" % (self._host_name(), launch.host_port),
+            "host_url": "http://%s:%d" % (_url_host(self._host_name()), launch.host_port),
             "docker_url": "http://%s:%d" % (launch.job_id, catalog.CONTAINER_PORT),
             "host_port": launch.host_port,
             "container_id": ident[:12],

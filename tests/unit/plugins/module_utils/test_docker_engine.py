@@ -768,11 +768,14 @@ def nvcr_credentials(tmp_path):
     return write_config(tmp_path, {"auths": {"nvcr.io": {"auth": base64.b64encode(b"$oauthtoken:nvapi-x").decode()}}})
 
 
-def test_credentials_are_not_sent_to_a_remote_engine_over_plain_tcp(tmp_path):
-    engine = DockerEngine("tcp://gpu-host.example.com:2375", timeout=1, environ=nvcr_credentials(tmp_path))
+@pytest.mark.parametrize("host, tls", [("tcp://gpu-host.example.com:2375", None),
+                                       ("https://gpu-host.example.com:2376", None),  # TLS, engine not verified
+                                       ("tcp://gpu-host.example.com:2376", True)])
+def test_credentials_are_not_sent_to_a_remote_engine_that_was_not_authenticated(tmp_path, host, tls):
+    engine = DockerEngine(host, timeout=1, environ=nvcr_credentials(tmp_path), tls=tls)
     engine.api_version = "1.43"
-    with pytest.raises(EngineConfigError, match=r"the credentials for nvcr.io would cross the network in clear: "
-                                                 r".*tcp://gpu-host.example.com:2375.* TLS .*ssh://"):
+    with pytest.raises(EngineConfigError, match=r"the credentials for nvcr.io would go to an engine that was not "
+                                                 r"authenticated: .*gpu-host.example.com.* verified TLS.*ssh://"):
         engine.image_pull("nvcr.io/nvidia/tao/tao-toolkit:6")
     assert engine._conn is None  # nothing was sent
 

@@ -216,6 +216,11 @@ def test_a_held_lock_ends_in_a_clear_failure_after_lock_timeout(tmp_path):
     ("slurm_node", "node\nevil"),
     ("tunnel_pid", "1; kill"),
     ("job_id", "postgres"),
+    ("connection", {"port": 1e400}),
+    ("connection", {"login_host": "::1%`touch${IFS}x`"}),
+    ("login_host", 123),
+    ("tunnel_start_time", "١٢"),
+    ("host_port", True),
 ])
 def test_entries_that_fail_validation_are_never_used_nor_dropped(tmp_path, field, value):
     bad = entry("bad", "1", 8080)
@@ -250,3 +255,42 @@ def test_a_failed_write_is_a_clean_error_and_keeps_the_file(tmp_path, monkeypatc
             state.put(entry("b", "2", 8081))
     assert path.read_text() == before
     assert [p for p in os.listdir(tmp_path) if p.startswith(".tao-")] == []
+
+
+def test_a_deeply_nested_registry_is_a_clean_error(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text("[" * 100000)
+    os.chmod(str(path), 0o600)
+    with pytest.raises(TaoInferenceError, match="not valid JSON"):
+        Registry(str(path)).read()
+
+
+def test_an_entry_the_collection_would_reject_is_never_written(tmp_path):
+    bad = entry("a", "1", 8080)
+    bad["host_url"] = "http://2001:db8::5:8000"  # an IPv6 host without brackets
+    with pytest.raises(TaoInferenceError, match="refusing to record"):
+        with Registry(str(tmp_path / "r.json")).transaction() as state:
+            state.put(bad)
+    assert not (tmp_path / "r.json").exists()
+
+
+@needs_root
+def test_a_folder_above_the_registry_that_another_user_owns_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    (theirs / "mine").mkdir(parents=True)
+    os.chown(str(theirs), 65534, 65534)
+    with pytest.raises(TaoInferenceError, match="theirs .*belongs to nobody"):
+        with Registry(str(theirs / "mine" / "r.json")).transaction() as state:
+            state.put(entry("a", "1", 8080))
+
+
+def test_a_symlinked_folder_is_checked_where_it_really_is(tmp_path):
+    real = tmp_path / "open"
+    real.mkdir()
+    os.chmod(str(real), 0o777)
+    (tmp_path / "link").symlink_to(real)
+    reg = Registry(str(tmp_path / "link" / "r.json"))
+    assert reg.path == str(real / "r.json")
+    with pytest.raises(TaoInferenceError, match="not sticky"):
+        with reg.transaction() as state:
+            state.put(entry("a", "1", 8080))

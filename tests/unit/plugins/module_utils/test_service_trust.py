@@ -178,3 +178,52 @@ def test_a_port_taken_between_check_and_bind_is_retried_on_the_next_free_one(wor
     entry = registry.read().get(result["service"]["job_id"])
     assert entry["host_port"] != taken[0] and entry["status"] == "started"
     assert result["service"]["host_url"].endswith(":%d" % entry["host_port"])
+
+
+def test_a_container_of_another_registry_with_the_same_name_is_left_alone(world):
+    manager, driver, registry = world
+    driver.objects[OTHER] = {LABEL_PREFIX + "job_id": OTHER, LABEL_PREFIX + "name": "svc",
+                             LABEL_PREFIX + "registry": "/home/bob/.local/state/tao-inference/registry.json"}
+    result = manager.present(make_spec(num_gpus=0, name="svc"))
+    assert result["changed"] and OTHER in driver.objects and OTHER not in driver.stopped
+    assert manager.absent(name="svc")["stopped"] == [result["service"]["job_id"]] and OTHER in driver.objects
+
+
+def test_two_starts_with_one_name_do_not_both_start(world, monkeypatch):
+    manager, driver, registry = world
+    spec = make_spec(num_gpus=0, name="svc")
+    real_preflight = driver.preflight
+
+    def racing_preflight(spec_, report=True):
+        # Another run reserves the same name between our look and our reservation.
+        other = manager._entry(spec, OTHER, spec.fingerprint())
+        with registry.transaction() as state:
+            state.put(other)
+        return real_preflight(spec_, report)
+
+    driver.preflight = racing_preflight
+    with pytest.raises(TaoInferenceError, match="another run started service svc"):
+        manager.present(spec)
+    assert list(registry.read().entries()) == [OTHER] and driver.objects == {}
+
+
+def test_an_interrupted_tunnel_start_leaves_no_ssh(tmp_path, monkeypatch):
+    from ansible_collections.tao.inference.plugins.module_utils import ssh
+
+    fake = tmp_path / "ssh"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (tmp_path, os.environ["PATH"]))
+    started = []
+    real_popen = ssh.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(ssh.subprocess, "Popen", popen)
+    monkeypatch.setattr(ssh, "_listens", lambda pid, port: (_ for _ in ()).throw(procs.Interrupted(signal.SIGTERM)))
+    with pytest.raises(procs.Interrupted):
+        ssh.open_tunnel(ssh.SSHTarget("login"), 18080, "node", 8080)
+    assert started and started[0].poll() is not None

@@ -9,7 +9,8 @@ from ansible_collections.tao.inference.plugins.module_utils.ssh import SSHTarget
 from .helpers import make_spec
 
 
-@pytest.mark.parametrize("host", ["-oProxyCommand=id", "h\n", "a b", "h;id", "$(id)", "`id`", "", "h'"])
+@pytest.mark.parametrize("host", ["-oProxyCommand=id", "h\n", "a b", "h;id", "$(id)", "`id`", "", "h'",
+                                  "::1%-oProxyCommand=x", "fe80::1%a b\n", "[fe80::1%`id`]", "::1\n"])
 def test_hosts_that_a_cli_would_misread_are_refused(host):
     with pytest.raises(TaoInferenceError):
         trust.check_host(host, "host")
@@ -73,3 +74,15 @@ def test_credential_looking_env_names_point_to_secret_env(name):
 def test_values_with_a_trailing_newline_or_an_option_shape_are_refused(params, message):
     with pytest.raises(TaoInferenceError, match=message):
         make_spec(**params)
+
+
+@pytest.mark.parametrize("port", ["22\n", " 22", "1e3", 1e400, float("nan"), True, "0", 70000, "२२"])
+def test_ports_are_exact_numbers(port):
+    with pytest.raises(TaoInferenceError, match="not a TCP port"):
+        trust.check_port(port, "port")
+
+
+def test_ssh_children_get_only_what_ssh_needs():
+    environ = {"PATH": "/bin", "HOME": "/root", "SSH_AUTH_SOCK": "/s", "LC_ALL": "C", "MYCORP_LOGIN": "x",
+               "DOCKER_HOST": "tcp://x", "HF_TOKEN": "x"}
+    assert sorted(trust.ssh_environ(environ)) == ["HOME", "LC_ALL", "PATH", "SSH_AUTH_SOCK"]
