@@ -508,6 +508,11 @@ class DockerEngine(object):
             self.close()
             raise EngineError("cannot reach the Docker engine at %s: %s%s"
                               % (self.host, str(exc) or type(exc).__name__, " (ssh: %s)" % said if said else ""))
+        except BaseException:
+            # A signal cut this exchange short: the connection is mid-request, so the cleanup that
+            # follows must start on a fresh one.
+            self.close()
+            raise
         if not complete:
             raise EngineError("the Docker engine at %s answered %s %s with more than %s; that is no answer this "
                               "client expects" % (self.host, method, path, _size(limit)))

@@ -876,3 +876,22 @@ def test_a_tcp_address_that_is_not_one_is_a_clean_error(host):
         docker_engine.connection_factory(host, 5, {})
     with pytest.raises(EngineConfigError, match="is not a valid address"):
         DockerEngine(host, environ={})
+
+
+def test_a_signal_mid_request_leaves_a_connection_the_cleanup_can_use(tmp_path):
+    from ansible_collections.tao.inference.plugins.module_utils.procs import Interrupted
+
+    engine = DockerEngine("unix:///nonexistent.sock", timeout=1)
+    engine.api_version = "1.43"
+
+    class Cut(object):
+        def request(self, *args, **kwargs):
+            raise Interrupted(15)
+
+        def close(self):
+            pass
+
+    engine._conn = Cut()
+    with pytest.raises(Interrupted):
+        engine.request("POST", "/containers/create")
+    assert engine._conn is None  # the next request (the cleanup) opens a fresh connection
