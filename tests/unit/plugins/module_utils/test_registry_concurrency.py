@@ -300,7 +300,10 @@ def test_32_processes_x_50_operations_lose_nothing(run):
 def test_default_lock_timeout_has_room_for_32_writers(run):
     waits = run["waits"]
     assert len(waits) >= PROCS * OPS
-    pick = lambda q: waits[min(len(waits) - 1, int(len(waits) * q))]  # noqa: E731
+
+    def pick(quantile):
+        return waits[min(len(waits) - 1, int(len(waits) * quantile))]
+
     print("\nlock waits: %d waits, median %.3f s, p90 %.3f s, p99 %.2f s, max %.2f s; %d timed out "
           "(lock_timeout %.0f s, budget %.1f s)"
           % (len(waits), pick(0.5), pick(0.9), pick(0.99), waits[-1], len(run["timeouts"]), DEFAULT_LOCK_TIMEOUT,
