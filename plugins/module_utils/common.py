@@ -6,7 +6,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import json
 import math
+import sys
+
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tao.inference.plugins.module_utils import procs
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
@@ -19,26 +23,22 @@ REGISTRY_ARGS = dict(
     lock_timeout=dict(type="float", default=DEFAULT_LOCK_TIMEOUT),
 )
 
-
 WAIT_ARGS = dict(
     wait=dict(type="bool", default=True),
     wait_timeout=dict(type="float", default=900),
     wait_sleep=dict(type="float", default=0.5),
 )
 
-SLURM_ARGS = dict(
-    slurm_login_host=dict(type="str"),
-    slurm_user=dict(type="str"),
-    ssh_key_path=dict(type="path", no_log=False),
-    ssh_port=dict(type="int"),
-    ssh_config=dict(type="path"),
-    partition=dict(type="str"),
-    account=dict(type="str"),
-    time_limit=dict(type="str"),
-    slurm_container_runtime=dict(type="str", choices=list(SLURM_RUNTIMES), default="pyxis"),
-    sbatch_options=dict(type="list", elements="str", default=[]),
-    slurm_bind_address=dict(type="str", default="0.0.0.0"),
-)
+
+def new_module(**kwargs):
+    """``AnsibleModule(**kwargs)``, failing cleanly where ansible-core itself would raise a traceback
+    (an int option given an infinite number overflows in its type check)."""
+    try:
+        return AnsibleModule(**kwargs)
+    except OverflowError:
+        print(json.dumps({"failed": True, "msg": "an integer option was given an infinite number; give a finite "
+                          "whole number"}))
+        sys.exit(1)
 
 
 def open_registry(module, read_only=False):

@@ -37,7 +37,7 @@ import time
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils import trust
+from ansible_collections.tao.inference.plugins.module_utils import platforms, trust
 
 LATEST = "latest"
 SCHEMA_KEY = "schema_version"
@@ -66,42 +66,6 @@ def _is_int(value, low, high):
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _docker_host_problem(value):
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        return "is not a string"
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        return "is not a URL"
-    scheme = scheme.lower()
-    if scheme == "unix":
-        return None if trust.check_path(rest or "/", "socket") else "bad socket path"
-    if scheme in ("tcp", "ssh", "http", "https"):
-        userinfo, at, hostport = rest.rstrip("/").rpartition("@")
-        if at and scheme != "ssh":
-            return "holds user info"
-        trust.check_user(userinfo or None, "user")
-        host, colon, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
-        if not colon:
-            host = hostport
-        trust.check_host(host, "host")
-        if colon:
-            trust.check_port(port, "port")
-        return None
-    return "has an unknown scheme"
-
-
-_CONNECTION_FIELDS = {
-    "docker_host": _docker_host_problem,
-    "login_host": lambda v: trust.check_host(v, "login_host") and None,
-    "user": lambda v: trust.check_user(v, "user") and None,
-    "port": lambda v: trust.check_port(v, "port") and None,
-    "key_path": lambda v: trust.check_path(v, "key_path") and None,
-    "ssh_config": lambda v: trust.check_path(v, "ssh_config") and None,
-}
-
-
 def _field_checks():
     def text(value):
         trust.check_text(value, "text")
@@ -110,44 +74,44 @@ def _field_checks():
     def optional(check):
         return lambda value: None if value is None else check(value)
 
-    def port(value):
-        return None if _is_int(value, 1, 65535) else "is not a TCP port"
-
-    def host(value):
-        trust.check_host(value, "host")
-
-    def destination(value):
-        if not isinstance(value, str):
-            return "is not a string"
-        user, _at, name = value.rpartition("@")
-        trust.check_user(user or None, "user")
-        trust.check_host(name, "host")
-
     return {
         "name": optional(lambda v: None if isinstance(v, str) and trust.SERVICE_NAME.fullmatch(v) else "bad name"),
-        "platform_job_id": optional(
-            lambda v: None if isinstance(v, str) and trust.PLATFORM_ID.fullmatch(v) else "bad platform id"),
-        "host_url": optional(lambda v: trust.check_http_url(v) and None),
-        "docker_url": optional(lambda v: trust.check_http_url(v, "docker_url") and None),
-        "host_port": optional(port),
-        "node_port": optional(port),
+        "platform_job_id": optional(lambda v: trust.kind_problem("id", v)),
+        "host_url": optional(lambda v: trust.kind_problem("url", v)),
+        "host_port": optional(lambda v: trust.kind_problem("port", v)),
         "num_gpus": optional(lambda v: None if _is_int(v, 0, 1024) else "is not a GPU count"),
-        "tunnel_pid": optional(lambda v: None if _is_int(v, 1, 2 ** 31) else "is not a pid"),
-        "tunnel_start_time": optional(lambda v: None if trust.DIGITS.fullmatch(str(v)) else "is not a start time"),
-        "container_id": optional(lambda v: None if isinstance(v, str) and trust.HEX.fullmatch(v) else "not hex"),
-        "slurm_node": optional(host),
-        "slurm_node_addr": optional(host),
-        "login_host": optional(destination),
-        "docker_host": _docker_host_problem,
         "secret_env": optional(lambda v: None if isinstance(v, list) and all(
             isinstance(n, str) and trust.ENV_NAME.fullmatch(n) for n in v) else "is not a list of names"),
         "status": optional(lambda v: None if v in _STATUSES else "is not a known status"),
         "port_scope": text, "image": text, "model_path": text, "fingerprint": text, "started_at": text,
-        "slurm_runtime": text, "stop_error": text,
+        "stop_error": text,
     }
 
 
 _FIELD_CHECKS = _field_checks()
+
+
+def _platform_problem(entry):
+    """The checks the entry's platform declares for its own fields and its connection."""
+    try:
+        cls = platforms.driver_class(entry.get("platform"))
+    except TaoInferenceError as exc:
+        return exc.msg
+    for field, kind in cls.ENTRY_FIELDS.items():
+        value = entry.get(field)
+        problem = trust.kind_problem(kind, value) if value is not None else None
+        if problem:
+            return "%s %s" % (field, problem)
+    connection = entry.get("connection") or {}
+    if not isinstance(connection, dict):
+        return "connection is not an object"
+    for field, value in connection.items():
+        if field not in cls.CONNECTION_KINDS:
+            return "connection.%s is not a connection field of platform %s" % (field, cls.name)
+        problem = trust.kind_problem(cls.CONNECTION_KINDS[field], value) if value is not None else None
+        if problem:
+            return "connection.%s %s" % (field, problem)
+    return None
 
 
 def entry_problem(key, entry):
@@ -165,15 +129,9 @@ def entry_problem(key, entry):
             problem = check(entry.get(field))
             if problem:
                 return "%s %s" % (field, problem)
-        connection = entry.get("connection") or {}
-        if not isinstance(connection, dict):
-            return "connection is not an object"
-        for field, value in connection.items():
-            if field not in _CONNECTION_FIELDS:
-                return "connection.%s is not a known connection field" % field
-            problem = _CONNECTION_FIELDS[field](value) if value is not None else None
-            if problem:
-                return "connection.%s %s" % (field, problem)
+        problem = _platform_problem(entry)
+        if problem:
+            return problem
         owner = entry.get("owner")
         if owner is not None and not (isinstance(owner, dict) and _is_int(owner.get("pid"), 1, 2 ** 31)
                                       and trust.DIGITS.fullmatch(str(owner.get("start_time")))

@@ -6,10 +6,9 @@ It makes ``state: present`` idempotent by name (the spec fingerprint kept in
 the registry entry; platform objects carry it in a label for people, and
 ``absent`` by name also finds objects the registry lost by their name label),
 reserves host ports under the registry lock, and leaves nothing behind when
-a start fails: the container is removed and the reservation dropped. It calls
-drivers only through platforms/base.py; the one platform detail it reads is
-``PlatformStatus.extra["tunnel_alive"]`` (a service reached through a local
-tunnel, today Slurm's), to repair or report a dead tunnel.
+a start fails: the container is removed and the reservation dropped. It knows
+no platform: it asks drivers only what platforms/base.py defines (host ports,
+``PlatformStatus.broken`` for a forward that is down, facts to report).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -21,7 +20,7 @@ import time
 import datetime
 import uuid
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, readiness, trust
+from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms, procs, readiness, trust
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import LABEL_PREFIX, Launch, PortTaken, mask
@@ -64,74 +63,41 @@ def public_entry(entry):
     return result
 
 
-# Module options that say how to reach each platform (no secrets). They are
-# stored in the registry entry, so stop/info need no options to find it again.
-CONNECTION_OPTIONS = {
-    "local-docker": {"docker_host": "docker_host", "key_path": "ssh_key_path", "ssh_config": "ssh_config"},
-    "slurm": {"login_host": "slurm_login_host", "user": "slurm_user", "port": "ssh_port",
-              "key_path": "ssh_key_path", "ssh_config": "ssh_config"},
-}
+def connection_of(cls, options):
+    """Where a new service of driver class ``cls`` runs, from this run's platform options."""
+    return dict((key, options.get(option)) for key, option in cls.CONNECTION.items())
 
 
-# Connection values that name a local file: a registry entry may not choose them by itself.
-_FILE_OPTIONS = ("key_path", "ssh_config")
-
-
-def connection_of(platform, params):
-    return dict((key, params.get(option)) for key, option in CONNECTION_OPTIONS.get(platform, {}).items())
-
-
-def trusted_connection(entry, platform, params):
-    """How to reach ``entry``'s service: the hosts, users and ports the registry recorded (validated
+def trusted_connection(entry, cls, options):
+    """How to reach ``entry``'s service: the hosts, users and ports its registry entry recorded (validated
     data), but local files (an ssh config, a key) only as this run's options name them: a registry
     file must not be able to pick a config whose ProxyCommand would then run as the caller."""
-    passed = connection_of(platform, params)
+    passed = connection_of(cls, options)
     connection = dict(passed)
     for key, value in ((entry or {}).get("connection") or {}).items():
-        if key not in _FILE_OPTIONS:
+        if key not in cls.FILE_CONNECTION:
             if value is not None:  # where the service runs, as recorded when it started
                 connection[key] = value
         elif value and passed.get(key) != value:
+            option = cls.CONNECTION[key]
             raise TaoInferenceError(
                 "service %s was started with %s %s; pass the same %s to reach it (a registry entry never "
-                "chooses an ssh configuration or key by itself)"
-                % (entry["job_id"], CONNECTION_OPTIONS[platform][key], value, CONNECTION_OPTIONS[platform][key]))
+                "chooses an ssh configuration or key by itself)" % (entry["job_id"], option, value, option))
     return connection
 
 
-def get_driver(platform, connection, params):
-    """The driver for ``platform``; platforms that have not landed fail clearly."""
-    if platform == "local-docker":
-        from ansible_collections.tao.inference.plugins.module_utils.platforms import local_docker
-
-        # TLS settings come from this run's options or environment, never from the registry.
-        return local_docker.LocalDockerDriver(docker_host=connection.get("docker_host"),
-                                              pull=params.get("pull") or "missing",
-                                              ssh_key_path=connection.get("key_path"),
-                                              ssh_config=connection.get("ssh_config"),
-                                              tls=params.get("docker_tls"), tls_verify=params.get("docker_tls_verify"),
-                                              cert_path=params.get("docker_cert_path"))
-    if platform == "slurm":
-        from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import SlurmDriver
-
-        if not connection.get("login_host"):
-            raise TaoInferenceError("platform slurm needs slurm_login_host (the cluster's login host, reached "
-                                    "with ssh in batch mode)")
-        return SlurmDriver(connection["login_host"], user=connection.get("user"), port=connection.get("port"),
-                           key_path=connection.get("key_path"), ssh_config=connection.get("ssh_config"))
-    raise TaoInferenceError(
-        "platform '%s' is not available in this release of tao.inference yet; the platforms that work "
-        "today: local-docker, slurm" % platform
-    )
+def make_driver(platform, connection, options):
+    return platforms.driver_class(platform).from_options(connection, options)
 
 
 class ServiceManager(object):
     """Operations behind the modules."""
 
-    def __init__(self, registry, environ, params=None, driver_factory=get_driver):
+    def __init__(self, registry, environ, options=None, driver_factory=make_driver):
+        """``options``: this run's platform options (see platforms.argument_spec), built once."""
         self.registry = registry
         self.environ = environ
-        self.params = params or {}
+        self.options = options or {}
         self._factory = driver_factory
         self._drivers = {}
         self.check_mode = registry.check_mode
@@ -143,11 +109,12 @@ class ServiceManager(object):
 
     def driver(self, platform, entry=None):
         """The driver for ``platform``, connected as ``entry`` records (else as the options say)."""
-        connection = trusted_connection(entry, platform, self.params) if entry and not entry.get("orphan") \
-            else connection_of(platform, self.params)
+        cls = platforms.driver_class(platform)
+        connection = trusted_connection(entry, cls, self.options) if entry and not entry.get("orphan") \
+            else connection_of(cls, self.options)
         key = (platform, tuple(sorted((k, str(v)) for k, v in connection.items())))
         if key not in self._drivers:
-            self._drivers[key] = self._factory(platform, connection, self.params)
+            self._drivers[key] = self._factory(platform, connection, self.options)
         return self._drivers[key]
 
     # -- present -------------------------------------------------------------
@@ -267,13 +234,13 @@ class ServiceManager(object):
     def _keep(self, driver, entry, status, probe, wait, wait_timeout, wait_sleep):
         """A matching service runs: leave it, repairing what the platform can (a dead tunnel)."""
         before = copy.deepcopy(entry)
-        needs_repair = status.extra.get("tunnel_alive") is False
+        needs_repair = bool(status.broken)
         if needs_repair and not self.check_mode:
             fields = driver.repair(entry)
             entry.update(fields)
             with self.registry.transaction() as state:
                 state.update(entry["job_id"], **fields)
-        result = {"changed": needs_repair, "repaired": ["tunnel"] if needs_repair else [],
+        result = {"changed": needs_repair, "repaired": [status.broken] if needs_repair else [],
                   "service": public_entry(entry), "diff": {"before": before, "after": entry}}
         if wait and not self.check_mode:
             result["readiness"] = self._wait(driver, entry, self._secrets_of(entry), wait_timeout, wait_sleep)
@@ -324,8 +291,7 @@ class ServiceManager(object):
             "image": spec.image,
             "num_gpus": spec.num_gpus,
             "host_port": spec.host_port,
-            "docker_host": spec.docker_host,
-            "connection": connection_of(spec.platform, self.params),
+            "connection": connection_of(platforms.driver_class(spec.platform), self.options),
             "secret_env": list(spec.secret_env),
             "fingerprint": fingerprint,
             "started_at": utc_now(),
@@ -335,7 +301,7 @@ class ServiceManager(object):
 
     def _reserve(self, driver, spec, entry):
         """Write the ``starting`` entry (it names this process) holding the host port, under the lock."""
-        needs_port = getattr(driver, "needs_host_port", False)
+        needs_port = driver.uses_host_port
         with self.registry.transaction() as state:
             if spec.name:
                 # Checked again under the lock: two runs with one name must not both start.
@@ -399,8 +365,8 @@ class ServiceManager(object):
             status = driver.status(entry)
             if status.gone:
                 return readiness.Probe(readiness.FATAL, "service_exited", status.detail)
-            if status.extra.get("tunnel_alive") is False:
-                return readiness.Probe(readiness.FATAL, "tunnel_down", status.detail)
+            if status.broken:
+                return readiness.Probe(readiness.FATAL, status.broken, status.detail)
             return None
 
         def on_change(probe, elapsed):
@@ -456,8 +422,8 @@ class ServiceManager(object):
         if name:
             # Platform objects with the name that the registry lost (e.g. labelled containers).
             drivers = dict((e["platform"], self.driver(e["platform"], e)) for e in targets)
-            if not targets:
-                drivers[platform or "local-docker"] = self.driver(platform or "local-docker")
+            if not targets and platform:
+                drivers[platform] = self.driver(platform)
             for driver in drivers.values():
                 targets += self._orphans(driver, name, targets)
         elif job_id and not targets and job_id != "latest" and platform:

@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, trust
+from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms, trust
 from ansible_collections.tao.inference.plugins.module_utils.common import SLURM_RUNTIMES
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
@@ -32,8 +32,8 @@ class ServiceSpec(object):
 
     FIELDS = (
         "name", "network_arch", "model_path", "platform", "num_gpus", "image", "image_source",
-        "host_port", "bind_address", "env", "secret_env", "volumes", "model_key",
-        "server_options", "shm_size", "docker_host", "platform_options",
+        "host_port", "env", "secret_env", "volumes", "model_key",
+        "server_options", "shm_size", "platform_options",
     )
 
     def __init__(self, **values):
@@ -257,12 +257,41 @@ def _slurm_options(params, environ):
     return options
 
 
+# The options that describe a service, on every platform: the one place their defaults live.
+SERVICE_OPTIONS = dict(
+    name=dict(type="str"),
+    network_arch=dict(type="str", choices=list(catalog.NETWORK_ARCHS)),
+    model_path=dict(type="str"),
+    platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
+    num_gpus=dict(type="int", default=1),
+    image=dict(type="str"),
+    host_port=dict(type="int"),
+    env=dict(type="dict", default={}),
+    secret_env=dict(type="list", elements="str", no_log=False),
+    volumes=dict(type="list", elements="str", default=[]),
+    model_key=dict(type="str", choices=list(catalog.arch_entry("cosmos-predict2.5")["model_keys"]), no_log=False),
+    server_options=dict(type="dict", default={}),
+    shm_size=dict(type="str", default="16g"),
+)
+
+
+def with_defaults(option_spec, params):
+    """``params`` with every option of ``option_spec`` that is unset (None) at its default."""
+    values = dict(params)
+    for option, rules in option_spec.items():
+        if values.get(option) is None and rules.get("default") is not None:
+            values[option] = rules["default"]
+    return values
+
+
 def build_spec(params, environ):
     """Validate module parameters into a :class:`ServiceSpec`.
 
-    ``params`` uses the module option names; ``environ`` is the environment of
-    the host running the module (image overrides and secrets come from it).
+    ``params`` uses the module option names (unset ones take their defaults from
+    :data:`SERVICE_OPTIONS` and the platform's options); ``environ`` is the
+    environment of the host running the module (image overrides and secrets come from it).
     """
+    params = with_defaults(SERVICE_OPTIONS, params)
     name = params.get("name")
     if name is not None and not _NAME.fullmatch(name):
         raise TaoInferenceError(
@@ -275,15 +304,18 @@ def build_spec(params, environ):
             "network_arch is required; choose one of: %s" % ", ".join(catalog.NETWORK_ARCHS)
         )
     arch = catalog.arch_entry(network_arch)
-    platform = params.get("platform") or "local-docker"
-    if platform not in catalog.PLATFORMS:
-        raise TaoInferenceError(
-            "platform '%s' is not known; choose one of: %s" % (platform, ", ".join(catalog.PLATFORMS))
-        )
+    platform = params["platform"]
+    driver_class = platforms.driver_class(platform)
+    foreign = platforms.foreign_options(platform, params)
+    if foreign:
+        raise TaoInferenceError("%s: %s; remove %s or choose that platform" % (
+            ", ".join("%s is an option of platform %s, not of %s" % (option, owner, platform)
+                      for option, owner in foreign),
+            "they would do nothing here" if len(foreign) > 1 else "it would do nothing here",
+            "them" if len(foreign) > 1 else "it"))
     model_path = check_model_path(trust.check_text(params.get("model_path"), "model_path"))
 
-    num_gpus = params.get("num_gpus")
-    num_gpus = 1 if num_gpus is None else int(num_gpus)
+    num_gpus = int(params["num_gpus"])
     if num_gpus < 0:
         raise TaoInferenceError("num_gpus must be 0 (CPU-only image) or more, got %d" % num_gpus)
 
@@ -312,12 +344,6 @@ def build_spec(params, environ):
     if not _IMAGE.fullmatch(image):
         raise TaoInferenceError("image %r (from %s) is not an image reference such as "
                                 "nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl" % (image, image_source))
-    bind_address = params.get("bind_address") or "127.0.0.1"
-    try:
-        ipaddress.ip_address(bind_address)
-    except ValueError:
-        raise TaoInferenceError("bind_address %r is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every "
-                                "interface)" % (bind_address,))
     return ServiceSpec(
         name=name,
         network_arch=network_arch,
@@ -327,13 +353,11 @@ def build_spec(params, environ):
         image=image,
         image_source=image_source,
         host_port=host_port,
-        bind_address=bind_address,
         env=_check_env(params.get("env"), secret_env),
         secret_env=secret_env,
         volumes=_check_volumes(params.get("volumes")),
         model_key=model_key,
         server_options=_check_server_options(network_arch, params.get("server_options")),
-        shm_size=_check_shm_size(params.get("shm_size") or "16g"),
-        docker_host=params.get("docker_host") if platform == "local-docker" else None,
-        platform_options=_slurm_options(params, environ) if platform == "slurm" else {},
+        shm_size=_check_shm_size(params["shm_size"]),
+        platform_options=driver_class.spec_options(with_defaults(driver_class.OPTIONS, params), environ),
     )

@@ -27,6 +27,12 @@ from ansible_collections.tao.inference.plugins.module_utils.trust import (
     check_host, check_path, check_port, check_user, ssh_environ,
 )
 
+# Module options of every platform that reaches a host with ssh (declared once, shared as they are).
+SSH_OPTIONS = dict(
+    ssh_key_path=dict(type="path", no_log=False),
+    ssh_config=dict(type="path"),
+)
+
 # Options every long-lived ssh process gets: a user's ControlMaster/ControlPath settings would
 # otherwise hand the forward to a shared master process that this collection cannot track.
 NO_MULTIPLEXING = ["-o", "ControlMaster=no", "-o", "ControlPath=none"]

@@ -126,6 +126,47 @@ def check_text(value, what):
     raise TaoInferenceError("%s %r holds control characters" % (what, value))
 
 
+# -- kinds of values a registry entry may hold ----------------------------------------
+def _accepts(check, value):
+    try:
+        check(value, "value")
+    except TaoInferenceError:
+        return False
+    return True
+
+
+def _is_destination(value):
+    user, _at, name = value.rpartition("@")
+    return _accepts(check_user, user or None) and _accepts(check_host, name)
+
+
+def _is_int(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+_KINDS = {
+    "host": lambda v: isinstance(v, str) and _accepts(check_host, v),
+    "destination": lambda v: isinstance(v, str) and _is_destination(v),
+    "user": lambda v: isinstance(v, str) and _accepts(check_user, v),
+    "port": lambda v: _is_int(v, 1, 65535),
+    "pid": lambda v: _is_int(v, 1, 2 ** 31),
+    "path": lambda v: isinstance(v, str) and _accepts(check_path, v),
+    "url": lambda v: isinstance(v, str) and _accepts(check_http_url, v),
+    "id": lambda v: isinstance(v, str) and PLATFORM_ID.fullmatch(v) is not None,
+    "hex": lambda v: isinstance(v, str) and HEX.fullmatch(v) is not None,
+    "digits": lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) and DIGITS.fullmatch(str(v)) is not None,
+    "text": lambda v: isinstance(v, str) and _CONTROL.search(v) is None,
+}
+
+
+def kind_problem(kind, value):
+    """Why ``value`` is not of ``kind`` (a name in :data:`_KINDS`, or a function that returns the problem
+    or None), or None when it is."""
+    if callable(kind):
+        return kind(value)
+    return None if _KINDS[kind](value) else "is not a valid %s" % kind
+
+
 # -- secrets in child processes ----------------------------------------------------
 def known_secret_names():
     return tuple(catalog.SECRET_ENV)

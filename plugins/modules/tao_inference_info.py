@@ -23,6 +23,9 @@ author:
   - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
+  - tao.inference.ssh
+  - tao.inference.local_docker.reach
+  - tao.inference.slurm.reach
 attributes:
   check_mode:
     description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing; nothing is released.
@@ -61,17 +64,6 @@ options:
       - Longest wait for O(watch_from), in seconds.
     type: float
     default: 30
-  ssh_config:
-    description:
-      - The ssh configuration file services were started with (C(ssh_config) of
-        M(tao.inference.tao_inference_service)), to reach their Slurm login host or C(ssh://) Docker host.
-      - A registry entry never chooses an ssh configuration or key by itself; a service recorded with
-        one it does not get here is listed with platform state C(unknown) and a message that says so.
-    type: path
-  ssh_key_path:
-    description:
-      - The SSH private key services were started with; the same rule as O(ssh_config).
-    type: path
 seealso:
   - module: tao.inference.tao_inference_service
 """
@@ -173,9 +165,8 @@ rejected:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, open_registry, run
+from ansible_collections.tao.inference.plugins.module_utils import platforms
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
@@ -188,17 +179,18 @@ def main():
         prune=dict(type="bool", default=False),
         watch_from=dict(type="str"),
         watch_timeout=dict(type="float", default=30),
-        ssh_config=dict(type="path"),
-        ssh_key_path=dict(type="path", no_log=False),
     )
+    platform_spec = platforms.argument_spec(reach_only=True)
+    argument_spec.update(platform_spec)
     argument_spec.update(REGISTRY_ARGS)
-    module = AnsibleModule(
+    module = new_module(
         argument_spec=argument_spec,
         supports_check_mode=True,
         mutually_exclusive=[("job_id", "name")],
     )
     params = module.params
-    manager = ServiceManager(open_registry(module), os.environ, params)
+    manager = ServiceManager(open_registry(module), os.environ,
+                             dict((option, params[option]) for option in platform_spec))
 
     def action():
         if params["job_id"]:

@@ -21,7 +21,9 @@ author:
   - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
-  - tao.inference.common.slurm
+  - tao.inference.ssh
+  - tao.inference.local_docker
+  - tao.inference.slurm
 attributes:
   check_mode:
     description: Changes nothing in any mode.
@@ -54,28 +56,6 @@ options:
       - GPUs the service will need; 1 or more requires the NVIDIA container runtime.
     type: int
     default: 1
-  docker_host:
-    description:
-      - Docker engine to check (default C(DOCKER_HOST) or the local socket); the same forms as
-        O(tao.inference.tao_inference_service#module:docker_host).
-    type: str
-  docker_tls:
-    description:
-      - As O(tao.inference.tao_inference_service#module:docker_tls).
-    type: bool
-  docker_tls_verify:
-    description:
-      - As O(tao.inference.tao_inference_service#module:docker_tls_verify).
-    type: bool
-  docker_cert_path:
-    description:
-      - As O(tao.inference.tao_inference_service#module:docker_cert_path).
-    type: path
-  bind_address:
-    description:
-      - Address the service port will be published on (checked against a remote O(docker_host)).
-    type: str
-    default: 127.0.0.1
 requirements:
   - For local-docker, a Docker engine the host running the module can reach (no Python Docker library
     is needed; see O(tao.inference.tao_inference_service#module:docker_host)).
@@ -142,33 +122,26 @@ runtimes:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, SLURM_ARGS, open_registry, run
+from ansible_collections.tao.inference.plugins.module_utils import platforms
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
-from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
+from ansible_collections.tao.inference.plugins.module_utils.spec import SERVICE_OPTIONS, build_spec
 
 
 def main():
+    platform_spec = platforms.argument_spec()
     argument_spec = dict(
-        platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
-        network_arch=dict(type="str", required=True, choices=list(catalog.NETWORK_ARCHS)),
-        image=dict(type="str"),
-        num_gpus=dict(type="int", default=1),
-        docker_host=dict(type="str"),
-        docker_tls=dict(type="bool"),
-        docker_tls_verify=dict(type="bool"),
-        docker_cert_path=dict(type="path"),
-        bind_address=dict(type="str", default="127.0.0.1"),
+        platform=SERVICE_OPTIONS["platform"],
+        network_arch=dict(SERVICE_OPTIONS["network_arch"], required=True),
+        image=SERVICE_OPTIONS["image"],
+        num_gpus=SERVICE_OPTIONS["num_gpus"],
     )
     argument_spec.update(REGISTRY_ARGS)
-    argument_spec.update(SLURM_ARGS)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           required_if=[("platform", "slurm", ("slurm_login_host",))])
+    argument_spec.update(platform_spec)
+    module = new_module(argument_spec=argument_spec, supports_check_mode=True)
     params = dict(module.params, model_path="hf_model://preflight/check", secret_env=[])
-
-    manager = ServiceManager(open_registry(module, read_only=True), os.environ, params)
+    manager = ServiceManager(open_registry(module, read_only=True), os.environ,
+                             dict((option, params[option]) for option in platform_spec))
 
     def action():
         spec = build_spec(params, os.environ)

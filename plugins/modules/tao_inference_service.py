@@ -31,7 +31,9 @@ author:
 extends_documentation_fragment:
   - tao.inference.common
   - tao.inference.common.wait
-  - tao.inference.common.slurm
+  - tao.inference.ssh
+  - tao.inference.local_docker
+  - tao.inference.slurm
 attributes:
   check_mode:
     description: Predicts C(changed); starts, stops and writes nothing.
@@ -98,24 +100,12 @@ options:
       - Image override, as an absolute URI or a C(versions.yaml) dotted key
         (e.g. V(tao_toolkit.cosmos_rl)). Takes precedence over C(IMAGE_<KEY>).
     type: str
-  pull:
-    description:
-      - When to pull the image. V(missing) pulls only images the Docker host does not have.
-    type: str
-    choices: [missing, always, never]
-    default: missing
   host_port:
     description:
       - Host port bound to the container's port 8080. Default is the lowest free port from 8080
         (8080-8199), chosen under the registry lock and skipping ports other programs hold, so
         concurrent starts never collide.
     type: int
-  bind_address:
-    description:
-      - Host address the port is published on. The service has no authentication, so the
-        default keeps it on loopback; use V(0.0.0.0) to reach it from other machines.
-    type: str
-    default: 127.0.0.1
   env:
     description:
       - Extra non-secret environment variables for the container. Secret names (C(HF_TOKEN),
@@ -153,36 +143,6 @@ options:
       - Size of C(/dev/shm) in the container.
     type: str
     default: 16g
-  docker_host:
-    description:
-      - Docker engine to use, e.g. V(unix:///var/run/docker.sock), V(tcp://gpu-host:2376) or
-        V(ssh://user@gpu-host). Default is C(DOCKER_HOST) or the local socket.
-      - Without it and without C(DOCKER_HOST), the docker context in C(DOCKER_CONTEXT), else the current
-        context of C(~/.docker/config.json), is used as the docker CLI does; a context that cannot be read
-        is an error, never a silent fall-back to the local socket.
-      - C(tcp://) uses TLS as O(docker_tls) and O(docker_tls_verify) say, with the certificates in
-        O(docker_cert_path). Asked-for verification never weakens; a missing C(ca.pem), or half a client
-        certificate pair, is an error.
-      - C(ssh://) runs C(docker system dial-stdio) on that host over C(ssh) in batch mode (the docker CLI must
-        be installed there); O(ssh_key_path) and O(ssh_config) apply. The host and user are checked (no
-        leading C(-), no spaces or control characters) and always follow C(--) on the ssh command line.
-      - Pulls use the registry credentials the docker CLI stored with C(docker login) on the host that runs
-        the module (C(~/.docker/config.json) or C(DOCKER_CONFIG); C(auths), C(credHelpers), C(credsStore)).
-        They are never sent to a C(tcp://) engine on another machine without TLS; such a pull fails.
-    type: str
-  docker_tls:
-    description:
-      - Use TLS towards a C(tcp://) O(docker_host). Default from C(DOCKER_TLS) (on when it is set and not empty).
-    type: bool
-  docker_tls_verify:
-    description:
-      - Use TLS and verify the engine's certificate against C(ca.pem) in O(docker_cert_path).
-        Default from C(DOCKER_TLS_VERIFY) (on when it is set and not empty), as the docker CLI reads it.
-    type: bool
-  docker_cert_path:
-    description:
-      - Folder with C(ca.pem), C(cert.pem) and C(key.pem). Default from C(DOCKER_CERT_PATH), else C(~/.docker).
-    type: path
 requirements:
   - For local-docker, a Docker engine (API 1.40 or newer, Docker 19.03+) the host that runs the module can
     reach. The module speaks the Engine API itself; no Python Docker library is needed.
@@ -337,57 +297,36 @@ tidied:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.tao.inference.plugins.module_utils import catalog
-from ansible_collections.tao.inference.plugins.module_utils.common import (
-    REGISTRY_ARGS, SLURM_ARGS, WAIT_ARGS, open_registry, run,
-)
+from ansible_collections.tao.inference.plugins.module_utils import platforms
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, WAIT_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
-from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
+from ansible_collections.tao.inference.plugins.module_utils.spec import SERVICE_OPTIONS, build_spec
 
 
 def main():
+    platform_spec = platforms.argument_spec()
     argument_spec = dict(
         state=dict(type="str", choices=["present", "absent"], default="present"),
-        name=dict(type="str"),
         job_id=dict(type="str"),
-        network_arch=dict(type="str", choices=list(catalog.NETWORK_ARCHS)),
-        model_path=dict(type="str"),
-        platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
-        num_gpus=dict(type="int", default=1),
-        image=dict(type="str"),
-        pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
-        host_port=dict(type="int"),
-        bind_address=dict(type="str", default="127.0.0.1"),
-        env=dict(type="dict", default={}),
-        secret_env=dict(type="list", elements="str", no_log=False),
-        volumes=dict(type="list", elements="str", default=[]),
-        model_key=dict(type="str", choices=list(catalog.arch_entry("cosmos-predict2.5")["model_keys"]), no_log=False),
-        server_options=dict(type="dict", default={}),
-        shm_size=dict(type="str", default="16g"),
-        docker_host=dict(type="str"),
-        docker_tls=dict(type="bool"),
-        docker_tls_verify=dict(type="bool"),
-        docker_cert_path=dict(type="path"),
+        **SERVICE_OPTIONS
     )
     argument_spec.update(REGISTRY_ARGS)
     argument_spec.update(WAIT_ARGS)
-    argument_spec.update(SLURM_ARGS)
-    module = AnsibleModule(
+    argument_spec.update(platform_spec)
+    module = new_module(
         argument_spec=argument_spec,
         supports_check_mode=True,
         required_if=[
             ("state", "present", ("network_arch", "model_path")),
-            ("platform", "slurm", ("slurm_login_host",)),
             ("state", "absent", ("name", "job_id"), True),
         ],
         mutually_exclusive=[("name", "job_id")],
     )
     params = module.params
-    manager = ServiceManager(open_registry(module), os.environ, params)
+    options = dict((option, params[option]) for option in platform_spec)
+    manager = ServiceManager(open_registry(module), os.environ, options)
 
     def action():
         if params["job_id"]:

@@ -200,7 +200,10 @@ def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
     assert "URL    : http://localhost:" in start.stdout and "ready after" in start.stdout
     [doc] = json.loads(docker("inspect", job_id).stdout)  # bind_address went through the role
     assert doc["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "0.0.0.0"
-    stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes"})
+    # The registry records the ssh configuration but never chooses it: the stop must name it too.
+    refused = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes"})
+    assert refused.rc != 0 and "pass the same ssh_config" in refused.output and job_id in harness.entries()
+    stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes", "ssh_config": login})
     assert stop.rc == 0, stop.output
     assert "Stopped %s" % job_id in stop.stdout
     assert harness.entries() == {} and harness.containers() == [] and ssh_processes() == before

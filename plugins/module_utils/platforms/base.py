@@ -3,8 +3,29 @@
 """The interface every platform driver implements.
 
 The service layer (service.py) owns the registry, port reservation,
-readiness and idempotency; a driver only knows how to run one container
-description on its platform and how to look at it again::
+readiness and idempotency; a driver knows its platform's options, how to run
+one container description there and how to look at it again. Generic code
+asks a platform only what this interface says; it never names a platform.
+
+What a driver class declares::
+
+    name                                 the value of the ``platform`` option
+    OPTIONS                              argument spec of the options it owns (defaults, choices,
+                                         environment fallbacks); modules merge every driver's
+    CONNECTION                           {connection key: option}: where a service runs, recorded in
+                                         its registry entry so stop/info reach it again
+    FILE_CONNECTION                      connection keys that name local files (an ssh config, a key):
+                                         taken from this run's options only, never from a registry entry
+    CONNECTION_KINDS, ENTRY_FIELDS       how the connection and the entry fields it records are checked
+                                         when a registry entry is read back (it is untrusted data)
+    REACH                                options a later run needs to reach a service (info and stop
+                                         take them): the CONNECTION options and run-time settings
+    uses_host_port                       True when services get a host port from the registry
+    spec_options(params, environ)        -> dict: the validated options that shape the job (they go
+                                            into the spec and its fingerprint)
+    from_options(connection, params)     -> a driver reaching ``connection``, with this run's settings
+
+What a driver does::
 
     preflight(spec, report)              -> dict of facts, or TaoInferenceError (changes nothing);
                                             report=False: only the checks a start needs, fast
@@ -12,12 +33,14 @@ description on its platform and how to look at it again::
     port_scope(spec)                     -> str (ports are unique per scope) or None
     port_is_free(spec, port)             -> bool
     start(launch)                        -> dict of entry fields (host_url, platform_job_id, ...)
-    status(entry)                        -> PlatformStatus
+    status(entry)                        -> PlatformStatus (``broken``: a forward such as a tunnel is down;
+                                            ``extra``: facts to report)
     logs(entry, lines, secrets)          -> str (the values of secrets masked)
-    stop(entry)                          -> bool (something was stopped)
+    stop(entry)                          -> bool (something was stopped); raises when it cannot confirm
     find(name=None)                      -> [PlatformStatus] of services it started (orphan search)
     release(entry)                       -> bool: free local resources of a service that is gone
     repair(entry)                        -> dict of entry fields changed to mend a running service
+    recorded_connection(connection)      -> the connection to record for a new service
     close()                              -> None: drop connections held for this module run
 """
 
@@ -25,6 +48,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import abc
 import re
 
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
@@ -71,9 +95,10 @@ class PlatformStatus(object):
     EXITED = "exited"
     MISSING = "missing"
 
-    def __init__(self, state, detail="", exit_code=None, labels=None, ident=None, extra=None):
+    def __init__(self, state, detail="", exit_code=None, labels=None, ident=None, extra=None, broken=None):
         self.state = state
-        self.extra = extra or {}  # platform facts, e.g. {"tunnel_alive": False}
+        self.extra = extra or {}  # platform facts to report, e.g. {"slurm_state": "RUNNING"}
+        self.broken = broken      # what broke around a running service (e.g. "tunnel_down"), or None
         self.detail = detail
         self.exit_code = exit_code
         self.labels = labels or {}
@@ -90,16 +115,36 @@ class PlatformStatus(object):
     def as_dict(self):
         result = {"state": self.state, "detail": self.detail, "exit_code": self.exit_code}
         result.update(self.extra)
+        if self.broken:
+            result["broken"] = self.broken
         return result
 
 
-class Driver(object):
+class Driver(object, metaclass=abc.ABCMeta):
     """Base class; see the module docstring for the contract."""
 
     name = None
+    OPTIONS = {}
+    CONNECTION = {}
+    FILE_CONNECTION = ()
+    CONNECTION_KINDS = {}   # {connection key: kind (see trust.kind_problem)}: how a recorded one is checked
+    ENTRY_FIELDS = {}       # {entry field: kind}: the fields start() adds, checked when read back
+    REACH = ()
+    uses_host_port = False
 
+    @classmethod
+    def spec_options(cls, params, environ):
+        return {}
+
+    @classmethod
+    @abc.abstractmethod
+    def from_options(cls, connection, params):
+        """A driver that reaches ``connection`` ({key: value} as :attr:`CONNECTION` names them),
+        with this run's other settings from ``params``."""
+
+    @abc.abstractmethod
     def preflight(self, spec, report=True):
-        raise NotImplementedError
+        """Facts about the platform; fails when a start could not work."""
 
     def prepare(self, spec):
         return None
@@ -110,17 +155,20 @@ class Driver(object):
     def port_is_free(self, spec, port):
         return True
 
+    @abc.abstractmethod
     def start(self, launch):
-        raise NotImplementedError
+        """Run ``launch``; the entry fields it made (host_url, platform_job_id...)."""
 
+    @abc.abstractmethod
     def status(self, entry):
-        raise NotImplementedError
+        """A :class:`PlatformStatus` of ``entry``'s service."""
 
     def logs(self, entry, lines=40, secrets=None):
         return ""
 
+    @abc.abstractmethod
     def stop(self, entry):
-        raise NotImplementedError
+        """Stop ``entry``'s service; True when something was stopped."""
 
     def find(self, name=None):
         return []

@@ -27,7 +27,8 @@ from ansible_collections.tao.inference.plugins.module_utils.platforms.base impor
 )
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
-from ansible_collections.tao.inference.plugins.module_utils.ssh import NO_MULTIPLEXING, SSHTarget
+from ansible_collections.tao.inference.plugins.module_utils.ssh import NO_MULTIPLEXING, SSH_OPTIONS, SSHTarget
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, check_path, check_user
 
 _PORT_TAKEN = ("port is already allocated", "address already in use", "bind for")
 
@@ -39,6 +40,33 @@ def _is_loopback(name):
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def engine_url_problem(value):
+    """Why ``value`` is no engine address this driver would use, or None."""
+    scheme, sep, rest = value.partition("://") if isinstance(value, str) else ("", "", "")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("unix", "tcp", "ssh", "http", "https"):
+        return "is not a unix://, tcp:// or ssh:// URL"
+    if scheme == "unix":
+        check_path(rest or "/", "socket")
+        return None
+    url = urlsplit(value)
+    if url.password is not None or (url.username and scheme != "ssh") or url.path not in ("", "/") \
+            or url.query or url.fragment:
+        return "is not of the form %s://[user@]host[:port]" % scheme
+    check_user(url.username, "user")
+    check_host(url.hostname or "", "host")
+    try:
+        url.port
+    except ValueError:
+        return "has a port that is not a number"
+    return None
+
+
+def _bind(spec):
+    """The address the service port is published on (option bind_address)."""
+    return spec.platform_options["bind_address"]
 
 
 def _url_host(name):
@@ -55,7 +83,43 @@ class LocalDockerDriver(Driver):
     """Driver for a local (or ``docker_host``) Docker engine."""
 
     name = "local-docker"
-    needs_host_port = True
+    OPTIONS = dict(
+        docker_host=dict(type="str"),
+        docker_tls=dict(type="bool"),
+        docker_tls_verify=dict(type="bool"),
+        docker_cert_path=dict(type="path"),
+        pull=dict(type="str", choices=["missing", "always", "never"], default="missing"),
+        bind_address=dict(type="str", default="127.0.0.1"),
+        **SSH_OPTIONS
+    )
+    CONNECTION = {"docker_host": "docker_host", "key_path": "ssh_key_path", "ssh_config": "ssh_config"}
+    FILE_CONNECTION = ("key_path", "ssh_config")
+    REACH = ("docker_host", "docker_tls", "docker_tls_verify", "docker_cert_path", "ssh_key_path", "ssh_config")
+    CONNECTION_KINDS = {"docker_host": engine_url_problem, "key_path": "path", "ssh_config": "path"}
+    ENTRY_FIELDS = {"docker_url": "url", "container_id": "hex"}
+    uses_host_port = True
+
+    @classmethod
+    def spec_options(cls, params, environ):
+        bind_address = params.get("bind_address") or cls.OPTIONS["bind_address"]["default"]
+        try:
+            ipaddress.ip_address(bind_address)
+        except ValueError:
+            raise TaoInferenceError("bind_address %r is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every "
+                                    "interface)" % (bind_address,))
+        return {"bind_address": bind_address}
+
+    @classmethod
+    def from_options(cls, connection, params):
+        # Checked now, so that check mode refuses what a real run would refuse.
+        problem = engine_url_problem(connection["docker_host"]) if connection.get("docker_host") else None
+        if problem:
+            raise TaoInferenceError("docker_host %r %s" % (connection["docker_host"], problem))
+        # TLS settings come from this run's options or environment, never from a registry entry.
+        return cls(docker_host=connection.get("docker_host"), pull=params.get("pull") or "missing",
+                   ssh_key_path=connection.get("key_path"), ssh_config=connection.get("ssh_config"),
+                   tls=params.get("docker_tls"), tls_verify=params.get("docker_tls_verify"),
+                   cert_path=params.get("docker_cert_path"))
 
     def __init__(self, docker_host=None, timeout=60, pull="missing", ssh_key_path=None, ssh_config=None,
                  engine_factory=DockerEngine, tls=None, tls_verify=None, cert_path=None):
@@ -176,7 +240,7 @@ class LocalDockerDriver(Driver):
     def port_is_free(self, spec, port):
         if self.remote:
             return True  # the engine itself refuses a taken port; start() retries
-        return port_is_free(port, addresses=sorted(set(["0.0.0.0", "127.0.0.1", spec.bind_address])))
+        return port_is_free(port, addresses=sorted(set(["0.0.0.0", "127.0.0.1", _bind(spec)])))
 
     def _info(self):
         if self._info_cache is None:
@@ -190,10 +254,10 @@ class LocalDockerDriver(Driver):
             raise TaoInferenceError("Docker could not %s: %s" % (what, exc))
 
     def preflight(self, spec, report=True):
-        if self.remote and spec.bind_address.startswith("127."):
+        if self.remote and _bind(spec).startswith("127."):
             raise TaoInferenceError(
                 "docker_host %s is another machine: a port bound to %s there cannot be reached from "
-                "here; set bind_address to 0.0.0.0 or the host's address" % (self.host, spec.bind_address)
+                "here; set bind_address to 0.0.0.0 or the host's address" % (self.host, _bind(spec))
             )
         engine = self.engine  # reachable, or a clear error
         if spec.num_gpus <= 0 and not report:
@@ -265,7 +329,7 @@ class LocalDockerDriver(Driver):
             "Init": True,
             "ShmSize": parse_size(spec.shm_size),
             "PortBindings": {"%d/tcp" % catalog.CONTAINER_PORT: [
-                {"HostIp": spec.bind_address, "HostPort": str(launch.host_port)}]},
+                {"HostIp": _bind(spec), "HostPort": str(launch.host_port)}]},
         }
         if spec.volumes:
             host_config["Binds"] = list(spec.volumes)

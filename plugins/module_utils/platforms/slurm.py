@@ -48,10 +48,11 @@ import time
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.common import SLURM_RUNTIMES as RUNTIMES
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Driver, PlatformStatus, mask
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.ssh import (
-    Raw, SSHTarget, close_tunnel, find_tunnels, forward_spec, open_tunnel, tunnel_alive,
+    SSH_OPTIONS, Raw, SSHTarget, close_tunnel, find_tunnels, forward_spec, open_tunnel, tunnel_alive,
 )
 from ansible_collections.tao.inference.plugins.module_utils.trust import ENV_NAME, check_host, check_job_id, is_uuid
 
@@ -362,7 +363,41 @@ class SlurmDriver(Driver):
     """Driver for a Slurm cluster reached over SSH."""
 
     name = "slurm"
-    needs_host_port = True
+    OPTIONS = dict(
+        slurm_login_host=dict(type="str"),
+        slurm_user=dict(type="str"),
+        ssh_port=dict(type="int"),
+        partition=dict(type="str"),
+        account=dict(type="str"),
+        time_limit=dict(type="str"),
+        slurm_container_runtime=dict(type="str", choices=list(RUNTIMES), default="pyxis"),
+        sbatch_options=dict(type="list", elements="str", default=[]),
+        slurm_bind_address=dict(type="str", default="0.0.0.0"),
+        **SSH_OPTIONS
+    )
+    CONNECTION = {"login_host": "slurm_login_host", "user": "slurm_user", "port": "ssh_port",
+                  "key_path": "ssh_key_path", "ssh_config": "ssh_config"}
+    FILE_CONNECTION = ("key_path", "ssh_config")
+    CONNECTION_KINDS = {"login_host": "host", "user": "user", "port": "port", "key_path": "path", "ssh_config": "path"}
+    ENTRY_FIELDS = {"login_host": "destination", "slurm_node": "host", "slurm_node_addr": "host", "node_port": "port",
+                    "tunnel_pid": "pid", "tunnel_start_time": "digits", "slurm_runtime": "text"}
+    REACH = ("slurm_login_host", "slurm_user", "ssh_port", "ssh_key_path", "ssh_config")
+    uses_host_port = True
+
+    @classmethod
+    def spec_options(cls, params, environ):
+        """What shapes the job (partition, account, limits, runtime); the SSH connection is not part of it."""
+        from ansible_collections.tao.inference.plugins.module_utils.spec import _slurm_options
+
+        return _slurm_options(params, environ)
+
+    @classmethod
+    def from_options(cls, connection, params):
+        if not connection.get("login_host"):
+            raise TaoInferenceError("platform slurm needs slurm_login_host: the login host that runs sbatch, reached "
+                                    "with ssh in batch mode (plus slurm_user, ssh_key_path, ssh_port or ssh_config)")
+        return cls(connection["login_host"], user=connection.get("user"), port=connection.get("port"),
+                   key_path=connection.get("key_path"), ssh_config=connection.get("ssh_config"))
 
     def __init__(self, login_host, user=None, port=None, key_path=None, ssh_config=None):
         self.target = SSHTarget(login_host, user=user, port=port, key_path=key_path, config=ssh_config)
@@ -615,6 +650,7 @@ class SlurmDriver(Driver):
         state, node, reason = self.job_state(slurm_id)
         alive = tunnel_alive(entry.get("tunnel_pid"), entry.get("tunnel_start_time"), self._spec_of(entry))
         extra = {"slurm_state": state, "tunnel_alive": alive}
+        broken = "tunnel_down" if state == "RUNNING" and not alive else None
         if state == "RUNNING":
             status = PlatformStatus(PlatformStatus.RUNNING, "job %s RUNNING on %s; tunnel %s" % (
                 slurm_id, node, "up" if alive else "down"))
@@ -625,6 +661,7 @@ class SlurmDriver(Driver):
         else:
             status = PlatformStatus(PlatformStatus.EXITED, "job %s %s (%s)" % (slurm_id, state, reason or "-"))
         status.extra.update(extra)
+        status.broken = broken
         return status
 
     @staticmethod

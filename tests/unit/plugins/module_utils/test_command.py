@@ -67,8 +67,9 @@ def test_cosmos_predict_local_path_uses_checkpoint_path_and_no_tao_env():
     ("slurm", "slurm"), ("kubernetes", "local-k8s"),
 ])
 def test_execution_backend_per_platform(platform, backend):
-    extra = {"slurm_login_host": "login"} if platform == "slurm" else {}
-    payload = env_payload(make_spec(platform=platform, **extra), JOB_ID)
+    spec = make_spec()
+    spec.platform = platform  # the backend is data (references/service.yaml), for platforms still to come too
+    payload = env_payload(spec, JOB_ID)
     assert payload == {"TAO_EXECUTION_BACKEND": backend, "TAO_API_JOB_ID": JOB_ID, "CLOUD_BASED": "False"}
     assert "TAO_LOGGING_SERVER_URL" not in payload and "TAO_ADMIN_KEY" not in payload
 

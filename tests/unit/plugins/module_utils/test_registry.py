@@ -213,17 +213,22 @@ def test_a_held_lock_ends_in_a_clear_failure_after_lock_timeout(tmp_path):
     ("connection", {"login_host": "-oProxyCommand=id"}),
     ("connection", {"ssh_config": "relative/config"}),
     ("connection", {"program": "/bin/sh"}),
-    ("slurm_node", "node\nevil"),
-    ("tunnel_pid", "1; kill"),
+    ("slurm:slurm_node", "node\nevil"),
+    ("slurm:tunnel_pid", "1; kill"),
     ("job_id", "postgres"),
     ("connection", {"port": 1e400}),
     ("connection", {"login_host": "::1%`touch${IFS}x`"}),
-    ("login_host", 123),
-    ("tunnel_start_time", "١٢"),
+    ("slurm:login_host", 123),
+    ("slurm:tunnel_start_time", "١٢"),
+    ("slurm:connection", {"login_host": "-oProxyCommand=id"}),
+    ("connection", {"login_host": "login"}),  # not a connection field of local-docker
     ("host_port", True),
 ])
 def test_entries_that_fail_validation_are_never_used_nor_dropped(tmp_path, field, value):
     bad = entry("bad", "1", 8080)
+    if field.startswith("slurm:"):  # a field the slurm driver declares
+        field = field[len("slurm:"):]
+        bad["platform"] = "slurm"
     bad[field] = value
     path = tmp_path / "r.json"
     path.write_text(json.dumps({jid("bad"): bad, "latest": jid("bad")}))

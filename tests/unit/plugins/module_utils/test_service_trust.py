@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from ansible_collections.tao.inference.plugins.module_utils import chat, procs, readiness
+from ansible_collections.tao.inference.plugins.module_utils import procs, readiness
+from ansible_collections.tao.inference.plugins.module_utils.chat.routing import resolve_target
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
     LABEL_PREFIX, Driver, PlatformStatus,
@@ -23,7 +24,11 @@ class FakeDriver(Driver):
     """Runs nothing: remembers what it was asked, answers as told."""
 
     name = "local-docker"
-    needs_host_port = True
+    uses_host_port = True
+
+    @classmethod
+    def from_options(cls, connection, params):
+        return cls()
 
     def __init__(self):
         self.objects = {}       # job_id -> labels of what "runs"
@@ -126,12 +131,12 @@ def test_a_start_in_progress_is_not_started_twice_and_an_abandoned_one_is_replac
     with pytest.raises(TaoInferenceError, match="being started by another run"):
         manager.present(spec)
     with pytest.raises(TaoInferenceError, match="still starting"):
-        chat.resolve_target(registry.read(), name="svc")
+        resolve_target(registry.read(), name="svc")
     # The run that was starting it died (SIGKILL): its pid no longer runs.
     with registry.transaction() as state:
         state.update(OTHER, owner={"host": procs.this_process()["host"], "pid": 2 ** 30, "start_time": "1"})
     with pytest.raises(TaoInferenceError, match="never finished starting"):
-        chat.resolve_target(registry.read(), name="svc")
+        resolve_target(registry.read(), name="svc")
     info = manager.info(name="svc")["services"][0]
     assert info["abandoned"] is True and "interrupted" in info["platform_status"]["detail"]
     driver.objects[OTHER] = {LABEL_PREFIX + "job_id": OTHER, LABEL_PREFIX + "name": "svc"}
@@ -141,11 +146,17 @@ def test_a_start_in_progress_is_not_started_twice_and_an_abandoned_one_is_replac
 
 
 def test_a_registry_entry_cannot_choose_an_ssh_config():
-    entry = {"job_id": OTHER, "connection": {"login_host": "login", "ssh_config": "/tmp/evil_config"}}
+    from ansible_collections.tao.inference.plugins.module_utils.platforms import driver_class
+
+    cls = driver_class("local-docker")
+    entry = {"job_id": OTHER, "connection": {"docker_host": "ssh://gpu-host", "ssh_config": "/tmp/evil_config"}}
     with pytest.raises(TaoInferenceError, match="pass the same ssh_config"):
-        trusted_connection(entry, "slurm", {"slurm_login_host": None})
-    connection = trusted_connection(entry, "slurm", {"ssh_config": "/tmp/evil_config"})
-    assert connection["ssh_config"] == "/tmp/evil_config" and connection["login_host"] == "login"
+        trusted_connection(entry, cls, {"docker_host": None})
+    connection = trusted_connection(entry, cls, {"ssh_config": "/tmp/evil_config"})
+    assert connection["ssh_config"] == "/tmp/evil_config" and connection["docker_host"] == "ssh://gpu-host"
+    # What the entry records of where the service runs wins over this run's options.
+    assert trusted_connection(entry, cls, {"docker_host": "unix:///other.sock", "ssh_config": "/tmp/evil_config"}
+                              )["docker_host"] == "ssh://gpu-host"
 
 
 def test_a_kept_service_masks_secrets_the_server_echoes(world, monkeypatch):
