@@ -21,10 +21,6 @@ HEADER = '''\
 # Do not edit: change the data files and run `make catalog`.
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 '''
 
 

@@ -2,10 +2,6 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Accessors for the data in references/ (see _catalog.py)."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 from ansible_collections.tao.inference.plugins.module_utils._catalog import CATALOG
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 

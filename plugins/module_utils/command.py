@@ -6,10 +6,6 @@ The inner command is identical on every platform; platforms only differ in
 how they run ``/bin/sh -c <inner command>`` and hand over the environment.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import json
 import shlex
 

@@ -18,10 +18,6 @@ Only the standard library is needed: a module run that starts a container
 imports nothing that is not already loaded for readiness polling.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import base64
 import json
 import os

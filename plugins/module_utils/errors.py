@@ -2,10 +2,6 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one exception type the modules turn into ``fail_json``."""
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 
 class TaoInferenceError(Exception):
     """A failure the user can act on.

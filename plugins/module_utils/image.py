@@ -9,10 +9,6 @@
    anything holding ``/`` or ``:`` is an absolute URI and passes through.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 

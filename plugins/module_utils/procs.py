@@ -6,10 +6,6 @@ A pid alone can be reused by another program; a pid with the start time the
 kernel gave it (``/proc/<pid>/stat`` field 22) names one process for good.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import contextlib
 import os
 import signal

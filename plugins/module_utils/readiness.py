@@ -2,14 +2,11 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Readiness: probe, classify, wait with a deadline, fail fast.
 
-Two answer shapes are understood (CONTRACT §5): the real server's
-``503 {"status": "not_ready", "reason": R}`` and the documented
-``202/503 {"error": {"type": T}}``. Fatal reasons end the wait at once.
+Two answer shapes are understood: the real server's
+``503 {"status": "not_ready", "reason": R}`` (it never answers 202), and the
+shape the service's documentation describes, ``202/503 {"error": {"type": T}}``.
+Fatal reasons end the wait at once.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import json
 import socket

@@ -18,10 +18,6 @@ The layout stays readable by the seed's tooling: top-level ``<job_id>: {...}``
 entries, ``"latest": <job_id>``, and a ``schema_version`` number.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import contextlib
 import copy
 import errno

@@ -11,10 +11,6 @@ no platform: it asks drivers only what platforms/base.py defines (host ports,
 ``PlatformStatus.broken`` for a forward that is down, facts to report).
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import copy
 import time
 import datetime

@@ -10,10 +10,6 @@ pid, its start time and its command line, so stopping it can never hit
 another process that happens to reuse the pid.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import os
 import shlex
 import signal

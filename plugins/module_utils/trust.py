@@ -10,10 +10,6 @@ ssh tunnel never carries ``HF_TOKEN`` in ``/proc/<pid>/environ`` and an ssh
 ``SendEnv`` line cannot forward it.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import ipaddress
 import os
 import re

@@ -8,10 +8,6 @@ Each loader holds a plain import statement, so Ansible packs every driver into a
 module's payload, while a run imports only the drivers it asks for.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
 

@@ -44,10 +44,6 @@ What a driver does::
     close()                              -> None: drop connections held for this module run
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import abc
 import re
 

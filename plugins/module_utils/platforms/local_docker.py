@@ -9,10 +9,6 @@ can be found again even without its registry entry. Secret values travel
 only in the container-create API body (the container's environment).
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import ipaddress
 
 from urllib.parse import urlsplit
