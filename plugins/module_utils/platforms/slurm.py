@@ -36,10 +36,6 @@ only once Slurm confirms the job left the active states: otherwise
 :class:`TaoInferenceError` names the Slurm job id and the ``scancel`` to run.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import base64
 import ipaddress
 import re
