@@ -79,6 +79,7 @@ def _field_checks():
         "secret_env": optional(lambda v: None if isinstance(v, list) and all(
             isinstance(n, str) and trust.ENV_NAME.fullmatch(n) for n in v) else "is not a list of names"),
         "status": optional(lambda v: None if v in _STATUSES else "is not a known status"),
+        "shape": optional(lambda v: None if isinstance(v, dict) else "is not an object"),
         "port_scope": text, "image": text, "model_path": text, "fingerprint": text, "started_at": text,
         "stop_error": text,
     }

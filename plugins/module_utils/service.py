@@ -49,6 +49,24 @@ def _why(exc, secrets):
     return "the start failed (%s)" % type(exc).__name__
 
 
+def _changes(before, after):
+    """Which fields of the service's shape differ between the entry it replaces and the new one
+    (``[]`` when nothing is replaced)."""
+    if not before:
+        return []
+    if before.get("orphan") or "shape" not in before:
+        return ["(unknown: the service replaced has no recorded shape)"]
+    old, new = before["shape"], after["shape"]
+    fields = []
+    for key in sorted(set(old) | set(new)):
+        if key == "platform_options" and isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            fields += ["platform_options.%s" % k for k in sorted(set(old[key]) | set(new[key]))
+                       if old[key].get(k) != new[key].get(k)]
+        elif old.get(key) != new.get(key):
+            fields.append(key)
+    return fields or ["(nothing in the spec: the service it replaces had failed or was not running)"]
+
+
 def public_entry(entry):
     """The entry as modules return it (it never holds secret values)."""
     if not entry:
@@ -130,7 +148,8 @@ class ServiceManager(object):
         before = replace[0] if replace else {}
         if self.check_mode:
             after = self._entry(spec, "(new job_id)", fingerprint)
-            return {"changed": True, "service": public_entry(after), "diff": {"before": before, "after": after}}
+            return {"changed": True, "service": public_entry(after), "diff": {"before": before, "after": after},
+                    "recreated_because": _changes(before, after)}
 
         driver.preflight(spec, report=False)
         driver.prepare(spec)
@@ -162,13 +181,14 @@ class ServiceManager(object):
 
         launch = Launch(spec, entry["job_id"], inner_command(spec, entry["job_id"]), plain, secret,
                         entry.get("host_port"), self._labels(spec, entry["job_id"], entry["fingerprint"]),
-                        timeout=wait_timeout, on_submitted=on_submitted)
+                        timeout=deadline.remaining(), on_submitted=on_submitted)
         entry.update(self._start_with_port_retry(driver, spec, launch, entry))
         entry["status"] = STARTED
         entry.pop("owner", None)
         with self.registry.transaction() as state:
             state.put(entry)
-        result = {"changed": True, "service": public_entry(entry), "diff": {"before": before, "after": entry}}
+        result = {"changed": True, "service": public_entry(entry), "diff": {"before": before, "after": entry},
+                  "recreated_because": _changes(before, entry)}
         if wait:
             # One deadline: the time the platform took to run the job counts against wait_timeout.
             result["readiness"] = self._wait(driver, entry, secret, deadline.remaining(), wait_sleep)
@@ -289,6 +309,7 @@ class ServiceManager(object):
             "host_port": spec.host_port,
             "connection": connection_of(platforms.driver_class(spec.platform), self.options),
             "secret_env": list(spec.secret_env),
+            "shape": spec.shape(),
             "fingerprint": fingerprint,
             "started_at": utc_now(),
             "status": STARTING,

@@ -43,10 +43,15 @@ class ServiceSpec(object):
     def is_hf_model(self):
         return self.model_path.startswith(_HF_PREFIX)
 
-    def fingerprint(self):
-        """Short stable hash of everything that shapes the running service."""
+    def shape(self):
+        """Everything that shapes the running service, as plain JSON data (it holds no secret value:
+        secrets are names). Kept in the registry entry, so a recreate can say what changed."""
         data = dict((k, v) for k, v in self.as_dict().items() if k not in _NOT_FINGERPRINTED)
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=list)
+        return json.loads(json.dumps(data, sort_keys=True, default=list))
+
+    def fingerprint(self):
+        """Short stable hash of :meth:`shape`."""
+        blob = json.dumps(self.shape(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 

@@ -248,9 +248,23 @@ started_at:
   returned: state=present
   type: str
 fingerprint:
-  description: Hash of the spec; a different one makes O(name) recreate the service.
+  description: Hash of the spec (of RV(shape)); a different one makes O(name) recreate the service.
   returned: state=present
   type: str
+shape:
+  description:
+    - Everything that shapes the running service (arch, model, image, env, volumes, shm_size, server options,
+      the platform's own options...), as recorded in the registry. It holds no secret value, only names.
+  returned: state=present
+  type: dict
+recreated_because:
+  description:
+    - The fields of RV(shape) that differ between the service this start replaced (same O(name)) and the new
+      one, e.g. V(image), V(env), V(platform_options.partition); empty when nothing was replaced.
+  returned: state=present and the service was started (not kept)
+  type: list
+  elements: str
+  sample: [env, shm_size]
 secret_env:
   description: Names (never values) of the secret variables handed to the container.
   returned: state=present
