@@ -227,13 +227,6 @@ CATALOG = json.loads(r'''
  "service": {
   "command_prefix": "umask 0 && ",
   "container_port": 8080,
-  "execution_backend": {
-   "brev": "local-docker",
-   "kubernetes": "local-k8s",
-   "lepton": "lepton",
-   "local-docker": "local-docker",
-   "slurm": "slurm"
-  },
   "forbidden_env": [
    "TAO_LOGGING_SERVER_URL",
    "TAO_ADMIN_KEY"
@@ -338,13 +331,6 @@ CATALOG = json.loads(r'''
     "tao_env": true
    }
   },
-  "platforms": [
-   "local-docker",
-   "brev",
-   "lepton",
-   "slurm",
-   "kubernetes"
-  ],
   "registry": {
    "port_range": [
     8080,

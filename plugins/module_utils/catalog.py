@@ -11,7 +11,6 @@ CONFIGS = CATALOG["configs"]
 VERSIONS = CATALOG["versions"]
 
 NETWORK_ARCHS = tuple(sorted(SERVICE["network_archs"]))
-PLATFORMS = tuple(SERVICE["platforms"])
 SECRET_ENV = tuple(SERVICE["secret_env"])
 FORBIDDEN_ENV = tuple(SERVICE["forbidden_env"])
 CONTAINER_PORT = SERVICE["container_port"]

@@ -9,7 +9,7 @@ how they run ``/bin/sh -c <inner command>`` and hand over the environment.
 import json
 import shlex
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
 
@@ -44,7 +44,7 @@ def env_payload(spec, job_id):
     if not catalog.arch_entry(spec.network_arch).get("tao_env"):
         return {}
     return {
-        "TAO_EXECUTION_BACKEND": catalog.SERVICE["execution_backend"][spec.platform],
+        "TAO_EXECUTION_BACKEND": platforms.driver_class(spec.platform).EXECUTION_BACKEND,
         "TAO_API_JOB_ID": job_id,
         "CLOUD_BASED": "False",
     }

@@ -117,7 +117,7 @@ def entry_problem(key, entry):
         return "it is not an object"
     if not trust.is_uuid(key) or entry.get("job_id") != key:
         return "its key/job_id is not the UUID it was given"
-    if entry.get("platform") not in catalog.PLATFORMS:
+    if entry.get("platform") not in platforms.names():
         return "platform %r is not known" % (entry.get("platform"),)
     if entry.get("network_arch") not in catalog.NETWORK_ARCHS:
         return "network_arch %r is not known" % (entry.get("network_arch"),)

@@ -263,7 +263,7 @@ SERVICE_OPTIONS = dict(
     name=dict(type="str"),
     network_arch=dict(type="str", choices=list(catalog.NETWORK_ARCHS)),
     model_path=dict(type="str"),
-    platform=dict(type="str", choices=list(catalog.PLATFORMS), default="local-docker"),
+    platform=dict(type="str", choices=list(platforms.names()), default="local-docker"),
     num_gpus=dict(type="int", default=1),
     image=dict(type="str"),
     host_port=dict(type="int"),

@@ -93,6 +93,7 @@ class LocalDockerDriver(Driver):
     REACH = ("docker_host", "docker_tls", "docker_tls_verify", "docker_cert_path", "ssh_key_path", "ssh_config")
     CONNECTION_KINDS = {"docker_host": engine_url_problem, "key_path": "path", "ssh_config": "path"}
     ENTRY_FIELDS = {"docker_url": "url", "container_id": "hex"}
+    EXECUTION_BACKEND = "local-docker"
     uses_host_port = True
 
     @classmethod
