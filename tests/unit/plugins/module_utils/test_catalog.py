@@ -25,6 +25,7 @@ def test_every_arch_has_a_config_constraints_and_an_image():
 
 
 def test_every_platform_has_an_execution_backend():
-    assert set(catalog.SERVICE["execution_backend"]) == set(catalog.PLATFORMS)
-    assert catalog.SERVICE["execution_backend"]["kubernetes"] == "local-k8s"
-    assert catalog.SERVICE["execution_backend"]["brev"] == "local-docker"
+    from ansible_collections.tao.inference.plugins.module_utils import platforms
+
+    backends = dict((name, platforms.driver_class(name).EXECUTION_BACKEND) for name in platforms.names())
+    assert backends == {"local-docker": "local-docker", "slurm": "slurm"}
