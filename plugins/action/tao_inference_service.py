@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The action behind every tao.inference module (meta/runtime.yml routes the other modules' actions here).
+"""The action behind every tao.inference module (the other modules' action files name this class).
 
 It runs the module exactly as ``ansible.builtin.normal`` does (check mode,
 async, module_defaults all unchanged), after one call: ``gc.freeze()``.

@@ -52,26 +52,3 @@ options:
     type: str
     default: 127.0.0.1
 """
-
-    # What a later run needs to reach a local-docker service again.
-    REACH = r"""
-options:
-  docker_host:
-    description:
-      - O(platform=local-docker). The Docker engine to use when no registry entry says where a service runs
-        (each entry records the engine its service was started on); the same forms as
-        O(tao.inference.tao_inference_service#module:docker_host).
-    type: str
-  docker_tls:
-    description:
-      - As O(tao.inference.tao_inference_service#module:docker_tls).
-    type: bool
-  docker_tls_verify:
-    description:
-      - As O(tao.inference.tao_inference_service#module:docker_tls_verify).
-    type: bool
-  docker_cert_path:
-    description:
-      - As O(tao.inference.tao_inference_service#module:docker_cert_path).
-    type: path
-"""

@@ -75,21 +75,3 @@ options:
     type: str
     default: 0.0.0.0
 """
-
-    # What a later run needs to reach a Slurm service again.
-    REACH = r"""
-options:
-  slurm_login_host:
-    description:
-      - O(platform=slurm). The login host to use when no registry entry says where a service runs (each
-        entry records the login host, user and port its job was submitted through).
-    type: str
-  slurm_user:
-    description:
-      - SSH user on the login host.
-    type: str
-  ssh_port:
-    description:
-      - SSH port of the login host.
-    type: int
-"""

@@ -28,13 +28,20 @@ WAIT_ARGS = dict(
 
 def new_module(**kwargs):
     """``AnsibleModule(**kwargs)``, failing cleanly where ansible-core itself would raise a traceback
-    (an int option given an infinite number overflows in its type check)."""
+    (an int option given an infinite number overflows in its type check), with null options at their
+    defaults."""
     try:
-        return AnsibleModule(**kwargs)
+        module = AnsibleModule(**kwargs)
     except OverflowError:
         print(json.dumps({"failed": True, "msg": "an integer option was given an infinite number; give a finite "
                           "whole number"}))
         sys.exit(1)
+    # An option given as null (a role or playbook passing an unset variable on) takes its default too:
+    # defaults live in the argument spec only.
+    for option, rules in kwargs["argument_spec"].items():
+        if module.params.get(option) is None and rules.get("default") is not None:
+            module.params[option] = rules["default"]
+    return module
 
 
 def open_registry(module, read_only=False):

@@ -20,8 +20,8 @@ author:
 extends_documentation_fragment:
   - tao.inference.common
   - tao.inference.ssh
-  - tao.inference.local_docker.reach
-  - tao.inference.slurm.reach
+  - tao.inference.local_docker
+  - tao.inference.slurm
 attributes:
   check_mode:
     description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing; nothing is released.
@@ -176,7 +176,7 @@ def main():
         watch_from=dict(type="str"),
         watch_timeout=dict(type="float", default=30),
     )
-    platform_spec = platforms.argument_spec(reach_only=True)
+    platform_spec = platforms.argument_spec()
     argument_spec.update(platform_spec)
     argument_spec.update(REGISTRY_ARGS)
     module = new_module(

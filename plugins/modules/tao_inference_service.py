@@ -257,6 +257,10 @@ shape:
       the platform's own options...), as recorded in the registry. It holds no secret value, only names.
   returned: state=present
   type: dict
+wait_timeout:
+  description: The O(wait_timeout) in force (for a caller that waits on its own, as the inference_service role does).
+  returned: state=present
+  type: float
 recreated_because:
   description:
     - The fields of RV(shape) that differ between the service this start replaced (same O(name)) and the new
@@ -348,7 +352,7 @@ def main():
                                     "under a stable identity with state=present, use name")
         spec = build_spec(params, os.environ)
         result = manager.present(spec, params["wait"], params["wait_timeout"], params["wait_sleep"])
-        result.update(result.pop("service"))
+        result.update(result.pop("service"), wait_timeout=params["wait_timeout"])
         return result
 
     run(module, action, manager.close)

@@ -114,10 +114,12 @@ LIFECYCLE = """\
 - name: Info
   tao.inference.tao_inference_info:
     job_id: "{{{{ svc.job_id }}}}"
+{ssh}
 - name: Stop
   tao.inference.tao_inference_service:
     job_id: "{{{{ svc.job_id }}}}"
     state: absent
+{ssh}
 """
 
 
@@ -193,9 +195,10 @@ def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
     before = ssh_processes()
     start = harness.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
         "network_arch": "cosmos-rl", "model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "image": IMAGE,
-        "num_gpus": 0, "docker_host": "ssh://tao-login", "ssh_config": login, "bind_address": "0.0.0.0"})
+        "num_gpus": 0, "platform_options": {"docker_host": "ssh://tao-login", "ssh_config": login,
+                                            "bind_address": "0.0.0.0"}})
     assert start.rc == 0, start.output
-    assert start.task("Report the engine and the image")["result"]["msg"].startswith("Docker ")
+    assert start.task("Report the platform")["result"]["msg"].startswith("Docker ")
     job_id = start.task("Start the service")["result"]["job_id"]
     assert "URL    : http://localhost:" in start.stdout and "ready after" in start.stdout
     [doc] = json.loads(docker("inspect", job_id).stdout)  # bind_address went through the role
@@ -203,7 +206,8 @@ def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
     # The registry records the ssh configuration but never chooses it: the stop must name it too.
     refused = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes"})
     assert refused.rc != 0 and "pass the same ssh_config" in refused.output and job_id in harness.entries()
-    stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes", "ssh_config": login})
+    stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
+        "confirm": "yes", "platform_options": {"ssh_config": login}})
     assert stop.rc == 0, stop.output
     assert "Stopped %s" % job_id in stop.stdout
     assert harness.entries() == {} and harness.containers() == [] and ssh_processes() == before

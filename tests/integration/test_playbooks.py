@@ -68,7 +68,7 @@ def test_start_playbook_refuses_a_platform_that_has_not_landed(harness):
     start = harness.playbook(playbook("start"), {
         "network_arch": "cosmos-rl", "model_path": "hf_model://a/b", "platform": "lepton"})
     assert start.rc != 0
-    assert "Platform lepton is not available in this release" in start.output
+    assert "value of platform must be one of: local-docker, slurm, got: lepton" in start.output
     assert harness.entries() == {}
 
 

@@ -5,7 +5,9 @@
 A platform is one driver file (``platforms/<name>.py``, a :class:`base.Driver`),
 one line in :data:`DRIVERS`, one doc fragment, one preflight role and its tests.
 Each loader holds a plain import statement, so Ansible packs every driver into a
-module's payload, while a run imports only the drivers it asks for.
+module's payload. A module imports every driver file for its options (driver
+files keep third-party clients out of their top level) and creates only the
+driver of the platform it works on.
 """
 
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
@@ -51,15 +53,11 @@ def _merge(specs):
     return merged
 
 
-def argument_spec(reach_only=False):
-    """Every platform's options (or only those that reach an existing service), merged for a module's
-    argument spec. Platforms that share an option (an ssh key) declare it the same way."""
-    specs = []
-    for name in sorted(DRIVERS):
-        cls = driver_class(name)
-        options = cls.OPTIONS if not reach_only else dict((o, cls.OPTIONS[o]) for o in cls.REACH)
-        specs.append((name, options))
-    return _merge(specs)
+def argument_spec():
+    """Every platform's options, merged for a module's argument spec (so one set of options, e.g. in
+    ``module_defaults``, serves every module). Platforms that share an option (an ssh key) declare it
+    the same way."""
+    return _merge((name, driver_class(name).OPTIONS) for name in sorted(DRIVERS))
 
 
 def foreign_options(platform, params):

@@ -18,8 +18,6 @@ What a driver class declares::
                                          taken from this run's options only, never from a registry entry
     CONNECTION_KINDS, ENTRY_FIELDS       how the connection and the entry fields it records are checked
                                          when a registry entry is read back (it is untrusted data)
-    REACH                                options a later run needs to reach a service (info and stop
-                                         take them): the CONNECTION options and run-time settings
     EXECUTION_BACKEND                    the value of TAO_EXECUTION_BACKEND the server is given
     uses_host_port                       True when services get a host port from the registry
     spec_options(params, environ)        -> dict: the validated options that shape the job (they go
@@ -126,7 +124,6 @@ class Driver(object, metaclass=abc.ABCMeta):
     FILE_CONNECTION = ()
     CONNECTION_KINDS = {}   # {connection key: kind (see trust.kind_problem)}: how a recorded one is checked
     ENTRY_FIELDS = {}       # {entry field: kind}: the fields start() adds, checked when read back
-    REACH = ()
     EXECUTION_BACKEND = None  # what the server is told it runs on (TAO_EXECUTION_BACKEND)
     uses_host_port = False
 

@@ -90,7 +90,6 @@ class LocalDockerDriver(Driver):
     )
     CONNECTION = {"docker_host": "docker_host", "key_path": "ssh_key_path", "ssh_config": "ssh_config"}
     FILE_CONNECTION = ("key_path", "ssh_config")
-    REACH = ("docker_host", "docker_tls", "docker_tls_verify", "docker_cert_path", "ssh_key_path", "ssh_config")
     CONNECTION_KINDS = {"docker_host": engine_url_problem, "key_path": "path", "ssh_config": "path"}
     ENTRY_FIELDS = {"docker_url": "url", "container_id": "hex"}
     EXECUTION_BACKEND = "local-docker"

@@ -377,7 +377,6 @@ class SlurmDriver(Driver):
     CONNECTION_KINDS = {"login_host": "host", "user": "user", "port": "port", "key_path": "path", "ssh_config": "path"}
     ENTRY_FIELDS = {"login_host": "destination", "slurm_node": "host", "slurm_node_addr": "host", "node_port": "port",
                     "tunnel_pid": "pid", "tunnel_start_time": "digits", "slurm_runtime": "text"}
-    REACH = ("slurm_login_host", "slurm_user", "ssh_port", "ssh_key_path", "ssh_config")
     EXECUTION_BACKEND = "slurm"
     uses_host_port = True
 
