@@ -33,7 +33,11 @@ from playbook_runner import COLLECTIONS, ROOT, run_playbook
 
 sys.path.insert(0, COLLECTIONS)
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, chat, readiness  # noqa: E402
+from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness  # noqa: E402
+from ansible_collections.tao.inference.plugins.module_utils.chat.messages import (  # noqa: E402
+    build_body, build_messages,
+)
+from ansible_collections.tao.inference.plugins.module_utils.chat.sending import JSON_HEADERS  # noqa: E402
 from ansible_collections.tao.inference.plugins.module_utils.command import inner_command  # noqa: E402
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec  # noqa: E402
 
@@ -84,13 +88,17 @@ def docker(*args):
     return subprocess.run(["docker"] + list(args), check=True, capture_output=True, text=True, timeout=120).stdout
 
 
+def container_of(job_id):
+    return "tao-bench-%s" % job_id
+
+
 def start_service(job_id):
     spec = build_spec({"network_arch": "cosmos-rl", "model_path": "hf_model://nvidia/Cosmos-Reason1-7B",
                        "num_gpus": 0, "image": IMAGE}, {})
-    docker("run", "-d", "--init", "--name", job_id, "--label", "tao.inference.bench=batch_requests",
+    docker("run", "-d", "--init", "--name", container_of(job_id), "--label", "tao.inference.bench=batch_requests",
            "-e", "TAO_EMULATOR_LOAD_SECONDS=0", "-e", "TAO_EMULATOR_RESPONSE_MS=%d" % RESPONSE_MS,
            "-p", "127.0.0.1::8080", IMAGE, "/bin/sh", "-c", inner_command(spec, job_id))
-    port = int(docker("port", job_id, "8080/tcp").split()[0].rsplit(":", 1)[1])
+    port = int(docker("port", container_of(job_id), "8080/tcp").split()[0].rsplit(":", 1)[1])
     base = "http://127.0.0.1:%d" % port
     if not readiness.wait_ready(base, 60).ready:
         raise SystemExit("the reference microservice was not ready within 60 s")
@@ -126,7 +134,7 @@ async def bare_httpx(url, bodies):
     async with httpx.AsyncClient(limits=limits, timeout=300) as client:
         async def one(body):
             async with semaphore:
-                response = await client.post(url, content=body, headers=chat.JSON_HEADERS)
+                response = await client.post(url, content=body, headers=JSON_HEADERS)
                 response.raise_for_status()
                 return response.json()["choices"][0]["message"]["content"]
         answers = await asyncio.gather(*[one(body) for body in bodies])
@@ -150,7 +158,7 @@ def make_videos(folder):
 def compare(tmp, registry, job_id, url):
     """uri loop once, then module batch and bare httpx REPEATS times, alternating; medians."""
     prompts = ["prompt %d" % i for i in range(PROMPTS)]
-    bodies = [chat.build_body("cosmos-rl", chat.build_messages("cosmos-rl", p, media=[PNG]), {})[0] for p in prompts]
+    bodies = [build_body("cosmos-rl", build_messages("cosmos-rl", p, media=[PNG]), {})[0] for p in prompts]
     encoded = [json.dumps(body).encode("utf-8") for body in bodies]
     requests = [{"id": str(i), "prompt": p, "media": [PNG]} for i, p in enumerate(prompts)]
     asyncio.run(bare_httpx(url, encoded[:32]))  # warm the service
@@ -180,7 +188,7 @@ def peak_memory(tmp, registry, job_id):
 
 def main():
     docker("image", "inspect", IMAGE)
-    job_id = "tao-bench-%s" % uuid.uuid4()
+    job_id = str(uuid.uuid4())  # the registry takes only the lower-case UUIDs the collection gives
     with tempfile.TemporaryDirectory(prefix="tao-bench-") as tmp:
         try:
             base = start_service(job_id)
@@ -189,7 +197,7 @@ def main():
             uri_s, batch_s, httpx_s = compare(tmp, registry, job_id, catalog.chat_url_of({"host_url": base}))
             peak_mib = peak_memory(tmp, registry, job_id)
         finally:
-            subprocess.run(["docker", "rm", "-f", job_id], capture_output=True, check=False, timeout=120)
+            subprocess.run(["docker", "rm", "-f", container_of(job_id)], capture_output=True, check=False, timeout=120)
     print(json.dumps({
         "uri_loop_s": round(uri_s, 3), "batch_s": round(batch_s, 3), "httpx_s": round(httpx_s, 3),
         "speedup_vs_uri": round(uri_s / batch_s, 1), "ratio_vs_httpx": round(batch_s / httpx_s, 3),

@@ -2,10 +2,6 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 DOCUMENTATION = r"""
 module: tao_inference_request
 short_description: Send a chat request to a running TAO inference microservice
@@ -406,25 +402,13 @@ output_path:
   type: str
 """
 
-import os
-import time
-import uuid
+from ansible.module_utils.basic import missing_required_lib
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.tao.inference.plugins.module_utils import batch, catalog, chat
-from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, open_registry, run
-from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.chat.ask import ask, misplaced_option
+from ansible_collections.tao.inference.plugins.module_utils.chat.sending import HTTPX_IMPORT_ERROR
+from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
-
-try:
-    import httpx
-    HAS_HTTPX = True
-    HTTPX_IMPORT_ERROR = None
-except ImportError:
-    import traceback
-    HAS_HTTPX = False
-    HTTPX_IMPORT_ERROR = traceback.format_exc()
 
 REQUEST_ITEM = dict(
     id=dict(type="raw"),
@@ -434,61 +418,6 @@ REQUEST_ITEM = dict(
     messages=dict(type="list", elements="dict"),
     sampling=dict(type="dict"),
 )
-
-
-def send_one(module, params, entry, arch, result):
-    """One request: the answer in the result (or saved under output_dir)."""
-    messages = chat.build_messages(arch, params["prompt"], params["system_prompt"], params["media"],
-                                   params["messages"])
-    body, applied, warnings = chat.build_body(arch, messages, params["sampling"])
-    for warning in warnings:
-        module.warn(warning)
-    result["sampling_applied"] = applied
-    if module.check_mode:
-        return result
-    if params["output_dir"]:
-        batch.prepare_outputs(output_dir=params["output_dir"])
-    timeout = max(float(params["timeout"]), 1.0)
-    started = time.monotonic()
-    with httpx.Client(timeout=timeout) as client:
-        status, data, attempts = chat.send(client, catalog.chat_url_of(entry), body, timeout, params["wait_timeout"])
-    content = chat.content_of(data)
-    result.update(
-        content=content,
-        status=status,
-        finish_reason=(data.get("choices") or [{}])[0].get("finish_reason"),
-        elapsed=round(time.monotonic() - started, 3),
-        attempts=attempts,
-    )
-    if params["output_dir"]:
-        stem = "%s-%s" % (time.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:8])
-        saved = chat.save_answer(content, params["output_dir"], stem)
-        if saved:
-            result.update(content=None, content_path=saved, changed=True)
-    return result
-
-
-def send_batch(module, params, entry, arch, result):
-    """A batch: every result in input order, and the summary."""
-    requests, base_dir = params["requests"], None
-    if params["requests_file"]:
-        requests = batch.load_requests_file(params["requests_file"])
-        base_dir = os.path.dirname(os.path.abspath(params["requests_file"]))
-    options = batch.Options(
-        concurrency=params["concurrency"], timeout=max(float(params["timeout"]), 1.0),
-        wait_timeout=params["wait_timeout"], deadline=params["deadline"],
-        return_content_max=params["return_content_max"], output_path=params["output_path"],
-        output_dir=params["output_dir"], fail_on_item_error=params["fail_on_item_error"],
-        system_prompt=params["system_prompt"], base_dir=base_dir, tmpdir=module.tmpdir)
-    outcome = batch.run(catalog.chat_url_of(entry), arch, requests, params["sampling"], options,
-                        check_mode=module.check_mode)
-    for warning in outcome["warnings"]:
-        module.warn(warning)
-    result.update(changed=outcome["changed"], sampling_applied=outcome["sampling_applied"],
-                  results=outcome["results"], summary=outcome["summary"])
-    if params["output_path"] and not module.check_mode:
-        result["output_path"] = params["output_path"]
-    return result
 
 
 def main():
@@ -514,7 +443,7 @@ def main():
     )
     argument_spec.update(REGISTRY_ARGS)
     batch_args = ("requests", "requests_file")
-    module = AnsibleModule(
+    module = new_module(
         argument_spec=argument_spec,
         supports_check_mode=True,
         mutually_exclusive=[("job_id", "name"), ("messages", "prompt"), ("messages", "media"),
@@ -522,27 +451,18 @@ def main():
         + [(single, many) for single in ("prompt", "messages", "media") for many in batch_args],
         required_one_of=[("prompt", "messages") + batch_args],
     )
-    if not HAS_HTTPX:
+    if HTTPX_IMPORT_ERROR:
         module.fail_json(msg=missing_required_lib("httpx"), exception=HTTPX_IMPORT_ERROR)
     params = module.params
-    is_batch = params["requests"] is not None or params["requests_file"] is not None
-    if not is_batch:
-        for option in ("output_path", "return_content_max", "deadline"):
-            if params[option] is not None:
-                module.fail_json(msg="%s applies to a batch only (requests or requests_file)" % option)
-
+    misplaced = misplaced_option(params)
+    if misplaced:
+        module.fail_json(msg=misplaced)
     registry = open_registry(module, read_only=True)
 
     def action():
         if params["job_id"]:
             check_job_id(params["job_id"], allow_latest=True)
-        state = registry.read()
-        entry = chat.resolve_target(state, params["job_id"], params["network_arch"], params["name"])
-        arch = entry["network_arch"]
-        if params["network_arch"] and params["network_arch"] != arch:
-            raise TaoInferenceError("job %s runs %s, not %s" % (entry["job_id"], arch, params["network_arch"]))
-        result = {"changed": False, "job_id": entry["job_id"], "network_arch": arch, "host_url": entry["host_url"]}
-        return (send_batch if is_batch else send_one)(module, params, entry, arch, result)
+        return ask(registry.read(), params, module.check_mode, module.tmpdir, module.warn)
 
     run(module, action)
 

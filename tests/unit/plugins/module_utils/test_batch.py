@@ -11,7 +11,10 @@ import urllib.request
 
 import pytest
 
-from ansible_collections.tao.inference.plugins.module_utils import batch, chat, readiness
+from ansible_collections.tao.inference.plugins.module_utils import readiness
+from ansible_collections.tao.inference.plugins.module_utils.chat import batch
+from ansible_collections.tao.inference.plugins.module_utils.chat.media import STREAM_CHUNK, MediaStore
+from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
 EMULATOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "emulator")
@@ -198,11 +201,11 @@ def test_each_distinct_media_file_is_read_and_encoded_once_and_the_temp_files_go
 
 def test_the_streamed_body_is_the_single_request_body(tmp_path):
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(os.urandom(batch.STREAM_CHUNK * 2 + 12345))  # several chunks, not a multiple of 3
-    messages = chat.build_messages("cosmos-rl", "what?", "be brief", [str(clip)])
-    expected, _applied, _warnings = chat.build_body("cosmos-rl", messages, {"max_tokens": 9})
+    clip.write_bytes(os.urandom(STREAM_CHUNK * 2 + 12345))  # several chunks, not a multiple of 3
+    messages = build_messages("cosmos-rl", "what?", "be brief", [str(clip)])
+    expected, _applied, _warnings = build_body("cosmos-rl", messages, {"max_tokens": 9})
 
-    with batch.MediaStore(str(tmp_path)) as store:
+    with MediaStore(str(tmp_path)) as store:
         item = batch.check_items("cosmos-rl", [{"prompt": "what?", "system_prompt": "be brief", "media": [str(clip)]}],
                                  {"max_tokens": 9}, store, batch.Options())[0]
         content, headers = store.body(item.parts)
@@ -210,7 +213,7 @@ def test_the_streamed_body_is_the_single_request_body(tmp_path):
     body = b"".join(chunks)
     assert json.loads(body) == expected
     assert int(headers["Content-Length"]) == len(body)
-    assert headers["Content-Type"] == "application/json" and max(len(c) for c in chunks) <= batch.STREAM_CHUNK
+    assert headers["Content-Type"] == "application/json" and max(len(c) for c in chunks) <= STREAM_CHUNK
 
 
 def test_temp_files_go_even_when_the_batch_breaks(emulator, png, tmp_path, monkeypatch):

@@ -1,10 +1,14 @@
-"""Requests: routing table, sampling policy table, media checks."""
+"""Requests: selection and routing tables, sampling policy table, media checks, the send loop."""
 
 import base64
 
+import httpx
 import pytest
 
-from ansible_collections.tao.inference.plugins.module_utils import chat
+from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
+from ansible_collections.tao.inference.plugins.module_utils.chat.routing import resolve_target, select
+from ansible_collections.tao.inference.plugins.module_utils.chat.sampling import apply_sampling
+from ansible_collections.tao.inference.plugins.module_utils.chat.sending import JSON_HEADERS, Retry, send
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import RegistryState
 
@@ -38,7 +42,7 @@ TWO_RL = state_of(("a", "cosmos-rl", "1"), ("b", "cosmos-rl", "2"), ("c", "tao-d
 ])
 def test_routing_picks(state, kwargs, expected):
     kwargs = dict((k, u(v) if k == "job_id" and v != "latest" else v) for k, v in kwargs.items())
-    assert chat.resolve_target(state, **kwargs)["job_id"] == u(expected)
+    assert resolve_target(state, **kwargs)["job_id"] == u(expected)
 
 
 @pytest.mark.parametrize("state, kwargs, message, candidates", [
@@ -50,7 +54,7 @@ def test_routing_picks(state, kwargs, expected):
 ])
 def test_routing_refuses_to_guess(state, kwargs, message, candidates):
     with pytest.raises(TaoInferenceError) as err:
-        chat.resolve_target(state, **kwargs)
+        resolve_target(state, **kwargs)
     assert message in err.value.msg
     if candidates is not None:
         assert [c["job_id"] for c in err.value.details["candidates"]] == [u(c) for c in candidates]
@@ -59,8 +63,28 @@ def test_routing_refuses_to_guess(state, kwargs, message, candidates):
         assert "http://localhost:" in err.value.msg and "started" in err.value.msg
 
 
+def test_select_takes_latest_only_when_given_and_a_name_newest_first():
+    named = state_of(("a", "cosmos-rl", "1"), ("b", "cosmos-rl", "2"), ("c", "tao-dataservices", "3"))
+    for letter, name in (("a", "svc"), ("b", "other"), ("c", "svc")):
+        named.data[u(letter)]["name"] = name
+
+    def ids(entries):
+        return [e["job_id"] for e in entries]
+
+    assert ids(select(TWO_RL, job_id="latest")) == [u("c")]
+    assert ids(select(TWO_RL, job_id=u("a"))) == [u("a")]
+    assert ids(select(named, name="svc")) == [u("c"), u("a")]
+    assert ids(select(TWO_RL)) == [u("c"), u("b"), u("a")]
+    assert select(TWO_RL, job_id=u("d")) == [] and select(named, name="nobody") == []
+    assert select(state_of(), job_id="latest") == [] and select(state_of()) == []
+    select(TWO_RL, job_id=u("a"))[0]["network_arch"] = "changed"  # a copy: the state is untouched
+    assert TWO_RL.get(u("a"))["network_arch"] == "cosmos-rl"
+    with pytest.raises(TaoInferenceError, match="job_id 'latest' was given but the registry"):
+        resolve_target(state_of(), job_id="latest")
+
+
 def applied(arch, sampling):
-    _body, result, warnings = chat.apply_sampling(arch, sampling)
+    _body, result, warnings = apply_sampling(arch, sampling)
     return dict((a["field"], (a["value"], a["default"])) for a in result), warnings
 
 
@@ -96,13 +120,13 @@ def test_server_ignored_fields_warn_when_set():
 ])
 def test_sampling_refusals(arch, sampling, message):
     with pytest.raises(TaoInferenceError) as err:
-        chat.apply_sampling(arch, sampling)
+        apply_sampling(arch, sampling)
     assert message in err.value.msg
 
 
 def test_sampling_must_be_given_explicitly():
     with pytest.raises(TaoInferenceError, match="accept every default"):
-        chat.apply_sampling("cosmos-rl", None)
+        apply_sampling("cosmos-rl", None)
 
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
@@ -111,7 +135,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 def test_local_media_becomes_a_data_uri(tmp_path):
     image = tmp_path / "frame.PNG"
     image.write_bytes(PNG)
-    messages = chat.build_messages("cosmos-rl", prompt="what?", media=[str(image)], system_prompt="be brief")
+    messages = build_messages("cosmos-rl", prompt="what?", media=[str(image)], system_prompt="be brief")
     assert messages[0] == {"role": "system", "content": "be brief"}
     item = messages[1]["content"][0]
     assert item["type"] == "image_url"
@@ -130,35 +154,90 @@ def test_local_media_becomes_a_data_uri(tmp_path):
 ])
 def test_media_refusals(arch, media, message):
     with pytest.raises(TaoInferenceError) as err:
-        chat.build_messages(arch, prompt="p", media=media)
+        build_messages(arch, prompt="p", media=media)
     assert message in err.value.msg
 
 
 def test_urls_pass_through_and_predict_infers_the_type():
-    messages = chat.build_messages("cosmos-predict2.5", prompt="p", media=["https://h.invalid/v.mp4"])
-    body, _applied, _w = chat.build_body("cosmos-predict2.5", messages, {})
+    messages = build_messages("cosmos-predict2.5", prompt="p", media=["https://h.invalid/v.mp4"])
+    body, _applied, _w = build_body("cosmos-predict2.5", messages, {})
     assert body["inference_type"] == "video2world"
     assert messages[0]["content"][0] == {"type": "video_url", "video_url": {"url": "https://h.invalid/v.mp4"}}
-    text_only = chat.build_messages("cosmos-predict2.5", prompt="p")
-    assert chat.build_body("cosmos-predict2.5", text_only, {})[0]["inference_type"] == "text2world"
-    assert "inference_type" not in chat.build_body("tao-dataservices", text_only, {})[0]
+    text_only = build_messages("cosmos-predict2.5", prompt="p")
+    assert build_body("cosmos-predict2.5", text_only, {})[0]["inference_type"] == "text2world"
+    assert "inference_type" not in build_body("tao-dataservices", text_only, {})[0]
 
 
 def test_raw_messages_are_checked_too():
     with pytest.raises(TaoInferenceError, match="needs an image or a video"):
-        chat.build_messages("cosmos-rl", messages=[{"role": "user", "content": "hi"}])
+        build_messages("cosmos-rl", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(TaoInferenceError, match="no user message"):
-        chat.build_messages("tao-dataservices", messages=[{"role": "system", "content": "x"}])
+        build_messages("tao-dataservices", messages=[{"role": "system", "content": "x"}])
     with pytest.raises(TaoInferenceError, match="not both"):
-        chat.build_messages("tao-dataservices", prompt="x", messages=[{"role": "user", "content": "x"}])
+        build_messages("tao-dataservices", prompt="x", messages=[{"role": "user", "content": "x"}])
 
 
 def test_each_arch_gets_the_mime_spelling_its_server_accepts(tmp_path):
     clip = tmp_path / "clip.mov"
     clip.write_bytes(b"\0\0\0\x14ftypqt  ")
-    dataservices = chat.build_messages("tao-dataservices", prompt="p", media=[str(clip)])
+    dataservices = build_messages("tao-dataservices", prompt="p", media=[str(clip)])
     assert dataservices[0]["content"][0]["video_url"]["url"].startswith("data:video/mov;base64,")
-    rl = chat.build_messages("cosmos-rl", prompt="p", media=[str(clip)])
+    rl = build_messages("cosmos-rl", prompt="p", media=[str(clip)])
     assert rl[0]["content"][0]["video_url"]["url"].startswith("data:video/quicktime;base64,")
     with pytest.raises(TaoInferenceError, match="video/quicktime, which tao-dataservices does not accept"):
-        chat.build_messages("tao-dataservices", prompt="p", media=["data:video/quicktime;base64,AAAA"])
+        build_messages("tao-dataservices", prompt="p", media=["data:video/quicktime;base64,AAAA"])
+
+
+class FakeClient(object):
+    """Answers each post with the next of ``answers`` (an exception is raised)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.posts = []
+
+    def post(self, url, content, headers, timeout):
+        self.posts.append((url, content, headers, timeout))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+ANSWER = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}]}
+LOADING = {"error": {"type": "model_not_ready", "message": "loading"}}
+
+
+def test_the_send_loop_retries_refusals_and_loading_answers():
+    client = FakeClient(httpx.ConnectError("refused"), httpx.Response(202, json=LOADING),
+                        httpx.Response(503, json=LOADING), httpx.Response(200, json=ANSWER))
+    pauses = []
+    retry = Retry("http://svc/v1/chat/completions", 60)
+    assert send(client, retry, b"{}", 5.0, pauses.append) == (200, ANSWER)
+    assert retry.attempts == 4 and pauses == [0.25, 0.5, 1.0]
+    assert client.posts == [("http://svc/v1/chat/completions", b"{}", JSON_HEADERS, 5.0)] * 4
+
+
+def test_the_send_loop_takes_the_batch_hooks():
+    bodies = []
+
+    def body():
+        bodies.append(len(bodies))
+        return iter([b"{}"]), {"Content-Length": "2"}
+
+    client = FakeClient(httpx.Response(202, json=LOADING), httpx.ReadTimeout("slow"))
+    retry = Retry("http://svc/v1/chat/completions", 60)
+    late = TaoInferenceError("the batch deadline passed", error_type="deadline")
+    with pytest.raises(TaoInferenceError, match="deadline passed"):
+        send(client, retry, body, lambda: 0.5, lambda seconds: None, lambda: late)
+    assert retry.attempts == 2 and bodies == [0, 1] and [p[3] for p in client.posts] == [0.5, 0.5]
+
+    def give_up(seconds):
+        raise late
+
+    retry = Retry("http://svc/v1/chat/completions", 60)
+    with pytest.raises(TaoInferenceError, match="deadline passed"):
+        send(FakeClient(httpx.ConnectError("refused")), retry, b"{}", 5.0, give_up)
+    assert retry.attempts == 1
+    with pytest.raises(TaoInferenceError, match="did not answer .* within 5.0 s") as err:
+        send(FakeClient(httpx.ReadTimeout("slow")), Retry("http://svc/v1/chat/completions", 60), b"{}", 5.0)
+    assert err.value.details["error_type"] == "timeout"

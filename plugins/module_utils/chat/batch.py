@@ -2,43 +2,38 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Batch requests: many chat requests to one service, with bounded concurrency.
 
-Every item is checked first (sampling, media and messages through :mod:`chat`,
-exactly as a single request is), and nothing is sent unless all are valid. Then
-``concurrency`` threads share one ``httpx.Client`` connection pool, so at most
-that many requests are in flight; each is retried while the service loads
-(:class:`chat.Retry`), all under an optional deadline. Results come back in
-input order. (Threads with the sync client measured faster, with half the CPU,
-than ``asyncio`` with ``httpx.AsyncClient`` on the 2-core test machines.)
+Every item is checked first (sampling, media and messages, exactly as a single
+request is), and nothing is sent unless all are valid. Then ``concurrency``
+threads share one ``httpx.Client`` connection pool, so at most that many requests
+are in flight; each goes through the same send-and-retry loop as a single request
+(:func:`sending.send`), all under an optional deadline. Results come back in input
+order, with a summary of counts and timings.
 
-Memory stays flat with large media: each distinct local file is base64-encoded
-once, in chunks, into a temp file, and a request body is streamed as its JSON
-text around placeholders, the base64 read from those temp files in chunks. The
-temp files are removed at the end, whatever happens.
+Local media files go through a :class:`media.MediaStore`: each distinct file is
+encoded once and streamed into every body that carries it, so memory stays flat
+with large videos. Its temp files are removed at the end, whatever happens.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
-import base64
 import collections
 import csv
 import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
-import threading
 import time
-import uuid
 
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.tao.inference.plugins.module_utils import chat, readiness
+from ansible_collections.tao.inference.plugins.module_utils import readiness
+from ansible_collections.tao.inference.plugins.module_utils.chat.media import MediaStore
+from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
+from ansible_collections.tao.inference.plugins.module_utils.chat.sampling import apply_sampling
+from ansible_collections.tao.inference.plugins.module_utils.chat.saving import prepare_outputs, save_answer, write_jsonl
+from ansible_collections.tao.inference.plugins.module_utils.chat.sending import (
+    FATAL_TYPES, Retry, content_of, finish_reason_of, send,
+)
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.registry import write_atomically
 
 try:
     import httpx
@@ -52,8 +47,6 @@ except ImportError:  # not on every platform
 
 ITEM_KEYS = ("id", "prompt", "media", "system_prompt", "messages", "sampling")
 CSV_COLUMNS = ("id", "prompt", "media", "system_prompt")
-ENCODE_CHUNK = 3 << 18  # 768 KiB of file, a multiple of 3: base64 chunks join into the file's base64
-STREAM_CHUNK = 1 << 20
 MAX_CONCURRENCY = 256
 DEFAULT_CONTENT_MAX = 4000
 SHOWN_INVALID = 20
@@ -128,106 +121,9 @@ def _jsonl_items(handle, path):
     return items
 
 
-# -- local media: placeholders, encoded once, streamed -------------------------
-class MediaStore(object):
-    """Local media files of a batch.
-
-    While bodies are built, :meth:`url` stands in for a file with a placeholder;
-    when a body is first sent, each distinct file is base64-encoded once (in
-    chunks) into a temp file, and every body using it is streamed around it.
-    Use as a context manager: the temp folder goes on exit.
-    """
-
-    def __init__(self, tmpdir=None, opener=open):
-        self._prefix = "tao-media-%s-" % uuid.uuid4().hex
-        self._placeholder = re.compile(re.escape(self._prefix) + r"(\d+)")
-        self._tmpdir = tmpdir
-        self._opener = opener
-        self._sources = []  # key -> real path
-        self._locks = []  # key -> lock held while the file is encoded
-        self._keys = {}  # real path -> key
-        self._encoded = {}  # key -> (temp path, size)
-        self._folder = None
-        self._folder_lock = threading.Lock()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
-
-    def url(self, ref):
-        """The data URI placeholder of a local file (a :class:`chat.MediaRef`)."""
-        real = os.path.realpath(ref.path)
-        if real not in self._keys:
-            self._keys[real] = len(self._sources)
-            self._sources.append(real)
-            self._locks.append(threading.Lock())
-        return chat.data_uri_prefix(ref.mime) + self._prefix + str(self._keys[real])
-
-    def split(self, text):
-        """A JSON body as parts: bytes, and the int key of a file where its base64 goes."""
-        parts = []
-        for index, piece in enumerate(self._placeholder.split(text)):
-            if index % 2:
-                parts.append(int(piece))
-            elif piece:
-                parts.append(piece.encode("utf-8"))
-        return parts
-
-    def body(self, parts):
-        """``(content, headers)`` for httpx: bytes when ``parts`` holds no file,
-        else a stream (a generator) of the whole body with its exact Content-Length."""
-        if not any(isinstance(part, int) for part in parts):
-            return b"".join(parts), chat.JSON_HEADERS
-        files = dict((part, self._ensure(part)) for part in parts if isinstance(part, int))
-        headers = dict(chat.JSON_HEADERS)
-        headers["Content-Length"] = str(sum(files[p][1] if isinstance(p, int) else len(p) for p in parts))
-        return self._stream(parts, files), headers
-
-    @staticmethod
-    def _stream(parts, files):
-        for part in parts:
-            if not isinstance(part, int):
-                yield part
-                continue
-            with open(files[part][0], "rb") as handle:
-                chunk = handle.read(STREAM_CHUNK)
-                while chunk:
-                    yield chunk
-                    chunk = handle.read(STREAM_CHUNK)
-
-    def _ensure(self, key):
-        """The encoded file of ``key``: made by the first request that needs it, while the others wait."""
-        with self._locks[key]:
-            if key not in self._encoded:
-                self._encoded[key] = self._encode(key)
-            return self._encoded[key]
-
-    def _temp_folder(self):
-        with self._folder_lock:
-            if self._folder is None:
-                self._folder = tempfile.mkdtemp(prefix="tao-batch-", dir=self._tmpdir)
-            return self._folder
-
-    def _encode(self, key):
-        target = os.path.join(self._temp_folder(), "%d.b64" % key)
-        size = 0
-        with self._opener(self._sources[key], "rb") as source, open(target, "wb") as out:
-            chunk = source.read(ENCODE_CHUNK)
-            while chunk:
-                encoded = base64.b64encode(chunk)
-                out.write(encoded)
-                size += len(encoded)
-                chunk = source.read(ENCODE_CHUNK)
-        return target, size
-
-
 # -- checking every item before anything is sent --------------------------------
 class Item(object):
-    """One checked request: its JSON body as parts (see :meth:`MediaStore.split`)."""
+    """One checked request: its JSON body as parts (see :meth:`media.MediaStore.split`)."""
 
     __slots__ = ("index", "id", "prompt", "parts", "applied", "warnings", "stem")
 
@@ -261,9 +157,9 @@ def _check_one(network_arch, index, raw, sampling, store, options):
     media = raw.get("media")
     media = [] if media is None else [media] if isinstance(media, (str, dict)) else list(media)
     system_prompt = raw.get("system_prompt") or (None if raw.get("messages") else options.system_prompt)
-    messages = chat.build_messages(network_arch, raw.get("prompt"), system_prompt, media, raw.get("messages"),
-                                   local_url=store.url, base_dir=options.base_dir)
-    body, applied, warnings = chat.build_body(network_arch, messages, merged)
+    messages = build_messages(network_arch, raw.get("prompt"), system_prompt, media, raw.get("messages"),
+                              local_url=store.url, base_dir=options.base_dir)
+    body, applied, warnings = build_body(network_arch, messages, merged)
     return Item(index, _item_id(index, raw), raw.get("prompt"), store.split(json.dumps(body)), applied, warnings)
 
 
@@ -302,7 +198,7 @@ def _give_stems(items):
         item.stem = stem if counts[stem] == 1 else "%s-%d" % (stem, item.index)
 
 
-# -- sending ----------------------------------------------------------------------
+# -- sending from a pool of threads ---------------------------------------------
 def _record(item, attempts, elapsed, **fields):
     record = {"id": item.id, "status": "ok", "http_status": None, "content": None, "content_path": None,
               "finish_reason": None, "error_type": None, "error": None, "elapsed": round(elapsed, 3),
@@ -354,34 +250,22 @@ class Engine(object):
         refusal = self._refusal()
         if refusal is not None:
             return _failure(item, refusal, 0, 0.0)
-        retry = chat.Retry(self.url, self.options.wait_timeout)
+        retry = Retry(self.url, self.options.wait_timeout)
         started = time.monotonic()
+
+        def timed_out():
+            return self._too_late() if self._late() else retry.timed_out(self.options.timeout)
+
         try:
-            return self._exchange(client, item, retry, started)
+            data = send(client, retry, lambda: self.store.body(item.parts), self._timeout, self._pause, timed_out)[1]
+            return self._answer(item, data, retry.attempts, started)
         except TaoInferenceError as exc:
             error = exc
         except (httpx.HTTPError, OSError) as exc:  # a connection lost mid-body, a media file gone
             error = TaoInferenceError("%s: %s" % (exc.__class__.__name__, exc), error_type="transport")
-        if error.details.get("error_type") in chat.FATAL_TYPES and self.fatal is None:
+        if error.details.get("error_type") in FATAL_TYPES and self.fatal is None:
             self.fatal = error
         return _failure(item, error, retry.attempts, time.monotonic() - started)
-
-    def _exchange(self, client, item, retry, started):
-        while True:
-            retry.attempts += 1
-            content, headers = self.store.body(item.parts)
-            try:
-                response = client.post(self.url, content=content, headers=headers, timeout=self._timeout())
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                self._pause(retry.unreachable(exc))
-                continue
-            except httpx.TimeoutException:
-                raise self._too_late() if self._late() else retry.timed_out(self.options.timeout)
-            data = chat.answer_json(response)
-            pause = retry.answered(response.status_code, data)
-            if pause is None:
-                return self._answer(item, data, retry.attempts, started)
-            self._pause(pause)
 
     def _timeout(self):
         """The request timeout, cut short by the deadline (an answer after it is not waited for)."""
@@ -390,16 +274,17 @@ class Engine(object):
         return max(0.001, min(self.options.timeout, self.deadline.remaining()))
 
     def _pause(self, seconds):
+        """Wait before a retry, unless the deadline would pass first."""
         if self.deadline is not None and seconds >= self.deadline.remaining():
             raise self._too_late()
         time.sleep(seconds)
 
     def _answer(self, item, data, attempts, started):
-        content = chat.content_of(data)
-        saved = chat.save_answer(content, self.options.output_dir, item.stem) if self.options.output_dir else None
+        content = content_of(data)
+        saved = save_answer(content, self.options.output_dir, item.stem) if self.options.output_dir else None
         return _record(item, attempts, time.monotonic() - started, http_status=200,
                        content=None if saved else content, content_path=saved,
-                       finish_reason=(data.get("choices") or [{}])[0].get("finish_reason"))
+                       finish_reason=finish_reason_of(data))
 
 
 # -- results -------------------------------------------------------------------
@@ -444,36 +329,6 @@ def _shown(record, limit):
     return shown
 
 
-def write_jsonl(path, items, records):
-    """Every full answer, one JSON object a line, in input order (with the prompt)."""
-    def lines():
-        for item, record in zip(items, records):
-            line = {"id": record["id"], "prompt": item.prompt}
-            line.update(record)
-            yield (json.dumps(line) + "\n").encode("utf-8")
-    try:
-        write_atomically(path, lines())
-    except OSError as exc:
-        raise TaoInferenceError("cannot write output_path %s: %s (the answers are in the result)"
-                                % (path, exc.strerror or exc))
-
-
-def prepare_outputs(output_dir=None, output_path=None):
-    """Make the output folders now, so an unwritable one fails before anything is sent."""
-    folders = [output_dir, os.path.dirname(os.path.abspath(output_path)) if output_path else None]
-    for folder in [f for f in folders if f]:
-        try:
-            if not os.path.isdir(folder):
-                os.makedirs(folder)
-        except OSError as exc:
-            raise TaoInferenceError("cannot create the output folder %s: %s" % (folder, exc.strerror))
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise TaoInferenceError("the output folder %s is not writable" % folder)
-    if output_path and (os.path.isdir(output_path) or os.path.islink(output_path)):
-        raise TaoInferenceError("output_path %s is a folder or a symbolic link; give the path of a file to write "
-                                "(it is replaced as a whole)" % output_path)
-
-
 def run(url, network_arch, requests, sampling, options, check_mode=False, opener=open):
     """Check every request, then (unless ``check_mode``) send them all.
 
@@ -483,7 +338,7 @@ def run(url, network_arch, requests, sampling, options, check_mode=False, opener
     (the error carries the results and the summary).
     """
     started = time.monotonic()
-    applied = chat.apply_sampling(network_arch, sampling)[1]  # the task-level values alone must be valid
+    applied = apply_sampling(network_arch, sampling)[1]  # the task-level values alone must be valid
     if not requests:
         raise TaoInferenceError("requests holds no request")
     with MediaStore(options.tmpdir, opener) as store:

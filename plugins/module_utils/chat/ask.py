@@ -1,0 +1,112 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What one tao_inference_request task does: route it, then send one request or a batch.
+
+The task's options arrive as the module's ``params``; what the module itself provides
+(check mode, its temp folder, its warnings) is passed in, so this runs without a module too.
+"""
+
+import json
+import os
+import time
+import uuid
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.chat import batch
+from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
+from ansible_collections.tao.inference.plugins.module_utils.chat.routing import resolve_target
+from ansible_collections.tao.inference.plugins.module_utils.chat.saving import prepare_outputs, save_answer
+from ansible_collections.tao.inference.plugins.module_utils.chat.sending import (
+    Retry, content_of, finish_reason_of, send,
+)
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+
+try:
+    import httpx
+except ImportError:  # the request module reports it with missing_required_lib
+    httpx = None
+
+BATCH_ONLY = ("output_path", "return_content_max", "deadline")
+
+
+def is_batch(params):
+    return params["requests"] is not None or params["requests_file"] is not None
+
+
+def misplaced_option(params):
+    """The message for an option that applies to a batch only, given with a single request; else None."""
+    if not is_batch(params):
+        for option in BATCH_ONLY:
+            if params[option] is not None:
+                return "%s applies to a batch only (requests or requests_file)" % option
+    return None
+
+
+def ask(state, params, check_mode=False, tmpdir=None, warn=None):
+    """Send the task's request (or batch) to the service it routes to, in registry ``state``;
+    return the task result. ``warn(text)`` reports a warning (sampling the server ignores)."""
+    entry = resolve_target(state, params["job_id"], params["network_arch"], params["name"])
+    arch = entry["network_arch"]
+    if params["network_arch"] and params["network_arch"] != arch:
+        raise TaoInferenceError("job %s runs %s, not %s" % (entry["job_id"], arch, params["network_arch"]))
+    result = {"changed": False, "job_id": entry["job_id"], "network_arch": arch, "host_url": entry["host_url"]}
+    send_it = send_batch if is_batch(params) else send_one
+    return send_it(params, catalog.chat_url_of(entry), arch, result, check_mode, tmpdir, warn or (lambda text: None))
+
+
+def _timeout(params):
+    return max(float(params["timeout"]), 1.0)
+
+
+def send_one(params, url, arch, result, check_mode, tmpdir, warn):
+    """One request: the answer in the result (or saved under output_dir)."""
+    messages = build_messages(arch, params["prompt"], params["system_prompt"], params["media"], params["messages"])
+    body, applied, warnings = build_body(arch, messages, params["sampling"])
+    for warning in warnings:
+        warn(warning)
+    result["sampling_applied"] = applied
+    if check_mode:
+        return result
+    if params["output_dir"]:
+        prepare_outputs(output_dir=params["output_dir"])
+    timeout = _timeout(params)
+    started = time.monotonic()
+    with httpx.Client(timeout=timeout) as client:
+        retry = Retry(url, params["wait_timeout"])
+        status, data = send(client, retry, json.dumps(body).encode("utf-8"), timeout)
+    content = content_of(data)
+    result.update(
+        content=content,
+        status=status,
+        finish_reason=finish_reason_of(data),
+        elapsed=round(time.monotonic() - started, 3),
+        attempts=retry.attempts,
+    )
+    if params["output_dir"]:
+        stem = "%s-%s" % (time.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:8])
+        saved = save_answer(content, params["output_dir"], stem)
+        if saved:
+            result.update(content=None, content_path=saved, changed=True)
+    return result
+
+
+def send_batch(params, url, arch, result, check_mode, tmpdir, warn):
+    """A batch: every result in input order, and the summary."""
+    requests, base_dir = params["requests"], None
+    if params["requests_file"]:
+        requests = batch.load_requests_file(params["requests_file"])
+        base_dir = os.path.dirname(os.path.abspath(params["requests_file"]))
+    options = batch.Options(
+        concurrency=params["concurrency"], timeout=_timeout(params),
+        wait_timeout=params["wait_timeout"], deadline=params["deadline"],
+        return_content_max=params["return_content_max"], output_path=params["output_path"],
+        output_dir=params["output_dir"], fail_on_item_error=params["fail_on_item_error"],
+        system_prompt=params["system_prompt"], base_dir=base_dir, tmpdir=tmpdir)
+    outcome = batch.run(url, arch, requests, params["sampling"], options, check_mode=check_mode)
+    for warning in outcome["warnings"]:
+        warn(warning)
+    result.update(changed=outcome["changed"], sampling_applied=outcome["sampling_applied"],
+                  results=outcome["results"], summary=outcome["summary"])
+    if params["output_path"] and not check_mode:
+        result["output_path"] = params["output_path"]
+    return result
