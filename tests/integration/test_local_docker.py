@@ -244,7 +244,7 @@ def test_info_prune_drops_entries_of_gone_services(harness):
 
 def test_unavailable_platform_and_bad_input_fail_clearly(harness):
     run = harness.play(service_task(extra="platform: kubernetes"))
-    assert "platform 'kubernetes' is not available in this release" in run.task("Start")["result"]["msg"]
+    assert "value of platform must be one of: local-docker, slurm, got: kubernetes" in run.task("Start")["result"]["msg"]
     slurm = harness.play(service_task(extra="platform: slurm"))
     assert "missing: slurm_login_host" in slurm.task("Start")["result"]["msg"]
     bad = harness.play(service_task(model="s3://bucket/ckpt"))
