@@ -4,23 +4,41 @@
 # The node is this host (NodeAddr 127.0.0.1), partition "debug" (default) and "down" (State=DOWN,
 # for tests of jobs Slurm holds). Jobs share cores (OverSubscribe=FORCE) so a 2-core machine
 # runs several services at once. Logs: /var/log/slurm/.
+# Also installs tcsh: the unit tests run the Slurm submit prologue under csh/tcsh login shells too
+# (tests/unit/plugins/module_utils/test_slurm.py), and skip a shell that is not installed.
 set -euo pipefail
 log() { printf 'ensure-slurm: %s\n' "$*" >&2; }
+can_install() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
 
 node_up() { sinfo -h -N -p debug -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; }
 
 conf_current() { grep -q 'OverSubscribe=FORCE:16' /etc/slurm/slurm.conf 2>/dev/null; }
 if command -v sinfo >/dev/null 2>&1 && node_up && conf_current; then
+  if ! command -v tcsh >/dev/null 2>&1; then
+    if can_install; then
+      log "installing tcsh"
+      "$(dirname "$0")/apt-install.sh" tcsh
+    else
+      log "tcsh is not installed (and installing it needs root on Debian): the csh/tcsh prologue tests are skipped"
+    fi
+  fi
   exit 0
 fi
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+if ! can_install; then
   log "a test Slurm can only be set up as root on Debian; point the Slurm tests at a cluster instead"
   exit 1
 fi
 
+packages=()
 if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
-  log "installing slurm-wlm and munge"
-  "$(dirname "$0")/apt-install.sh" slurm-wlm munge
+  packages+=(slurm-wlm munge)
+fi
+if ! command -v tcsh >/dev/null 2>&1; then
+  packages+=(tcsh)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  log "installing ${packages[*]}"
+  "$(dirname "$0")/apt-install.sh" "${packages[@]}"
 fi
 
 host=$(hostname -s)

@@ -205,10 +205,13 @@ def _check_server_options(network_arch, options):
 _SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[\x21-\x7e]+)?")
 _SLURM_WORD = re.compile(r"[A-Za-z0-9_.:@+,-]+")
 # sbatch options the collection sets itself, or that would break what it relies on: the comment
-# that finds the job again, the private log that carries the node port, the environment that
-# carries secrets, one task in the folder it chose. sbatch takes unambiguous prefixes (--comm=).
+# that finds the job again, the private folder of its log and node file, the environment that
+# carries secrets, one task in the folder it chose, the default cluster that every later squeue,
+# scontrol and scancel asks (--clusters/--cluster; the short -M, like every short option, fails
+# _SBATCH_OPTION). sbatch takes unambiguous prefixes (--comm=, --clu=), refused here too.
 _RESERVED_SBATCH = ("--comment", "--output", "--error", "--input", "--open-mode", "--export", "--export-file",
-                    "--get-user-env", "--wrap", "--array", "--chdir", "--ntasks", "--parsable", "--uid", "--gid")
+                    "--get-user-env", "--wrap", "--array", "--chdir", "--ntasks", "--parsable", "--uid", "--gid",
+                    "--clusters", "--cluster")
 
 
 def _slurm_options(params, environ):
@@ -238,8 +241,8 @@ def _slurm_options(params, environ):
         name = option.split("=", 1)[0]
         if len(name) > 3 and any(reserved.startswith(name) for reserved in _RESERVED_SBATCH):
             raise TaoInferenceError("sbatch_options entry %r is not allowed: the collection sets %s itself (the job's "
-                                    "comment, private log, environment and single task are what it finds, reads "
-                                    "and stops the service by)" % (option, ", ".join(_RESERVED_SBATCH)))
+                                    "comment, private log, environment, single task and default cluster are what "
+                                    "it finds, reads and stops the service by)" % (option, ", ".join(_RESERVED_SBATCH)))
     bind = params.get("slurm_bind_address") or "0.0.0.0"
     try:
         bind = str(ipaddress.ip_address(bind)) if isinstance(bind, str) and "%" not in bind else None

@@ -18,10 +18,13 @@ import uuid
 
 import pytest
 
+from ansible_collections.tao.inference.plugins.module_utils import procs
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Launch
-from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import SlurmDriver, batch_script
+from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import (
+    SlurmDriver, batch_script, parse_node_file,
+)
 from ansible_collections.tao.inference.plugins.module_utils.spec import build_spec
 
 from .conftest import IMAGE, ROOT, docker
@@ -378,12 +381,38 @@ def test_find_and_stop_touch_only_this_users_jobs_of_this_service(slurm, jobs):
     jobs += [mine, foreign, bogus]
     drv = driver()
     assert [(f.ident, f.labels["platform_job_id"]) for f in drv.find(name)] == [(ours, mine)]
-    # A registry entry that points at another user's job, or at another service's job: left alone.
-    assert drv.stop({"job_id": theirs, "platform_job_id": foreign}) is False
-    assert drv.stop({"job_id": other, "platform_job_id": mine}) is False
+    # A registry entry that points at another user's job, or at another service's job: left alone,
+    # reported as not the service's, and stop refuses (the entry's own job may run elsewhere).
+    for job_id, slurm_id in ((theirs, foreign), (other, mine), (ours, bogus)):
+        status = drv.status({"job_id": job_id, "platform_job_id": slurm_id})
+        assert status.state == "missing" and "is not this service's" in status.detail, status.detail
+        with pytest.raises(TaoInferenceError, match="is not that service's job") as caught:
+            drv.stop({"job_id": job_id, "platform_job_id": slurm_id})
+        assert "Nothing was cancelled" in caught.value.msg
     assert {mine, foreign, bogus} <= set(squeue_ids())
+    assert drv.status({"job_id": ours, "platform_job_id": mine}).state == "running"
     assert drv.stop({"job_id": ours, "platform_job_id": mine}) is True
     assert mine not in squeue_ids() and {foreign, bogus} <= set(squeue_ids())
+
+
+@pytest.mark.parametrize("state, put", [
+    ("STOPPED", ["scancel", "--signal=STOP"]),
+    ("SPECIAL_EXIT", ["scontrol", "requeuehold", "State=SpecialExit"]),
+])
+def test_a_job_in_a_state_that_is_not_final_is_still_stopped(slurm, jobs, state, put):
+    """Slurm's own spelling of states that are neither PENDING nor RUNNING, yet not ended."""
+    job_id = str(uuid.uuid4())
+    slurm_id = sbatch("--comment=tao.inference:job_id=%s,name=%s" % (job_id, uname("s-state")),
+                      "--output=/dev/null", "--chdir=/tmp", "--wrap=sleep 300")
+    jobs.append(slurm_id)
+    assert wait_for(lambda: sh("squeue", "-h", "-j", slurm_id, "-o", "%T").stdout.strip() == "RUNNING")
+    assert sh(*(put + [slurm_id])).returncode == 0
+    assert wait_for(lambda: sh("squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T").stdout.strip() == state)
+    drv = driver()
+    status = drv.status({"job_id": job_id, "platform_job_id": slurm_id})
+    assert status.state == "pending" and state in status.detail
+    assert drv.stop({"job_id": job_id, "platform_job_id": slurm_id}) is True
+    assert sh("squeue", "-h", "-t", "all", "-j", slurm_id, "-o", "%T").stdout.strip() == "CANCELLED"
 
 
 def launch_for(name, timeout=60, **params):
@@ -423,6 +452,67 @@ def test_a_submit_cut_off_after_sbatch_took_the_job_leaves_no_job(slurm, named):
     assert "which was cancelled: nothing is left running" in caught.value.msg, caught.value.msg
     assert not jobs_named(uname("s-cut"))
     assert wait_for(lambda: docker("ps", "-aq", "--filter", "name=" + launch.job_id).stdout.strip() == "", 20)
+
+
+def test_a_signal_during_the_submit_leaves_no_job(slurm, named):
+    """The service layer's handler raises Interrupted while the ssh call that ran sbatch is under
+    way: the job Slurm took is found by its comment and cancelled, and the signal raised again."""
+    drv = driver()
+    signal_ = procs.Interrupted(signal.SIGTERM)
+
+    def interrupted(rc, out, err):
+        raise signal_
+    submit_then(drv, interrupted)
+    launch = launch_for(named("s-signal"))
+    recorded = []
+    launch.on_submitted = recorded.append
+    with pytest.raises(procs.Interrupted) as caught:
+        drv.start(launch)
+    assert caught.value is signal_
+    assert recorded and not jobs_named(uname("s-signal"))
+    assert sh("squeue", "-h", "-t", "all", "-j", recorded[0]["platform_job_id"], "-o", "%T").stdout.strip() == \
+        "CANCELLED"
+    assert wait_for(lambda: docker("ps", "-aq", "--filter", "name=" + launch.job_id).stdout.strip() == "", 20)
+
+
+def test_a_job_on_another_cluster_is_not_taken_for_the_job_of_that_id_here(slurm, named):
+    """sbatch --parsable says <id>;<cluster> when the job went to another cluster: that id on the
+    default cluster is another job, never recorded, waited for or cancelled. (The test cluster has
+    one cluster: the real job is here, and the answer says cluster b.)"""
+    drv = driver()
+    submit_then(drv, lambda rc, out, err: (rc, out.strip() + ";b\n", err))
+    launch = launch_for(named("s-cluster"))
+    recorded = []
+    launch.on_submitted = recorded.append
+    with pytest.raises(TaoInferenceError) as caught:
+        drv.start(launch)
+    msg = caught.value.msg
+    assert "submitted the job to cluster b" in msg and "scancel --clusters=b" in msg, msg
+    assert recorded == []
+    (slurm_id,) = jobs_named(uname("s-cluster"))  # here it is the job: left alone all the same
+    assert "(job %s)" % slurm_id in msg
+
+
+def test_sbatch_options_may_not_choose_another_cluster():
+    for option in ("--clusters=b", "--cluster=b", "--clu=b", "-M"):
+        with pytest.raises(TaoInferenceError, match="is not allowed|must look like"):
+            build_spec(dict(network_arch="cosmos-rl", model_path="hf_model://a/b", platform="slurm",
+                            slurm_login_host="tao-login", sbatch_options=[option]), {})
+
+
+def test_the_node_file_is_private_and_the_only_place_of_the_port(slurm, named):
+    drv = driver()
+    launch = launch_for(named("s-node"))
+    fields = drv.start(launch)
+    try:
+        node_file = os.path.join(login_home(), ".tao-inference", "%s.node" % launch.job_id)
+        assert stat.S_IMODE(os.stat(node_file).st_mode) == 0o600
+        with open(node_file) as handle:
+            assert handle.read() == "TAO_NODE_PORT=%d\n" % fields["node_port"]
+        with open(os.path.join(login_home(), ".tao-inference", "%s.log" % launch.job_id)) as handle:
+            assert "TAO_NODE_" not in handle.read()
+    finally:
+        assert drv.stop(dict(fields, job_id=launch.job_id)) is True
 
 
 def test_sbatch_output_that_is_no_job_id_is_refused_and_the_job_cancelled(slurm, named):
@@ -478,14 +568,13 @@ def host_network_job(tmp_path, jobs, arch, model="hf_model://org/m", env=None):
 
 
 def node_port(tmp_path, job_id, slurm_id, timeout=60):
-    """The port the job's log reports, or None once the job ended without one."""
-    log = tmp_path / ("%s.log" % job_id)
+    """The port the job's node file reports, or None once the job ended without one."""
+    log, node_file = tmp_path / ("%s.log" % job_id), tmp_path / ("%s.node" % job_id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        for line in text.splitlines():
-            if line.startswith("TAO_NODE_PORT="):
-                return int(line.split("=", 1)[1])
+        if node_file.exists():
+            assert stat.S_IMODE(node_file.stat().st_mode) == 0o600
+            return parse_node_file(node_file.read_text())["port"]
         if slurm_id not in squeue_ids() and log.exists():
             return None
         time.sleep(0.2)
@@ -509,6 +598,11 @@ def test_two_services_on_one_node_network_get_two_ports(slurm, jobs, tmp_path):
     second = node_port(tmp_path, *two)
     assert first and second and first != second
     assert ready(first) and ready(second)
+    # Their locks are in a folder of this user's own, which no other user can make first.
+    base = "/run/lock" if os.path.isdir("/run/lock") and os.access("/run/lock", os.W_OK) else "/tmp"
+    folder = os.path.join(base, "tao-inference-%d" % os.getuid())
+    assert stat.S_IMODE(os.lstat(folder).st_mode) == 0o700 and os.lstat(folder).st_uid == os.getuid()
+    assert {"port-%d.lock" % first, "port-%d.lock" % second} <= set(os.listdir(folder))
 
 
 def test_apptainer_env_reaches_the_container_whole_and_never_as_an_argument(slurm, jobs, tmp_path):

@@ -15,29 +15,51 @@ job runs the container with the chosen runtime:
 * ``docker``    ``docker run -p <slurm_bind_address>::8080`` on the node; the script traps
                 TERM and removes the container, since ``scancel`` alone leaves it running
 
+Jobs go to the login host's default cluster only: ``sbatch_options`` may not
+choose another (``--clusters``), and a submit whose ``sbatch --parsable`` answer
+names a cluster (``<id>;<cluster>``) is refused, since every later ``squeue``,
+``scontrol`` and ``scancel`` asks the default cluster, where that id is another job.
+
 Node ports. pyxis and apptainer containers share the node's network, so two
 services on one node cannot both listen on 8080. When the inner command takes
 ``--port 8080`` (tao-dataservices, cosmos-predict2.5) the batch script picks the
-first port from 8080 to 8199 that nothing listens on and that no other job holds
-(an ``flock`` on a per-port lock file, held for the job's life), and the inner
-command reads it as ``$1``. cosmos-rl has no port option and always listens on
-8080: its script takes the same lock on 8080, and a second one on the node ends
-at once with a log line that says why, rather than two servers colliding. The
-docker runtime needs neither: each container has its own network and Docker
-publishes a free port. The script prints the port with ``TAO_NODE_PORT=``.
+first port from 8080 to 8199 that nothing listens on and that no other job of
+the user holds (an ``flock`` on a per-port lock file, held for the job's life),
+and the inner command reads it as ``$1``. cosmos-rl has no port option and always
+listens on 8080: its script takes the same lock on 8080, and a second one on the
+node ends at once with a log line that says why, rather than two servers
+colliding. The docker runtime needs neither: each container has its own network
+and Docker publishes a free port.
+
+The lock files are the user's own: they live in ``/run/lock/tao-inference-<uid>``
+(else ``/tmp/tao-inference-<uid>``), a folder the job makes with mode 0700 and
+uses only when it is a real folder owned by the user. Another user who makes
+that folder first (or any file in ``/tmp``) blocks nothing: the script goes on to
+the next folder, and at last to ``port-locks-<host>`` beside the job log. Locks
+keep one user's jobs apart; a job of another user is kept off a port by its
+listening socket only, so two users' servers starting on one node at the same
+moment may still collide (the second one fails to start and says so).
+
+Where the service listens (``TAO_NODE_PORT=``, and ``TAO_NODE_ADDR=`` for a
+docker publish address) goes in ``~/.tao-inference/<job_id>.node``, a file of its
+own: written by the script under ``umask 077`` (0600), whole at once (a rename),
+before a pyxis or apptainer container starts. The login host reads that file
+only, and checks what it holds; never the job log, where the container's own
+output goes too and could print a marker of its own.
 
 Once the job is RUNNING, ``ssh -N -L 127.0.0.1:<host_port>:<node>:<node_port>``
 through the login host makes it ``http://localhost:<host_port>``; the tunnel's
 pid and start time go in the registry and it is stopped by exactly that pid.
 
 Only the user's own jobs (``squeue --me``) whose comment carries a UUID
-``tao.inference:job_id=`` are ever listed or cancelled, and a cancel counts
-only once Slurm confirms the job left the active states: otherwise
-:class:`TaoInferenceError` names the Slurm job id and the ``scancel`` to run.
+``tao.inference:job_id=`` are ever listed, reported or cancelled. A job counts as
+ended only in one of the :data:`FINAL` states (or once Slurm no longer knows it);
+any other state, whatever its name, is active. A cancel counts only once Slurm
+shows the job ended: otherwise :class:`TaoInferenceError` names the Slurm job id
+and the ``scancel`` to run.
 """
 
 import base64
-import ipaddress
 import re
 import shlex
 import time
@@ -56,14 +78,21 @@ WORKDIR = ".tao-inference"  # on the login host, relative to the home folder
 PORT_MARKER = "TAO_NODE_PORT="
 ADDR_MARKER = "TAO_NODE_ADDR="
 COMMENT_PREFIX = "tao.inference:job_id="
-ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
+GONE = "UNKNOWN"  # what job_state answers when Slurm has no such job (any more)
+# The states in which a job has ended (squeue %T and scontrol JobState= spell them alike). Every
+# other state is active, whatever its name: STOPPED, REQUEUE_HOLD, SPECIAL_EXIT, STAGE_OUT,
+# SIGNALING, a state a later Slurm adds... such a job may still hold a node and is cancelled.
+FINAL = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
+         "OUT_OF_MEMORY", GONE)
 NODE_PORTS = (catalog.CONTAINER_PORT, 8199)  # ports a host-network service may take on a node
 SUBMIT_TIMEOUT = 60  # seconds for the ssh call that runs sbatch
 SUBMIT_RECHECK = 2  # seconds before looking again for a job whose submit was cut off
-CANCEL_WAIT = 15  # seconds Slurm may take to show a cancelled job out of the active states
+CANCEL_WAIT = 15  # seconds Slurm may take to show a cancelled job in a final state
+NODE_FILE_LIMIT = 1024  # bytes of a node file read: the script writes two short lines
 
 # Every pattern is used with fullmatch: nothing may trail (not even a newline).
-_SBATCH_OUTPUT = re.compile(r"([0-9]+)(?:;[A-Za-z0-9_.-]+)?")  # sbatch --parsable: <id>[;<cluster>]
+_SBATCH_OUTPUT = re.compile(r"[0-9]+")  # sbatch --parsable: the job id, on the default cluster
+_SBATCH_ELSEWHERE = re.compile(r"([0-9]+);([A-Za-z0-9_.-]+)")  # <id>;<cluster>: submitted to another cluster
 _SLURM_ID = re.compile(r"[0-9]+")
 _PORT = re.compile(r"[0-9]{1,5}")
 _COMMENT = re.compile(r"tao\.inference:job_id=([0-9a-f-]{36}),name=([A-Za-z0-9_.-]{0,63})")
@@ -71,6 +100,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _DIRECTIVE = re.compile(r"#SBATCH --[a-z][a-z0-9-]*(=[\x21-\x7e]+)?")
 _INVALID_JOB = "Invalid job id"
 _WILDCARDS = ("0.0.0.0", "::")
+
+
+def is_active(state):
+    """True unless ``state`` is one in which a job has ended (see :data:`FINAL`)."""
+    return state not in FINAL
 
 
 def pyxis_image(image):
@@ -182,16 +216,29 @@ def _port_lines(arch, movable):
     lines = [
         "# The container shares the node's network: take a port nothing listens on, and hold its",
         "# lock for the job's life so that a job starting beside this one cannot take it too.",
-        "locks=/tmp",
-        "if [ -d /run/lock ] && [ -w /run/lock ]; then locks=/run/lock; fi",
+        "# The locks live in a folder of this user's own, which no other user can fill first.",
+        "locks=",
+        "for base in /run/lock /tmp; do",
+        "  { [ -d \"$base\" ] && [ -w \"$base\" ]; } || continue",
+        "  folder=\"$base/tao-inference-$(id -u)\"",
+        "  mkdir -m 700 \"$folder\" 2>/dev/null",
+        "  if [ ! -L \"$folder\" ] && [ -d \"$folder\" ] && [ -O \"$folder\" ] && chmod 700 \"$folder\"; then",
+        "    locks=$folder",
+        "    break",
+        "  fi",
+        "done",
+        "if [ -z \"$locks\" ]; then  # another user made both folders first: keep the locks beside the job log",
+        "  locks=\"$PWD/port-locks-$(hostname)\"",
+        "  mkdir -p -m 700 \"$locks\" || exit 1",
+        "fi",
         "listening() {",
         "  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=\"$(printf ':%04X' \"$1\")\" \\",
         "    '$4 == \"0A\" && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }'",
         "}",
         "claim() {",
-        "  lock=\"$locks/tao-inference-port-$1.lock\"",
+        "  lock=\"$locks/port-$1.lock\"",
         "  [ -L \"$lock\" ] && return 1",
-        "  [ -e \"$lock\" ] || (umask 022 && : >>\"$lock\") 2>/dev/null",
+        "  [ -e \"$lock\" ] || : >>\"$lock\" 2>/dev/null",
         "  { [ -f \"$lock\" ] && [ -r \"$lock\" ]; } || return 1",
         "  exec 9<\"$lock\"",
         "  if command -v flock >/dev/null 2>&1 && ! flock -n 9; then exec 9<&-; return 1; fi",
@@ -225,6 +272,22 @@ def _port_lines(arch, movable):
     return lines
 
 
+def _mark_lines():
+    """Bash: ``mark LINE...`` writes where the service listens to the job's node file, readable by the
+    user only and whole at once (a rename), or ends the job. Never to the job log: the container's
+    output goes there too, and a line it prints must not be taken for the script's."""
+    return [
+        "mark() {",
+        "  if ! (umask 077 && printf '%s\\n' \"$@\" >\"$name.node.tmp\" && mv -f \"$name.node.tmp\" \"$name.node\")",
+        "  then",
+        "    echo \"tao.inference: cannot write $PWD/$name.node, which tells the login host where the service "
+        "listens\" >&2",
+        "    exit 1",
+        "  fi",
+        "}",
+    ]
+
+
 def _publish_address(address):
     return "[%s]" % address if ":" in address else address
 
@@ -248,7 +311,7 @@ def batch_script(spec, options, job_id, command, env, secret_names):
         "# tao.inference %s (%s)" % (job_id, spec.network_arch),
         "set -u",
         "name=%s" % job_id,
-    ] + _exports(env)
+    ] + _exports(env) + _mark_lines()
     if runtime in ("pyxis", "apptainer"):
         if runtime == "apptainer":
             # APPTAINERENV_<NAME> reaches the container as <NAME> even with --cleanenv: no value on
@@ -271,7 +334,7 @@ def batch_script(spec, options, job_id, command, env, secret_names):
             for volume in spec.volumes:
                 argv += ["--bind", volume]
             launch = _command_lines([q(a) for a in argv] + [q("docker://" + spec.image), inner])
-        lines += ["echo %s$port" % PORT_MARKER, launch, "wait $!"]
+        lines += ["mark %s\"$port\"" % PORT_MARKER, launch, "wait $!"]
     else:
         bind = options.get("bind_address") or "0.0.0.0"
         argv = ["docker", "run", "--rm", "--init", "--name", "$name",
@@ -304,9 +367,8 @@ def batch_script(spec, options, job_id, command, env, secret_names):
             "  [ -n \"$port\" ] || sleep 0.2",
             "done",
         ]
-        if bind not in _WILDCARDS:
-            lines.append("echo %s%s" % (ADDR_MARKER, bind))
-        lines += ["echo %s$port" % PORT_MARKER, "wait \"$run\""]
+        mark = "mark " + ("%s%s " % (ADDR_MARKER, q(bind)) if bind not in _WILDCARDS else "")
+        lines += [mark + "%s\"$port\"" % PORT_MARKER, "wait \"$run\""]
     return "\n".join(lines) + "\n"
 
 
@@ -332,12 +394,47 @@ def secret_lines(secret_env):
                    for name, value in sorted(secret_env.items()))
 
 
-def parse_sbatch_output(out):
-    """The job id ``sbatch --parsable`` printed: its last non-empty stdout line, all of it
-    ``<id>`` or ``<id>;<cluster>``. None for anything else (a banner, a warning, nothing)."""
+def _last_line(out):
     lines = [line.strip() for line in (out or "").splitlines() if line.strip()]
-    match = _SBATCH_OUTPUT.fullmatch(lines[-1]) if lines else None
-    return match.group(1) if match else None
+    return lines[-1] if lines else ""
+
+
+def parse_sbatch_output(out):
+    """The job id ``sbatch --parsable`` printed: its last non-empty stdout line, all of it a bare
+    ``<id>``. None for anything else: a banner, a warning, nothing, and ``<id>;<cluster>`` (a job on
+    another cluster, which no later squeue, scontrol or scancel of this driver would reach)."""
+    line = _last_line(out)
+    return line if _SBATCH_OUTPUT.fullmatch(line) else None
+
+
+def parse_node_file(text, where="the node file"):
+    """``{"port": int[, "addr": str]}`` from what the batch script wrote to a job's node file: one
+    ``TAO_NODE_PORT=<1-65535>`` line and at most one ``TAO_NODE_ADDR=<IP or host>`` line, each ended
+    by a newline, nothing else. Raises TaoInferenceError for any other text."""
+    text = text or ""
+    found = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        key += sep
+        if key == PORT_MARKER and "port" not in found and _PORT.fullmatch(value) and 1 <= int(value) <= 65535:
+            found["port"] = int(value)
+        elif key == ADDR_MARKER and "addr" not in found and _is_host(value):
+            found["addr"] = value
+        else:
+            found = {}
+            break
+    if "port" not in found or not text.endswith("\n"):
+        raise TaoInferenceError("%s holds %r, which is not what the batch script writes there (a %s<port> line "
+                                "and at most a %s<address> line)" % (where, text[:200], PORT_MARKER, ADDR_MARKER))
+    return found
+
+
+def _is_host(value):
+    try:
+        check_host(value, "address")
+    except TaoInferenceError:
+        return False
+    return True
 
 
 def parse_comment(comment):
@@ -403,12 +500,12 @@ class SlurmDriver(Driver):
         return self.target.run(words, stdin=stdin, check=check, timeout=timeout)
 
     def job_state(self, job_id):
-        """``(state, node, reason)`` from squeue, or from scontrol once the job left the queue;
-        ``UNKNOWN`` only when Slurm says it has no such job. Raises when Slurm does not answer."""
+        """``(state, node, reason)`` of any job, from squeue (every state: ``-t all``), or from scontrol;
+        :data:`GONE` only when Slurm says it has no such job. Raises when Slurm does not answer."""
         job_id = str(job_id)
         if not _SLURM_ID.fullmatch(job_id):
-            return "UNKNOWN", "", ""
-        rc, out, err = self._run(["squeue", "-h", "-j", job_id, "-o", "%T|%N|%r"], check=False)
+            return GONE, "", ""
+        rc, out, err = self._run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%N|%r"], check=False)
         line = out.strip().splitlines()[0] if rc == 0 and out.strip() else ""
         if line:
             state, node, reason = (line.split("|") + ["", ""])[:3]
@@ -422,28 +519,32 @@ class SlurmDriver(Driver):
             reason = re.search(r"Reason=(\S+)", out)
             return match.group(1), "", reason.group(1) if reason else ""
         if _INVALID_JOB in err + out:
-            return "UNKNOWN", "", ""
+            return GONE, "", ""
         raise TaoInferenceError("scontrol on %s cannot tell the state of Slurm job %s: %s"
                                 % (self.target.destination, job_id, (err or out).strip() or "exit %d" % rc))
 
-    def _own_jobs(self):
-        """The user's active jobs that this collection submitted: dicts of slurm_id, state, node,
-        job_id, name. Raises when squeue does not answer."""
-        rc, out, err = self._run(["squeue", "--me", "-h", "-o", "%i|%T|%N|%k"], check=False)
+    def _listing(self):
+        """The user's jobs that this collection submitted, in every state Slurm still shows: dicts of
+        slurm_id, state, node, reason, job_id, name. Raises when squeue does not answer."""
+        rc, out, err = self._run(["squeue", "--me", "-t", "all", "-h", "-o", "%i|%T|%N|%r|%k"], check=False)
         if rc != 0:
             raise TaoInferenceError("`squeue --me` failed on %s: %s"
                                     % (self.target.destination, (err or out).strip() or "exit %d" % rc))
         jobs = []
         for line in out.splitlines():
-            parts = line.split("|", 3)
-            if len(parts) != 4 or not _SLURM_ID.fullmatch(parts[0]):
+            parts = line.split("|", 4)
+            if len(parts) != 5 or not _SLURM_ID.fullmatch(parts[0]):
                 continue
-            mine = parse_comment(parts[3])
-            if mine is None or parts[1] not in ACTIVE:
+            mine = parse_comment(parts[4])
+            if mine is None:
                 continue
-            jobs.append({"slurm_id": parts[0], "state": parts[1], "node": parts[2],
+            jobs.append({"slurm_id": parts[0], "state": parts[1], "node": parts[2], "reason": parts[3],
                          "job_id": mine[0], "name": mine[1]})
         return jobs
+
+    def _own_jobs(self):
+        """The user's active jobs that this collection submitted (see :meth:`_listing`)."""
+        return [job for job in self._listing() if is_active(job["state"])]
 
     def _jobs_of(self, job_id):
         return [job for job in self._own_jobs() if job["job_id"] == job_id] if is_uuid(job_id) else []
@@ -460,25 +561,16 @@ class SlurmDriver(Driver):
         return out
 
     def _markers(self, job_id):
-        """What the batch script printed about where the service listens (the first of each marker:
-        the script prints them before the server's own output, however long the log grows)."""
-        found = {}
+        """Where the service listens, from the job's private node file (never from its log, which the
+        container writes too): ``{}`` until the script wrote it. Raises when the file holds anything
+        else than the script writes there."""
         if not is_uuid(job_id):
-            return found
-        _rc, out, _err = self._run(["grep", "-m", "2", "-E", "^(%s|%s)" % (PORT_MARKER, ADDR_MARKER),
-                                    "%s/%s.log" % (WORKDIR, job_id)], check=False)
-        for line in out.splitlines():
-            line = line.strip()
-            if line.startswith(PORT_MARKER) and "port" not in found:
-                value = line[len(PORT_MARKER):]
-                if _PORT.fullmatch(value) and 1 <= int(value) <= 65535:
-                    found["port"] = int(value)
-            elif line.startswith(ADDR_MARKER) and "addr" not in found:
-                try:
-                    found["addr"] = str(ipaddress.ip_address(line[len(ADDR_MARKER):]))
-                except ValueError:
-                    pass
-        return found
+            return {}
+        path = "%s/%s.node" % (WORKDIR, job_id)
+        rc, out, _err = self._run(["head", "-c", str(NODE_FILE_LIMIT), path], check=False)
+        if rc != 0:
+            return {}  # not written yet
+        return parse_node_file(out, "%s on %s" % (path, self.target.destination))
 
     def _node_port(self, job_id):
         return self._markers(job_id).get("port")
@@ -508,14 +600,46 @@ class SlurmDriver(Driver):
     def start(self, launch):
         """Submit, wait for RUNNING, open the tunnel; return the entry fields.
 
-        Whatever fails after sbatch took the job cancels it (confirmed). If that cancel fails too, the
-        TaoInferenceError names the Slurm job id. If the submit's outcome is unknown (ssh timed out or
-        dropped, or sbatch printed no job id), the job is looked for by its comment and cancelled; the
-        error names the job_id, so that ``state: absent`` with that job_id finds it should it appear."""
+        Whatever fails or interrupts the start (a signal, Ctrl-C) after sbatch took the job cancels it
+        (confirmed). If that cancel fails too, the TaoInferenceError names the Slurm job id. If the
+        submit's outcome is unknown (ssh timed out or dropped, the run was interrupted while sbatch ran,
+        or sbatch printed no job id), the job is looked for by its comment and cancelled; the error
+        names the job_id, so that ``state: absent`` with that job_id finds it should it appear. An
+        interruption is raised again as it came once that is done."""
         spec, options = launch.spec, launch.spec.platform_options
         secrets = launch.secret_env
         script = batch_script(spec, options, launch.job_id, launch.command, launch.env, secrets)
         stdin = (secret_lines(secrets) + script).encode("utf-8")
+        slurm_id = tunnel = None
+        try:
+            slurm_id = self._submit(launch, stdin)
+            fields = {"platform_job_id": slurm_id, "login_host": self.target.destination,
+                      "slurm_runtime": options["runtime"], "host_port": launch.host_port}
+            launch.on_submitted(fields)
+            node, node_port = self._wait_running(slurm_id, launch)
+            addr = tunnel_host(options, self._node_addr(node))
+            forward = forward_spec(launch.host_port, addr, node_port)
+            tunnel = open_tunnel(self.target, launch.host_port, addr, node_port)  # it stops its ssh if cut short
+        except BaseException as exc:
+            if tunnel:  # interrupted right after the tunnel came up: it must not outlive the start
+                close_tunnel(tunnel[0], tunnel[1], forward)
+            if slurm_id is None:
+                if not isinstance(exc, TaoInferenceError):
+                    # A signal cut the submit short: sbatch may have taken the job all the same.
+                    self._submit_unknown(launch, "the start was interrupted (%s) while sbatch ran on %s"
+                                         % (_interruption(exc), self.target.destination))
+                raise  # a TaoInferenceError of the submit: it already looked for the job
+            self._cancel_started(slurm_id, exc, secrets)
+            raise
+        pid, started = tunnel
+        fields.update(slurm_node=node, slurm_node_addr=addr, node_port=node_port, tunnel_pid=pid,
+                      tunnel_start_time=started, host_url="http://localhost:%d" % launch.host_port)
+        return fields
+
+    def _submit(self, launch, stdin):
+        """Run sbatch; the Slurm job id, or TaoInferenceError once a job whose id is unknown was
+        looked for (and cancelled) by its comment."""
+        secrets = launch.secret_env
         try:
             rc, out, err = self._run(submit_command(secrets), stdin=stdin, check=False, timeout=SUBMIT_TIMEOUT)
         except TaoInferenceError as exc:
@@ -530,32 +654,46 @@ class SlurmDriver(Driver):
                 hint = " Set account (or SLURM_ACCOUNT)."
             raise TaoInferenceError("sbatch refused the job: %s.%s" % (text, hint))
         slurm_id = parse_sbatch_output(out)
-        if slurm_id is None:
-            raise self._submit_unknown(launch, "sbatch on %s printed no job id: its last line must be <id> or "
-                                       "<id>;<cluster>, and it printed %s (stderr: %s)"
-                                       % (self.target.destination, _shown(out, secrets), _shown(err, secrets)))
-        fields = {"platform_job_id": slurm_id, "login_host": self.target.destination,
-                  "slurm_runtime": options["runtime"], "host_port": launch.host_port}
-        launch.on_submitted(fields)
+        if slurm_id is not None:
+            return slurm_id
+        elsewhere = _SBATCH_ELSEWHERE.fullmatch(_last_line(out))
+        if elsewhere:
+            raise self._other_cluster(launch, elsewhere.group(1), elsewhere.group(2))
+        raise self._submit_unknown(launch, "sbatch on %s printed no job id: its last line must be the job id alone, "
+                                   "and it printed %s (stderr: %s)"
+                                   % (self.target.destination, _shown(out, secrets), _shown(err, secrets)))
+
+    def _other_cluster(self, launch, slurm_id, cluster):
+        """sbatch answered ``<id>;<cluster>``: the job went to another cluster (an ``SBATCH_CLUSTERS`` or
+        ``SLURM_CLUSTERS`` setting on the login host), where no later squeue, scontrol or scancel of
+        this driver looks. Its id is never recorded (on the default cluster it names another job);
+        that cluster is asked to cancel it, restricted to the job name this start gave it. Returns
+        the error to raise."""
+        name = "tao-%s" % launch.job_id[:8]
+        rc, out, err = self._run(["scancel", "--clusters=%s" % cluster, "--name=%s" % name, slurm_id], check=False)
+        sent = "scancel --clusters=%s --name=%s %s %s" % (
+            cluster, name, slurm_id, "was sent" if rc == 0 else "failed (exit %d: %s)" % (
+                rc, mask((err or out).strip(), launch.secret_env) or "no message"))
+        return TaoInferenceError(
+            "sbatch on %s submitted the job to cluster %s (job %s), not to the login host's default cluster, which "
+            "is the only one this collection follows jobs on (is SBATCH_CLUSTERS or SLURM_CLUSTERS set there?); "
+            "%s. Check that it ended: squeue --clusters=%s -j %s" % (self.target.destination, cluster, slurm_id, sent,
+                                                                    cluster, slurm_id),
+            job_id=launch.job_id, slurm_cluster=cluster)
+
+    def _cancel_started(self, slurm_id, exc, secrets):
+        """Cancel the job of a start that failed or was interrupted; raises TaoInferenceError naming the
+        Slurm job id when that cancel fails."""
         try:
-            node, node_port = self._wait_running(slurm_id, launch)
-            addr = tunnel_host(options, self._node_addr(node))
-            pid, started = open_tunnel(self.target, launch.host_port, addr, node_port)
-        except BaseException as exc:
-            try:
-                self._cancel(slurm_id)
-            except TaoInferenceError as cancel_exc:
-                if isinstance(exc, TaoInferenceError):
-                    first, details = exc.msg, dict(exc.details)
-                else:
-                    first, details = "the start was interrupted (%s)" % getattr(exc, "name", type(exc).__name__), {}
-                details["platform_job_id"] = slurm_id
-                raise TaoInferenceError(mask("%s. Then cancelling Slurm job %s failed: %s"
-                                             % (first, slurm_id, cancel_exc.msg), secrets), **details)
-            raise
-        fields.update(slurm_node=node, slurm_node_addr=addr, node_port=node_port, tunnel_pid=pid,
-                      tunnel_start_time=started, host_url="http://localhost:%d" % launch.host_port)
-        return fields
+            self._cancel(slurm_id)
+        except TaoInferenceError as cancel_exc:
+            if isinstance(exc, TaoInferenceError):
+                first, details = exc.msg, dict(exc.details)
+            else:
+                first, details = "the start was interrupted (%s)" % _interruption(exc), {}
+            details["platform_job_id"] = slurm_id
+            raise TaoInferenceError(mask("%s. Then cancelling Slurm job %s failed: %s"
+                                         % (first, slurm_id, cancel_exc.msg), secrets), **details) from None
 
     def _submit_unknown(self, launch, why):
         """The submit may or may not have reached Slurm: find the job by its comment and cancel it.
@@ -570,7 +708,7 @@ class SlurmDriver(Driver):
                 found = self._jobs_of(job_id)
         except TaoInferenceError as exc:
             raise TaoInferenceError(mask("%s. Whether Slurm took the job is unknown: looking for it failed (%s); %s"
-                                         % (why, exc.msg, later), launch.secret_env), job_id=job_id)
+                                         % (why, exc.msg, later), launch.secret_env), job_id=job_id) from None
         if not found:
             return TaoInferenceError(mask("%s. None of your Slurm jobs carries job_id %s, so none was submitted; %s"
                                           % (why, job_id, later), launch.secret_env), job_id=job_id)
@@ -584,7 +722,7 @@ class SlurmDriver(Driver):
         except TaoInferenceError as exc:
             raise TaoInferenceError(mask("%s. Slurm had taken it as job %s, and cancelling it failed: %s"
                                          % (why, ", ".join(ids), exc.msg), launch.secret_env),
-                                    job_id=job_id, platform_job_id=ids[0])
+                                    job_id=job_id, platform_job_id=ids[0]) from None
         return TaoInferenceError(mask("%s. Slurm had taken it as job %s, which was cancelled: nothing is left "
                                       "running" % (why, ", ".join(ids)), launch.secret_env), job_id=job_id)
 
@@ -598,7 +736,7 @@ class SlurmDriver(Driver):
                 port = self._node_port(launch.job_id)
                 if port:
                     return node, port
-            elif state not in ACTIVE:
+            elif not is_active(state):
                 log = mask(self._log(launch.job_id, 15), launch.secret_env).strip()
                 raise TaoInferenceError("Slurm job %s ended as %s (%s) before the service started.%s"
                                         % (slurm_id, state, reason or "no reason",
@@ -606,13 +744,14 @@ class SlurmDriver(Driver):
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
         why = ("Slurm holds it: %s" % reason) if state == "PENDING" else "last state %s" % state
+        waited = "%g" % round(launch.timeout, 1)  # the start's remaining time: a float
         raise TaoInferenceError("Slurm job %s did not start within %ss (%s); it was cancelled. Check the partition, "
-                                "account and resources, or raise wait_timeout" % (slurm_id, launch.timeout, why),
+                                "account and resources, or raise wait_timeout" % (slurm_id, waited, why),
                                 slurm_state=state, slurm_reason=reason)
 
     def _cancel(self, slurm_id, wait=None):
-        """``scancel``, then wait until Slurm shows the job out of the active states. Raises
-        TaoInferenceError (with the Slurm job id and the scancel to run) when it cannot confirm that."""
+        """``scancel``, then wait until Slurm shows the job in a final state. Raises TaoInferenceError
+        (with the Slurm job id and the scancel to run) when it cannot confirm that."""
         slurm_id = str(slurm_id)
         if not _SLURM_ID.fullmatch(slurm_id):
             raise TaoInferenceError("%r is not a Slurm job id; nothing was cancelled" % (slurm_id,))
@@ -623,7 +762,7 @@ class SlurmDriver(Driver):
             deadline = time.monotonic() + wait
             while True:
                 state = self.job_state(slurm_id)[0]
-                if state not in ACTIVE:
+                if not is_active(state):
                     return
                 if rc != 0:
                     raise TaoInferenceError("scancel %s failed (exit %d: %s) and the job is still %s; %s"
@@ -640,25 +779,42 @@ class SlurmDriver(Driver):
                                     % (slurm_id, exc.msg, by_hand), platform_job_id=slurm_id)
 
     def status(self, entry):
+        """The state of the service's own job. A recorded id that Slurm shows as another user's job, or
+        as a job whose comment does not carry the service's job_id, is reported missing (not ours),
+        as stop() would not touch it."""
         slurm_id = entry.get("platform_job_id")
         if not slurm_id:
             return PlatformStatus(PlatformStatus.MISSING, "no Slurm job id")
-        state, node, reason = self.job_state(slurm_id)
+        slurm_id = str(slurm_id)
+        mine = [job for job in self._listing() if job["slurm_id"] == slurm_id and job["job_id"] == entry.get("job_id")]
+        if mine:
+            state, node, reason = mine[0]["state"], mine[0]["node"], mine[0]["reason"]
+        else:
+            state, node, reason = self.job_state(slurm_id)
         alive = tunnel_alive(entry.get("tunnel_pid"), entry.get("tunnel_start_time"), self._spec_of(entry))
         extra = {"slurm_state": state, "tunnel_alive": alive}
-        broken = "tunnel_down" if state == "RUNNING" and not alive else None
-        if state == "RUNNING":
+        broken = "tunnel_down" if mine and state == "RUNNING" and not alive else None
+        if state == GONE:
+            status = PlatformStatus(PlatformStatus.MISSING, "job %s unknown to Slurm" % slurm_id)
+        elif not mine:
+            extra["slurm_state"] = None
+            status = PlatformStatus(PlatformStatus.MISSING, "Slurm job %s is not this service's: %s; it is left "
+                                    "alone" % (slurm_id, self._not_ours(slurm_id, entry.get("job_id"))))
+        elif state == "RUNNING":
             status = PlatformStatus(PlatformStatus.RUNNING, "job %s RUNNING on %s; tunnel %s" % (
                 slurm_id, node, "up" if alive else "down"))
-        elif state in ACTIVE:
+        elif is_active(state):
             status = PlatformStatus(PlatformStatus.PENDING, "job %s %s (%s)" % (slurm_id, state, reason))
-        elif state == "UNKNOWN":
-            status = PlatformStatus(PlatformStatus.MISSING, "job %s unknown to Slurm" % slurm_id)
         else:
             status = PlatformStatus(PlatformStatus.EXITED, "job %s %s (%s)" % (slurm_id, state, reason or "-"))
         status.extra.update(extra)
         status.broken = broken
         return status
+
+    @staticmethod
+    def _not_ours(slurm_id, job_id):
+        return ("Slurm shows job %s as another user's job, or as one whose comment does not carry %s%s (the job "
+                "may run on another cluster, or the id may now name another job)" % (slurm_id, COMMENT_PREFIX, job_id))
 
     @staticmethod
     def _spec_of(entry):
@@ -704,16 +860,30 @@ class SlurmDriver(Driver):
         Only the user's own active jobs (``squeue --me``) whose comment carries
         ``tao.inference:job_id=<entry's job_id>`` are cancelled: the recorded ``platform_job_id``
         when it is such a job, and any other such job (one whose submit was cut off before its id was
-        recorded). A recorded id that is not such a job (it ended, or it is another user's or another
-        service's) is never cancelled: if nothing of ours runs, the answer is False, nothing stopped.
-        Raises TaoInferenceError when Slurm cannot be asked or a cancel is not confirmed, since a
-        job of ours may then still run: the caller must keep the entry."""
+        recorded). A recorded id that Slurm shows as ended or no longer knows is no failure: if nothing
+        of ours runs, the answer is False, nothing stopped. Raises TaoInferenceError, and cancels
+        nothing, when the recorded id is active but not such a job (another user's, another job's): the
+        service's own job may then run where this driver cannot see it, and the caller must keep the
+        entry. Raises too when Slurm cannot be asked or a cancel is not confirmed."""
         job_id = entry.get("job_id")
         ours = self._jobs_of(job_id)
+        recorded = entry.get("platform_job_id")
+        if recorded and str(recorded) not in [job["slurm_id"] for job in ours]:
+            state = self.job_state(recorded)[0]
+            if is_active(state):
+                raise TaoInferenceError(
+                    "Slurm job %s, recorded for service %s, is %s but is not that service's job: %s. Nothing was "
+                    "cancelled. Check it on %s (squeue -j %s), cancel the service's own job by hand if it still "
+                    "runs, then drop the entry (tao_inference_info with prune: true reports it missing and prunes "
+                    "it)" % (recorded, job_id, state, self._not_ours(recorded, job_id), self.target.destination,
+                             recorded), platform_job_id=str(recorded), job_id=job_id)
         orphan_tunnels = []
-        if entry.get("orphan"):
+        if entry.get("orphan") and ours:
             # The registry lost the tunnel's pid: find it by where it forwards to.
-            markers = self._markers(job_id) if ours else {}
+            try:
+                markers = self._markers(job_id)
+            except TaoInferenceError:
+                markers = {}  # not what the script wrote: no tunnel is looked for by it
             for job in ours:
                 if job["node"] and markers.get("port"):
                     host = _publish_address(markers["addr"]) if markers.get("addr") else self._node_addr(job["node"])
@@ -723,3 +893,10 @@ class SlurmDriver(Driver):
         for pid, started, spec in orphan_tunnels:
             close_tunnel(pid, started, spec)
         return self.release(entry) or bool(ours)
+
+
+def _interruption(exc):
+    """The name of the signal (or Ctrl-C) that interrupted a start."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    return getattr(exc, "name", None) or type(exc).__name__
