@@ -201,13 +201,13 @@ def test_job_cancelled_elsewhere_is_reported_and_its_tunnel_stopped(slurm):
     entry = slurm.entries()[svc["job_id"]]
     sh("scancel", svc["platform_job_id"])
     assert wait_for(lambda: svc["platform_job_id"] not in squeue_ids())
-    info = slurm.play("- name: Info\n  tao.inference.tao_inference_info:\n")
+    info = slurm.play("- name: Info\n  tao.inference.tao_inference_info:\n    ssh_config: %s\n" % SSH_CONFIG)
     item = info.task("Info")["result"]["services"][0]
     assert item["platform_status"]["state"] == "exited", item["platform_status"]
     assert "CANCELLED" in item["platform_status"]["detail"]
     assert item["released"] is True and not tunnel_running(entry)
     assert info.task("Info")["status"] == "changed"  # it stopped a process on this host
-    pruned = slurm.play("- name: Prune\n  tao.inference.tao_inference_info:\n    prune: true\n")
+    pruned = slurm.play("- name: Prune\n  tao.inference.tao_inference_info:\n    prune: true\n    ssh_config: %s\n" % SSH_CONFIG)
     assert pruned.task("Prune")["result"]["pruned"] == [svc["job_id"]] and slurm.entries() == {}
 
 
@@ -216,7 +216,7 @@ def test_dead_tunnel_is_detected_and_repaired_by_present(slurm):
     first = slurm.play(task).task("Start")["result"]
     os.kill(int(first["tunnel_pid"]), signal.SIGKILL)
     assert wait_for(lambda: not tunnel_running(first), 5)
-    info = slurm.play("- name: Info\n  tao.inference.tao_inference_info:\n").task("Info")["result"]
+    info = slurm.play("- name: Info\n  tao.inference.tao_inference_info:\n    ssh_config: %s\n" % SSH_CONFIG).task("Info")["result"]
     status = info["services"][0]["platform_status"]
     assert status["state"] == "running" and status["tunnel_alive"] is False
     assert info["services"][0]["ready"] is False
