@@ -287,7 +287,7 @@ tunnel_pid:
   returned: state=present and O(platform=slurm)
   type: int
 repaired:
-  description: What was mended on a matching running service (V(tunnel) when a dead tunnel was re-opened).
+  description: What was mended on a matching running service (V(tunnel_down) when a dead tunnel was re-opened).
   returned: state=present with O(name)
   type: list
   elements: str

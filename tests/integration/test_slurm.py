@@ -224,7 +224,7 @@ def test_dead_tunnel_is_detected_and_repaired_by_present(slurm):
     repaired = slurm.play(task + ASK)
     assert repaired.rc == 0, repaired.output
     result = repaired.task("Start")["result"]
-    assert repaired.task("Start")["status"] == "changed" and result["repaired"] == ["tunnel"]
+    assert repaired.task("Start")["status"] == "changed" and result["repaired"] == ["tunnel_down"]
     assert result["job_id"] == first["job_id"] and result["tunnel_pid"] != first["tunnel_pid"]
     assert tunnel_running(slurm.entries()[first["job_id"]])
     assert repaired.task("Ask")["result"]["status"] == 200
