@@ -428,12 +428,8 @@ class Registry(object):
     def _flock(self, fd, mode):
         """Take the lock, waiting at most ``lock_timeout`` s. In the main thread the wait blocks in the
         kernel (woken the moment the holder lets go) and an alarm ends it; elsewhere it polls."""
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        if self._try_flock(fd, mode):
             return
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise TaoInferenceError("cannot lock the registry %s: %s" % (self.lock_path, exc.strerror))
         if threading.current_thread() is threading.main_thread():
             self._flock_blocking(fd, mode)
         else:
@@ -470,12 +466,18 @@ class Registry(object):
                 raise self._timed_out()
             time.sleep(min(delay, remaining))
             delay = min(delay * 1.5, 0.05)
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            if self._try_flock(fd, mode):
                 return
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise TaoInferenceError("cannot lock the registry %s: %s" % (self.lock_path, exc.strerror))
+
+    def _try_flock(self, fd, mode):
+        """Take the lock if it is free now; False when another run holds it."""
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise TaoInferenceError("cannot lock the registry %s: %s" % (self.lock_path, exc.strerror))
+        return False
 
     def read(self):
         """A consistent snapshot (shared lock)."""

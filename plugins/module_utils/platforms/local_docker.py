@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.docker_engine import (
-    DockerEngine, EngineConfigError, EngineError, UnsupportedEngine, resolve_endpoint,
+    DockerEngine, EngineConfigError, EngineError, UnsupportedEngine, is_loopback, resolve_endpoint,
 )
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
@@ -27,15 +27,6 @@ from ansible_collections.tao.inference.plugins.module_utils.ssh import NO_MULTIP
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, check_path, check_user
 
 _PORT_TAKEN = ("port is already allocated", "address already in use", "bind for")
-
-
-def _is_loopback(name):
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def engine_url_problem(value):
@@ -225,7 +216,7 @@ class LocalDockerDriver(Driver):
                 name = self._ssh_target().resolved_host()
             else:
                 name = urlsplit(self.host).hostname or "localhost"
-            self._host_cache = "localhost" if _is_loopback(name) else name
+            self._host_cache = "localhost" if is_loopback(name) else name
         return self._host_cache
 
     # -- interface ---------------------------------------------------------
