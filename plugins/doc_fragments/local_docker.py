@@ -8,8 +8,8 @@ class ModuleDocFragment(object):
 options:
   docker_host:
     description:
-      - O(platform=local-docker) only, like every option of this group. Docker engine to use, e.g. V(unix:///var/run/docker.sock), V(tcp://gpu-host:2376) or
-        V(ssh://user@gpu-host). Default is C(DOCKER_HOST) or the local socket.
+      - With C(platform=local-docker) only, like every option of this group. Docker engine to use, e.g.
+        V(unix:///var/run/docker.sock), V(tcp://gpu-host:2376) or V(ssh://user@gpu-host). Default is C(DOCKER_HOST) or the local socket.
       - Without it and without C(DOCKER_HOST), the docker context in C(DOCKER_CONTEXT), else the current
         context of C(~/.docker/config.json), is used as the docker CLI does; a context that cannot be read
         is an error, never a silent fall-back to the local socket.

@@ -8,7 +8,7 @@ class ModuleDocFragment(object):
 options:
   slurm_login_host:
     description:
-      - O(platform=slurm) only, required there. The cluster's login host, where C(sbatch),
+      - With C(platform=slurm) only, required there. The cluster's login host, where C(sbatch),
         C(squeue) and C(scancel) run, reached with C(ssh) in batch mode (keys or an agent, no
         password prompt). The service is reached through an SSH tunnel from this host's
         C(127.0.0.1:host_port) to the job's node.
@@ -58,7 +58,8 @@ options:
       - Options the collection sets itself, or that would break how it finds, reads and stops the job, are
         refused, also when abbreviated. They are C(--comment), C(--output), C(--error), C(--input),
         C(--open-mode), C(--export), C(--export-file), C(--get-user-env), C(--wrap), C(--array), C(--chdir),
-        C(--ntasks), C(--parsable), C(--uid) and C(--gid).
+        C(--ntasks), C(--parsable), C(--uid), C(--gid), C(--clusters) and C(--cluster): jobs go to the login
+        host's default cluster, the one every later C(squeue), C(scontrol) and C(scancel) asks.
     type: list
     elements: str
     default: []

@@ -2,17 +2,13 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Argument specs shared by the modules (they match doc_fragments/common.py)."""
 
-import json
 import math
-import sys
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tao.inference.plugins.module_utils import procs
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
 from ansible_collections.tao.inference.plugins.module_utils.registry import DEFAULT_LOCK_TIMEOUT, Registry
-
-SLURM_RUNTIMES = ("pyxis", "apptainer", "docker")
 
 REGISTRY_ARGS = dict(
     registry_path=dict(type="path"),
@@ -33,9 +29,12 @@ def new_module(**kwargs):
     try:
         module = AnsibleModule(**kwargs)
     except OverflowError:
-        print(json.dumps({"failed": True, "msg": "an integer option was given an infinite number; give a finite "
-                          "whole number"}))
-        sys.exit(1)
+        # The type checks are what failed: the same options taken as they come (secrets still masked)
+        # can report it the Ansible way.
+        loose = dict((option, dict(type="raw", no_log=bool(rules.get("no_log"))))
+                     for option, rules in kwargs["argument_spec"].items())
+        AnsibleModule(argument_spec=loose).fail_json(
+            msg="an integer option was given an infinite number; give a finite whole number")
     # An option given as null (a role or playbook passing an unset variable on) takes its default too:
     # defaults live in the argument spec only.
     for option, rules in kwargs["argument_spec"].items():

@@ -17,6 +17,7 @@ import datetime
 import uuid
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms, procs, readiness, trust
+from ansible_collections.tao.inference.plugins.module_utils.chat import routing
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import LABEL_PREFIX, Launch, PortTaken, mask
@@ -233,8 +234,8 @@ class ServiceManager(object):
                 owner = entry.get("owner") or {}
                 raise TaoInferenceError(
                     "service %s is being started by another run right now (pid %s on %s, since %s); wait for it "
-                    "to finish, or stop it with state=absent" % (entry.get("name"), owner.get("pid"),
-                                                               owner.get("host"), entry.get("started_at")),
+                    "to finish, or stop it with state=absent"
+                    % (entry.get("name"), owner.get("pid"), owner.get("host"), entry.get("started_at")),
                     job_id=entry["job_id"])
 
     def _reusable(self, current, fingerprint):
@@ -422,16 +423,13 @@ class ServiceManager(object):
                 state.remove(entry["job_id"])
         return stopped
 
-    def resolve(self, state, job_id=None, name=None):
-        """Entries selected by ``job_id`` (``latest`` only when given) or ``name``."""
-        if job_id == "latest":
-            job_id = state.latest
-            if job_id is None:
-                return []
-        if job_id:
-            entry = state.get(job_id)
-            return [entry] if entry else []
-        return state.find_name(name)
+    @staticmethod
+    def resolve(state, job_id=None, name=None):
+        """Entries selected by ``job_id`` (``latest`` only when given) or ``name``; nothing without
+        either. The one resolver that the request module uses too (:func:`routing.select`)."""
+        if not (job_id or name):
+            return []
+        return routing.select(state, job_id=job_id, name=name)
 
     def absent(self, job_id=None, name=None, platform=None):
         state = self.registry.read()

@@ -3,12 +3,10 @@
 """Validated description of one inference service (platform-agnostic)."""
 
 import hashlib
-import ipaddress
 import json
 import re
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms, trust
-from ansible_collections.tao.inference.plugins.module_utils.common import SLURM_RUNTIMES
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
 
@@ -199,66 +197,6 @@ def _check_server_options(network_arch, options):
         except (TypeError, ValueError):
             raise TaoInferenceError("server_options.%s must be of type %s, got %r" % (key, kind, value))
     return clean
-
-
-# Full matches only (re.fullmatch): a trailing newline would end an #SBATCH line early.
-_SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[\x21-\x7e]+)?")
-_SLURM_WORD = re.compile(r"[A-Za-z0-9_.:@+,-]+")
-# sbatch options the collection sets itself, or that would break what it relies on: the comment
-# that finds the job again, the private folder of its log and node file, the environment that
-# carries secrets, one task in the folder it chose, the default cluster that every later squeue,
-# scontrol and scancel asks (--clusters/--cluster; the short -M, like every short option, fails
-# _SBATCH_OPTION). sbatch takes unambiguous prefixes (--comm=, --clu=), refused here too.
-_RESERVED_SBATCH = ("--comment", "--output", "--error", "--input", "--open-mode", "--export", "--export-file",
-                    "--get-user-env", "--wrap", "--array", "--chdir", "--ntasks", "--parsable", "--uid", "--gid",
-                    "--clusters", "--cluster")
-
-
-def _slurm_options(params, environ):
-    """What shapes a Slurm job (partition, account, limits, runtime, the docker runtime's publish
-    address); the SSH connection itself is not part of the spec."""
-    if not params.get("slurm_login_host"):
-        raise TaoInferenceError("platform slurm needs slurm_login_host: the login host that runs sbatch, reached "
-                                "with ssh in batch mode (plus slurm_user, ssh_key_path, ssh_port or ssh_config)")
-    options = {
-        "login_host": params["slurm_login_host"],
-        "partition": params.get("partition") or environ.get("SLURM_PARTITION") or None,
-        "account": params.get("account") or environ.get("SLURM_ACCOUNT") or None,
-        "time_limit": params.get("time_limit") or None,
-        "runtime": params.get("slurm_container_runtime") or "pyxis",
-        "sbatch_options": list(params.get("sbatch_options") or []),
-    }
-    if options["runtime"] not in SLURM_RUNTIMES:
-        raise TaoInferenceError("slurm_container_runtime %r is not one of %s"
-                                % (options["runtime"], ", ".join(SLURM_RUNTIMES)))
-    for key in ("partition", "account", "time_limit"):
-        if options[key] and not (isinstance(options[key], str) and _SLURM_WORD.fullmatch(options[key])):
-            raise TaoInferenceError("%s %r holds characters Slurm does not take in a name" % (key, options[key]))
-    for option in options["sbatch_options"]:
-        if not (isinstance(option, str) and _SBATCH_OPTION.fullmatch(option)):
-            raise TaoInferenceError("sbatch_options entry %r must look like --name or --name=value (no spaces)"
-                                    % (option,))
-        name = option.split("=", 1)[0]
-        if len(name) > 3 and any(reserved.startswith(name) for reserved in _RESERVED_SBATCH):
-            raise TaoInferenceError("sbatch_options entry %r is not allowed: the collection sets %s itself (the job's "
-                                    "comment, private log, environment, single task and default cluster are what "
-                                    "it finds, reads and stops the service by)" % (option, ", ".join(_RESERVED_SBATCH)))
-    bind = params.get("slurm_bind_address") or "0.0.0.0"
-    try:
-        bind = str(ipaddress.ip_address(bind)) if isinstance(bind, str) and "%" not in bind else None
-    except ValueError:
-        bind = None
-    if bind is None:
-        raise TaoInferenceError("slurm_bind_address %r is not an IP address (e.g. 0.0.0.0 for every interface of "
-                                "the node, or the node address the login host reaches)"
-                                % (params.get("slurm_bind_address"),))
-    if bind != "0.0.0.0":
-        if options["runtime"] != "docker":
-            raise TaoInferenceError("slurm_bind_address applies to slurm_container_runtime docker only: pyxis and "
-                                    "apptainer containers share the node's network and the server chooses its "
-                                    "own address; remove slurm_bind_address or use the docker runtime")
-        options["bind_address"] = bind  # absent at the default, so existing services keep their fingerprint
-    return options
 
 
 # The options that describe a service, on every platform: the one place their defaults live.

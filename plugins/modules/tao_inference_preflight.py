@@ -35,7 +35,7 @@ options:
     description:
       - The platform to check.
     type: str
-    choices: [local-docker, brev, lepton, slurm, kubernetes]
+    choices: [local-docker, slurm]
     default: local-docker
   network_arch:
     description:

@@ -82,7 +82,7 @@ options:
       - Where the service runs. This release runs V(local-docker) and V(slurm); the other platforms
         fail with a message saying so.
     type: str
-    choices: [local-docker, brev, lepton, slurm, kubernetes]
+    choices: [local-docker, slurm]
     default: local-docker
   num_gpus:
     description:

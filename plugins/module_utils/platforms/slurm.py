@@ -60,13 +60,13 @@ and the ``scancel`` to run.
 """
 
 import base64
+import ipaddress
 import re
 import shlex
 import time
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.common import SLURM_RUNTIMES as RUNTIMES
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Driver, PlatformStatus, mask
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.ssh import (
@@ -78,6 +78,7 @@ WORKDIR = ".tao-inference"  # on the login host, relative to the home folder
 PORT_MARKER = "TAO_NODE_PORT="
 ADDR_MARKER = "TAO_NODE_ADDR="
 COMMENT_PREFIX = "tao.inference:job_id="
+RUNTIMES = ("pyxis", "apptainer", "docker")  # how a job runs its container (slurm_container_runtime)
 GONE = "UNKNOWN"  # what job_state answers when Slurm has no such job (any more)
 # The states in which a job has ended (squeue %T and scontrol JobState= spell them alike). Every
 # other state is active, whatever its name: STOPPED, REQUEUE_HOLD, SPECIAL_EXIT, STAGE_OUT,
@@ -100,6 +101,19 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _DIRECTIVE = re.compile(r"#SBATCH --[a-z][a-z0-9-]*(=[\x21-\x7e]+)?")
 _INVALID_JOB = "Invalid job id"
 _WILDCARDS = ("0.0.0.0", "::")
+
+
+# Full matches only (re.fullmatch): a trailing newline would end an #SBATCH line early.
+_SBATCH_OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[\x21-\x7e]+)?")
+_SLURM_WORD = re.compile(r"[A-Za-z0-9_.:@+,-]+")
+# sbatch options the collection sets itself, or that would break what it relies on: the comment
+# that finds the job again, the private folder of its log and node file, the environment that
+# carries secrets, one task in the folder it chose, the default cluster that every later squeue,
+# scontrol and scancel asks (--clusters/--cluster; the short -M, like every short option, fails
+# _SBATCH_OPTION). sbatch takes unambiguous prefixes (--comm=, --clu=), refused here too.
+_RESERVED_SBATCH = ("--comment", "--output", "--error", "--input", "--open-mode", "--export", "--export-file",
+                    "--get-user-env", "--wrap", "--array", "--chdir", "--ntasks", "--parsable", "--uid", "--gid",
+                    "--clusters", "--cluster")
 
 
 def is_active(state):
@@ -479,10 +493,50 @@ class SlurmDriver(Driver):
 
     @classmethod
     def spec_options(cls, params, environ):
-        """What shapes the job (partition, account, limits, runtime); the SSH connection is not part of it."""
-        from ansible_collections.tao.inference.plugins.module_utils.spec import _slurm_options
-
-        return _slurm_options(params, environ)
+        """What shapes the job (partition, account, limits, runtime, the docker runtime's publish
+        address); the SSH connection is not part of it."""
+        if not params.get("slurm_login_host"):
+            raise TaoInferenceError("platform slurm needs slurm_login_host: the login host that runs sbatch, reached "
+                                    "with ssh in batch mode (plus slurm_user, ssh_key_path, ssh_port or ssh_config)")
+        options = {
+            "login_host": params["slurm_login_host"],
+            "partition": params.get("partition") or environ.get("SLURM_PARTITION") or None,
+            "account": params.get("account") or environ.get("SLURM_ACCOUNT") or None,
+            "time_limit": params.get("time_limit") or None,
+            "runtime": params.get("slurm_container_runtime") or "pyxis",
+            "sbatch_options": list(params.get("sbatch_options") or []),
+        }
+        if options["runtime"] not in RUNTIMES:
+            raise TaoInferenceError("slurm_container_runtime %r is not one of %s"
+                                    % (options["runtime"], ", ".join(RUNTIMES)))
+        for key in ("partition", "account", "time_limit"):
+            if options[key] and not (isinstance(options[key], str) and _SLURM_WORD.fullmatch(options[key])):
+                raise TaoInferenceError("%s %r holds characters Slurm does not take in a name" % (key, options[key]))
+        for option in options["sbatch_options"]:
+            if not (isinstance(option, str) and _SBATCH_OPTION.fullmatch(option)):
+                raise TaoInferenceError("sbatch_options entry %r must look like --name or --name=value (no spaces)"
+                                        % (option,))
+            name = option.split("=", 1)[0]
+            if len(name) > 3 and any(reserved.startswith(name) for reserved in _RESERVED_SBATCH):
+                raise TaoInferenceError("sbatch_options entry %r is not allowed: the collection sets %s itself (the job's "
+                                        "comment, private log, environment, single task and default cluster are what "
+                                        "it finds, reads and stops the service by)" % (option, ", ".join(_RESERVED_SBATCH)))
+        bind = params.get("slurm_bind_address") or "0.0.0.0"
+        try:
+            bind = str(ipaddress.ip_address(bind)) if isinstance(bind, str) and "%" not in bind else None
+        except ValueError:
+            bind = None
+        if bind is None:
+            raise TaoInferenceError("slurm_bind_address %r is not an IP address (e.g. 0.0.0.0 for every interface of "
+                                    "the node, or the node address the login host reaches)"
+                                    % (params.get("slurm_bind_address"),))
+        if bind != "0.0.0.0":
+            if options["runtime"] != "docker":
+                raise TaoInferenceError("slurm_bind_address applies to slurm_container_runtime docker only: pyxis and "
+                                        "apptainer containers share the node's network and the server chooses its "
+                                        "own address; remove slurm_bind_address or use the docker runtime")
+            options["bind_address"] = bind  # absent at the default, so existing services keep their fingerprint
+        return options
 
     @classmethod
     def from_options(cls, connection, params):
@@ -610,7 +664,7 @@ class SlurmDriver(Driver):
         secrets = launch.secret_env
         script = batch_script(spec, options, launch.job_id, launch.command, launch.env, secrets)
         stdin = (secret_lines(secrets) + script).encode("utf-8")
-        slurm_id = tunnel = None
+        slurm_id = tunnel = forward = None
         try:
             slurm_id = self._submit(launch, stdin)
             fields = {"platform_job_id": slurm_id, "login_host": self.target.destination,
@@ -677,8 +731,8 @@ class SlurmDriver(Driver):
         return TaoInferenceError(
             "sbatch on %s submitted the job to cluster %s (job %s), not to the login host's default cluster, which "
             "is the only one this collection follows jobs on (is SBATCH_CLUSTERS or SLURM_CLUSTERS set there?); "
-            "%s. Check that it ended: squeue --clusters=%s -j %s" % (self.target.destination, cluster, slurm_id, sent,
-                                                                    cluster, slurm_id),
+            "%s. Check that it ended: squeue --clusters=%s -j %s"
+            % (self.target.destination, cluster, slurm_id, sent, cluster, slurm_id),
             job_id=launch.job_id, slurm_cluster=cluster)
 
     def _cancel_started(self, slurm_id, exc, secrets):

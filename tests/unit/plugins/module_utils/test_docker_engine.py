@@ -774,8 +774,9 @@ def nvcr_credentials(tmp_path):
 def test_credentials_are_not_sent_to_a_remote_engine_that_was_not_authenticated(tmp_path, host, tls):
     engine = DockerEngine(host, timeout=1, environ=nvcr_credentials(tmp_path), tls=tls)
     engine.api_version = "1.43"
-    with pytest.raises(EngineConfigError, match=r"the credentials for nvcr.io would go to an engine that was not "
-                                                 r"authenticated: .*gpu-host.example.com.* verified TLS.*ssh://"):
+    with pytest.raises(EngineConfigError,
+                       match=r"the credentials for nvcr.io would go to an engine that was not "
+                             r"authenticated: .*gpu-host.example.com.* verified TLS.*ssh://"):
         engine.image_pull("nvcr.io/nvidia/tao/tao-toolkit:6")
     assert engine._conn is None  # nothing was sent
 

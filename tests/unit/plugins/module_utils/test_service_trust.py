@@ -233,8 +233,11 @@ def test_an_interrupted_tunnel_start_leaves_no_ssh(tmp_path, monkeypatch):
         started.append(proc)
         return proc
 
+    def interrupted(pid, port):
+        raise procs.Interrupted(signal.SIGTERM)
+
     monkeypatch.setattr(ssh.subprocess, "Popen", popen)
-    monkeypatch.setattr(ssh, "_listens", lambda pid, port: (_ for _ in ()).throw(procs.Interrupted(signal.SIGTERM)))
+    monkeypatch.setattr(ssh, "_listens", interrupted)
     with pytest.raises(procs.Interrupted):
         ssh.open_tunnel(ssh.SSHTarget("login"), 18080, "node", 8080)
     assert started and started[0].poll() is not None
