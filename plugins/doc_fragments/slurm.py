@@ -58,8 +58,8 @@ options:
       - Options the collection sets itself, or that would break how it finds, reads and stops the job, are
         refused, also when abbreviated. They are C(--comment), C(--output), C(--error), C(--input),
         C(--open-mode), C(--export), C(--export-file), C(--get-user-env), C(--wrap), C(--array), C(--chdir),
-        C(--ntasks), C(--parsable), C(--uid), C(--gid), C(--clusters) and C(--cluster): jobs go to the login
-        host's default cluster, the one every later C(squeue), C(scontrol) and C(scancel) asks.
+        C(--ntasks), C(--parsable), C(--uid), C(--gid), C(--clusters) and C(--cluster) (jobs go to the login
+        host's default cluster, the one every later C(squeue), C(scontrol) and C(scancel) asks).
     type: list
     elements: str
     default: []
