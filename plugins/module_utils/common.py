@@ -33,7 +33,7 @@ def new_module(**kwargs):
         # can report it the Ansible way.
         loose = dict((option, dict(type="raw", no_log=bool(rules.get("no_log"))))
                      for option, rules in kwargs["argument_spec"].items())
-        AnsibleModule(argument_spec=loose).fail_json(
+        AnsibleModule(argument_spec=loose, supports_check_mode=True).fail_json(
             msg="an integer option was given an infinite number; give a finite whole number")
     # An option given as null (a role or playbook passing an unset variable on) takes its default too:
     # defaults live in the argument spec only.

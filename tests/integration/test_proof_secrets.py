@@ -159,9 +159,9 @@ def test_a_credential_in_plain_env_is_refused_with_the_way_to_pass_it(harness, n
 
 
 def test_the_ssh_tunnel_and_dial_stdio_children_get_no_secret():
-    """The environment helper itself, for a process started the way the tunnel is."""
-    from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ
+    """The environment helper itself, for a process started the way the tunnel and dial-stdio are."""
+    from ansible_collections.tao.inference.plugins.module_utils.trust import ssh_environ
 
     env = dict(os.environ, **CANARIES)
-    proc = subprocess.run(["env"], capture_output=True, text=True, env=child_environ(environ=env), check=True)
+    proc = subprocess.run(["env"], capture_output=True, text=True, env=ssh_environ(environ=env), check=True)
     assert leaked(proc.stdout) == []
