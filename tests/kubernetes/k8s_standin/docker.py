@@ -1,0 +1,196 @@
+"""A small Docker Engine API client over the unix socket.
+
+Container settings (the environment included) travel in the JSON body of ``POST /containers/create``:
+no value the pods are given ever appears on a command line."""
+
+import http.client
+import json
+import os
+import socket
+import struct
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+from urllib.parse import quote, urlencode
+
+
+class DockerError(Exception):
+    """The engine answered an error (``status`` is its HTTP status)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+def socket_path() -> str:
+    """The engine's socket: ``DOCKER_HOST`` if it is a unix:// address, else /var/run/docker.sock."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host[len("unix://"):] if host.startswith("unix://") else "/var/run/docker.sock"
+
+
+def demux(data: bytes) -> bytes:
+    """The payload of a multiplexed (non-TTY) log stream, stdout and stderr interleaved as written."""
+    out, pos = bytearray(), 0
+    while pos + 8 <= len(data):
+        size = struct.unpack(">I", data[pos + 4:pos + 8])[0]
+        out += data[pos + 8:pos + 8 + size]
+        pos += 8 + size
+    return bytes(out)
+
+
+class Docker:
+    """Engine API calls the kubelet needs; one connection per call (calls come from many threads)."""
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = path or socket_path()
+        self.prefix = ""
+        version = self.call("GET", "/version")
+        self.version = version.get("Version", "")
+        self.prefix = "/v" + version.get("ApiVersion", "1.41")
+
+    def _connection(self, timeout: float) -> _UnixConnection:
+        return _UnixConnection(self.path, timeout)
+
+    def call(self, method: str, path: str, body: Any = None, query: Optional[Dict[str, Any]] = None,
+             timeout: float = 120.0, raw: bool = False) -> Any:
+        """One request; the decoded JSON answer (or bytes if ``raw``); DockerError on an error status."""
+        url = self.prefix + path + ("?" + urlencode(query) if query else "")
+        headers = {"Host": "docker"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn = self._connection(timeout)
+        try:
+            conn.request(method, url, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.status >= 400:
+            try:
+                message = json.loads(data).get("message", "")
+            except ValueError:
+                message = data.decode(errors="replace")
+            raise DockerError(response.status, message or response.reason)
+        if raw:
+            return data
+        return json.loads(data) if data else None
+
+    # images ------------------------------------------------------------------------------------
+    def image(self, name: str) -> Optional[Dict[str, Any]]:
+        """``docker image inspect``; None if the engine does not have it."""
+        try:
+            return self.call("GET", "/images/%s/json" % quote(name, safe=":/@"))
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # containers --------------------------------------------------------------------------------
+    def create(self, name: str, config: Dict[str, Any]) -> str:
+        """Create a container; its id."""
+        return self.call("POST", "/containers/create", config, {"name": name})["Id"]
+
+    def start(self, cid: str) -> None:
+        """Start a created container."""
+        self.call("POST", "/containers/%s/start" % cid)
+
+    def inspect(self, cid: str) -> Optional[Dict[str, Any]]:
+        """``docker inspect``; None if gone."""
+        try:
+            return self.call("GET", "/containers/%s/json" % cid)
+        except DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def stop(self, cid: str, grace: int) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds."""
+        try:
+            self.call("POST", "/containers/%s/stop" % cid, query={"t": max(0, grace)}, timeout=grace + 60)
+        except DockerError as exc:
+            if exc.status not in (304, 404):
+                raise
+
+    def remove(self, cid: str) -> None:
+        """Force-remove a container and its anonymous volumes."""
+        try:
+            self.call("DELETE", "/containers/%s" % cid, query={"force": "true", "v": "true"})
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+
+    def containers(self, label: str) -> List[Dict[str, Any]]:
+        """Every container (running or not) carrying ``label`` (``key`` or ``key=value``)."""
+        return self.call("GET", "/containers/json", query={"all": "true", "filters": json.dumps({"label": [label]})})
+
+    def logs(self, cid: str, tail: Optional[int] = None, timestamps: bool = False, since: Optional[int] = None) -> bytes:
+        """The container's output so far."""
+        query: Dict[str, Any] = {"stdout": "1", "stderr": "1", "timestamps": "1" if timestamps else "0",
+                                 "tail": "all" if tail is None else str(tail)}
+        if since:
+            query["since"] = str(since)
+        return demux(self.call("GET", "/containers/%s/logs" % cid, query=query, raw=True))
+
+    def follow_logs(self, cid: str, tail: Optional[int] = None, timestamps: bool = False,
+                    since: Optional[int] = None) -> Iterator[bytes]:
+        """The container's output, then what it writes until it stops."""
+        query: Dict[str, Any] = {"stdout": "1", "stderr": "1", "follow": "1", "timestamps": "1" if timestamps else "0",
+                                 "tail": "all" if tail is None else str(tail)}
+        if since:
+            query["since"] = str(since)
+        conn = self._connection(3600)
+        try:
+            conn.request("GET", self.prefix + "/containers/%s/logs?%s" % (cid, urlencode(query)), headers={"Host": "docker"})
+            response = conn.getresponse()
+            if response.status >= 400:
+                raise DockerError(response.status, response.read().decode(errors="replace"))
+            while True:
+                header = response.read(8)
+                if len(header) < 8:
+                    return
+                size = struct.unpack(">I", header[4:8])[0]
+                yield response.read(size)
+        finally:
+            conn.close()
+
+    def exec_run(self, cid: str, command: List[str], timeout: float) -> Tuple[int, bytes]:
+        """Run ``command`` in the container; its exit code (-1 on timeout) and output."""
+        exec_id = self.call("POST", "/containers/%s/exec" % cid,
+                            {"Cmd": command, "AttachStdout": True, "AttachStderr": True})["Id"]
+        try:
+            output = demux(self.call("POST", "/exec/%s/start" % exec_id, {"Detach": False, "Tty": False},
+                                     timeout=timeout, raw=True))
+        except (socket.timeout, TimeoutError):
+            return -1, b""
+        return self.call("GET", "/exec/%s/json" % exec_id).get("ExitCode", -1), output
+
+    # volumes -----------------------------------------------------------------------------------
+    def create_volume(self, name: str, labels: Dict[str, str]) -> None:
+        """A local named volume."""
+        self.call("POST", "/volumes/create", {"Name": name, "Driver": "local", "Labels": labels})
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a named volume (gone already is fine)."""
+        try:
+            self.call("DELETE", "/volumes/%s" % quote(name), query={"force": "true"})
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+
+    def volumes(self, label: str) -> List[str]:
+        """Names of the volumes carrying ``label``."""
+        found = self.call("GET", "/volumes", query={"filters": json.dumps({"label": [label]})})
+        return [v["Name"] for v in found.get("Volumes") or []]
