@@ -117,6 +117,32 @@ class Cluster:
         pods = self.pods(label_selector="job-name=%s" % job)
         return pods[0] if pods else None
 
+    def running_job_pod(self, job, timeout=20):
+        """The Job's pod once it runs."""
+        def running():
+            pod = self.job_pod(job)
+            return pod if pod and pod.status.phase == "Running" else None
+        return wait_for(running, timeout, "the pod of job %s to run" % job)
+
+    def job_status(self, job, predicate, timeout=20, what="job status"):
+        """The Job once ``predicate(job)`` holds."""
+        def check():
+            found = self.batch.read_namespaced_job_status(job, self.ns)
+            return found if predicate(found) else None
+        return wait_for(check, timeout, what)
+
+    def pod_phase(self, name, phase, timeout=20):
+        """Wait for a pod's phase."""
+        wait_for(lambda: self.core.read_namespaced_pod(name, self.ns).status.phase == phase, timeout,
+                 "pod %s to be %s" % (name, phase))
+
+    def waiting(self, name, timeout=10):
+        """The waiting state of a pod's first container, once it has one."""
+        def check():
+            statuses = self.core.read_namespaced_pod(name, self.ns).status.container_statuses
+            return statuses[0].state.waiting if statuses else None
+        return wait_for(check, timeout, "a waiting state of %s" % name)
+
     def events(self, name):
         """Events about an object, by name."""
         return self.core.list_namespaced_event(self.ns, field_selector="involvedObject.name=%s" % name).items
@@ -326,8 +352,7 @@ def test_job_pod_runs_and_becomes_ready(cluster, emulator):
     assert status.name == "main" and status.ready and status.restart_count == 0 and status.image == IMAGE
     assert status.state.running.started_at is not None and status.container_id.startswith("docker://")
     assert http_get("http://%s:8080%s" % (pod.status.pod_ip, READY_PATH))[0] == 200
-    job = wait_for(lambda: (lambda j: j if j.status.ready == 1 else None)(
-        cluster.batch.read_namespaced_job_status("emulator", cluster.ns)), 10, "job status ready=1")
+    job = cluster.job_status("emulator", lambda j: j.status.ready == 1, 10, "job status ready=1")
     assert job.status.active == 1 and job.status.start_time is not None and not job.status.conditions
     reasons = [e.reason for e in cluster.events(pod.metadata.name)]
     for reason in ("Scheduled", "Pulled", "Created", "Started"):
@@ -337,6 +362,8 @@ def test_job_pod_runs_and_becomes_ready(cluster, emulator):
     assert len(docker_ids) == 1
     labels = json.loads(docker("inspect", "--format", "{{json .Config.Labels}}", docker_ids[0]).stdout)
     assert labels[LABEL] == cluster.dir and labels["io.kubernetes.pod.name"] == pod.metadata.name
+    assert labels[LABEL + ".namespace"] == cluster.ns and labels[LABEL + ".pod"] == pod.metadata.name
+    assert labels[LABEL + ".uid"] == pod.metadata.uid and labels[LABEL + ".container"] == "main"
     log = cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.ns, tail_lines=50)
     assert "GET %s" % READY_PATH in log
 
@@ -424,8 +451,7 @@ def test_gpus_are_scheduled(cluster):
     gpu = {"limits": {"nvidia.com/gpu": str(gpus)}}
     cluster.core.create_namespaced_pod(cluster.ns, pod_body("gpu-holder", [container_spec(resources=gpu)]))
     try:
-        wait_for(lambda: cluster.core.read_namespaced_pod("gpu-holder", cluster.ns).status.phase == "Running", 20,
-                 "the first GPU pod to run")
+        cluster.pod_phase("gpu-holder", "Running")
         cluster.core.create_namespaced_pod(cluster.ns, pod_body("gpu-waiter", [container_spec(resources=gpu)]))
 
         def unschedulable():
@@ -443,8 +469,7 @@ def test_gpus_are_scheduled(cluster):
         assert not containers_of(pod.metadata.uid)
 
         cluster.core.delete_namespaced_pod("gpu-holder", cluster.ns, grace_period_seconds=0)
-        wait_for(lambda: cluster.core.read_namespaced_pod("gpu-waiter", cluster.ns).status.phase == "Running", 20,
-                 "the second GPU pod to be scheduled once the GPU is free")
+        cluster.pod_phase("gpu-waiter", "Running")  # scheduled once the GPU is free
     finally:
         for name in ("gpu-holder", "gpu-waiter"):
             try:
@@ -484,8 +509,7 @@ def test_secret_env_stays_off_command_lines(cluster):
                 except OSError:
                     continue
         pod = cluster.core.read_namespaced_pod("env-missing", cluster.ns)
-        waiting = wait_for(lambda: (lambda p: p.status.container_statuses and p.status.container_statuses[0].state.waiting)(
-            cluster.core.read_namespaced_pod("env-missing", cluster.ns)), 10, "a waiting state")
+        waiting = cluster.waiting("env-missing")
         assert waiting.reason == "CreateContainerConfigError"
         assert waiting.message == "couldn't find key nope in Secret %s/token" % cluster.ns
         assert any(e.reason == "Failed" and e.type == "Warning" for e in cluster.events("env-missing"))
@@ -497,6 +521,41 @@ def test_secret_env_stays_off_command_lines(cluster):
         cluster.core.delete_namespaced_secret("token", cluster.ns)
 
 
+def test_volumes_and_command(cluster, tmp_path):
+    """emptyDir (Memory) at /dev/shm sets the shm size, hostPath is a bind mount, a claim is a docker volume of the
+    stand-in's; command, args and workingDir are the container's; docker runs it with an init process."""
+    host = tmp_path / "host"
+    host.mkdir()
+    claim = cluster.core.create_namespaced_persistent_volume_claim(cluster.ns, {
+        "metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    script = ("import os; s = os.statvfs('/dev/shm'); print('shm', s.f_blocks * s.f_frsize); print('cwd', os.getcwd()); "
+              "open('/host/out.txt', 'w').write('from the pod'); open('x', 'w').write('1'); print('claim', os.listdir('.'))")
+    mounts = [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "host", "mountPath": "/host"},
+              {"name": "claim", "mountPath": "/claim"}]
+    volumes = [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}},
+               {"name": "host", "hostPath": {"path": str(host), "type": "Directory"}},
+               {"name": "claim", "persistentVolumeClaim": {"claimName": "data"}}]
+    container = container_spec(command=["python"], args=["-c", script], workingDir="/claim", volumeMounts=mounts)
+    cluster.core.create_namespaced_pod(cluster.ns, pod_body("volumes", [container], volumes=volumes))
+    try:
+        cluster.pod_phase("volumes", "Succeeded")
+        log = cluster.core.read_namespaced_pod_log("volumes", cluster.ns)
+        assert log == "shm %d\ncwd /claim\nclaim ['x']\n" % (256 * 2 ** 20), log
+        assert (host / "out.txt").read_text() == "from the pod"
+        bound = cluster.core.read_namespaced_persistent_volume_claim("data", cluster.ns)
+        assert bound.status.phase == "Bound" and bound.spec.volume_name == "pvc-" + claim.metadata.uid
+        volume = "k8s-standin-pvc-" + claim.metadata.uid
+        assert docker("volume", "ls", "-q", "--filter", "label=%s=%s" % (LABEL, cluster.dir)).stdout.split().count(volume) == 1
+        pod = cluster.core.read_namespaced_pod("volumes", cluster.ns)
+        host_config = json.loads(docker("inspect", "--format", "{{json .HostConfig}}", containers_of(pod.metadata.uid)[0]).stdout)
+        assert host_config["ShmSize"] == 256 * 2 ** 20 and host_config["Init"] is True
+    finally:
+        cluster.core.delete_namespaced_pod("volumes", cluster.ns)
+        cluster.core.delete_namespaced_persistent_volume_claim("data", cluster.ns)
+    cluster.wait_gone(lambda: cluster.core.read_namespaced_persistent_volume_claim("data", cluster.ns), 15, "claim")
+    assert volume not in docker("volume", "ls", "-q").stdout.split()
+
+
 # ----------------------------------------------------------------------------------------------
 # Deletion and garbage collection
 # ----------------------------------------------------------------------------------------------
@@ -506,8 +565,7 @@ def test_background_delete_collects_dependents(cluster):
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "bg", "uid": job.metadata.uid}
     cluster.core.create_namespaced_secret(cluster.ns, {"metadata": {"name": "bg-owned", "ownerReferences": [owner]},
                                                        "stringData": {"k": "v"}})
-    pod = wait_for(lambda: (lambda p: p if p and p.status.phase == "Running" else None)(cluster.job_pod("bg")), 20,
-                   "the job's pod to run")
+    pod = cluster.running_job_pod("bg")
     assert containers_of(pod.metadata.uid)
     answer = cluster.batch.delete_namespaced_job("bg", cluster.ns, propagation_policy="Background")
     assert answer["status"] == "Success"
@@ -520,8 +578,7 @@ def test_background_delete_collects_dependents(cluster):
 def test_delete_without_policy_orphans_pods(cluster):
     """A Job delete without a policy orphans its pods (as batch/v1 does): the pod keeps running, ownerless."""
     cluster.batch.create_namespaced_job(cluster.ns, job_body("orphaner", [container_spec()]))
-    pod = wait_for(lambda: (lambda p: p if p and p.status.phase == "Running" else None)(cluster.job_pod("orphaner")), 20,
-                   "the job's pod to run")
+    pod = cluster.running_job_pod("orphaner")
     try:
         cluster.batch.delete_namespaced_job("orphaner", cluster.ns)
         cluster.wait_gone(lambda: cluster.batch.read_namespaced_job("orphaner", cluster.ns), 10, "job")
@@ -540,8 +597,7 @@ def test_failed_pod_fails_the_job(cluster):
     cluster.batch.create_namespaced_job(cluster.ns, job_body("fails", [container_spec(
         command=["python", "-c", "import sys; print('bye'); sys.exit(3)"])]))
     try:
-        job = wait_for(lambda: (lambda j: j if j.status.conditions else None)(
-            cluster.batch.read_namespaced_job_status("fails", cluster.ns)), 20, "the job to finish")
+        job = cluster.job_status("fails", lambda j: j.status.conditions, 20, "the job to finish")
         failed = {c.type: c for c in job.status.conditions}
         assert failed["Failed"].status == "True" and failed["Failed"].reason == "BackoffLimitExceeded"
         assert job.status.failed == 1 and not job.status.active

@@ -28,6 +28,7 @@ PVC, CONFIGMAP = resource("PersistentVolumeClaim"), resource("ConfigMap")
 JOB_ORPHAN_WARNING = ('299 - "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background '
                       'to remove them or set propagationPolicy=Orphan to suppress this warning"')
 RETURNS_DELETED_OBJECT = {"Pod", "Service", "PersistentVolumeClaim", "Namespace"}
+SERVER_STATUS = {"Pod", "Job", "Service", "Namespace", "PersistentVolumeClaim", "Node"}  # status only via /status
 GC_FINALIZERS = ("orphan", "foregroundDeletion")
 NODE_PORTS = range(30000, 32768)
 
@@ -310,7 +311,7 @@ class Cluster:  # pylint: disable=too-many-public-methods
             taken_ports.add(port["nodePort"])
 
     def _allocated(self, uid: Optional[str]) -> Tuple[set, set]:
-        services, _ = self.store.list(SERVICE)
+        services = self.store.select(SERVICE)
         ips, ports = set(), set()
         for svc in services:
             if svc["metadata"]["uid"] == uid:
@@ -369,9 +370,11 @@ class Cluster:  # pylint: disable=too-many-public-methods
                 if current["metadata"]["uid"] != old["metadata"]["uid"]:
                     raise conflict(res, name, "the object has been modified; please apply your changes to the latest "
                                               "version and try again")
+                live_status = current.get("status") if subresource != "status" and res.kind in SERVER_STATUS else None
                 current.clear()
                 current.update(copy.deepcopy(new))
-                current["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+                if live_status is not None:
+                    current["status"] = live_status
 
             stored = self.store.mutate(res, namespace, name, apply)
         if stored is None:
@@ -394,7 +397,7 @@ class Cluster:  # pylint: disable=too-many-public-methods
                 meta[key] = old_meta[key]
             else:
                 meta.pop(key, None)
-        if res.kind in ("Pod", "Job", "Service", "Namespace", "PersistentVolumeClaim", "Node"):
+        if res.kind in SERVER_STATUS:
             new["status"] = copy.deepcopy(old.get("status", {}))
         if res.kind == "Namespace":
             new["spec"] = copy.deepcopy(old.get("spec", {}))
@@ -407,7 +410,22 @@ class Cluster:  # pylint: disable=too-many-public-methods
     def patch(self, res: Resource, namespace: Optional[str], name: str, patch: Any, content_type: str,
               dry_run: bool = False, subresource: Optional[str] = None, validation: str = "Strict",
               warnings: Optional[List[str]] = None) -> Dict[str, Any]:
-        """PATCH (JSON patch, merge patch, strategic merge patch, apply): the stored object."""
+        """PATCH (JSON patch, merge patch, strategic merge patch, apply): the stored object.
+
+        A patch that names no resourceVersion is retried when the object changed meanwhile, as the server does."""
+        explicit = isinstance(patch, dict) and bool((patch.get("metadata") or {}).get("resourceVersion"))
+        for attempt in range(5):
+            try:
+                return self._patch_once(res, namespace, name, patch, content_type, dry_run, subresource, validation,
+                                        warnings)
+            except ApiError as exc:
+                if exc.reason != "Conflict" or explicit or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _patch_once(self, res: Resource, namespace: Optional[str], name: str, patch: Any, content_type: str,
+                    dry_run: bool, subresource: Optional[str], validation: str,
+                    warnings: Optional[List[str]]) -> Dict[str, Any]:
         kind = content_type.split(";")[0].strip().lower()
         current = self.store.find(res, namespace, name)
         if kind in ("application/apply-patch+yaml", "application/apply-patch+json"):
@@ -589,7 +607,7 @@ def _drop_field(obj: Dict[str, Any], path: str) -> None:
     """Remove the field at ``a.b[0].c`` (an unknown field under fieldValidation Warn/Ignore)."""
     tokens: List[Any] = []
     for part in path.replace("]", "").split("."):
-        name, _, index = part.partition("[")
+        name, _bracket, index = part.partition("[")
         tokens.append(name)
         if index:
             tokens += [int(i) for i in index.split("[")]

@@ -13,8 +13,7 @@ from decimal import Decimal
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import LABEL, NODE_NAME
-from .cluster import (CONFIGMAP, ENDPOINTS, EVENT, JOB, NAMESPACE, NODE, POD, PVC, RESOURCES_BY_PLURAL, SECRET, SERVICE,
-                      Cluster)
+from .cluster import ENDPOINTS, EVENT, JOB, NAMESPACE, NODE, POD, PVC, RESOURCES_BY_PLURAL, SERVICE, Cluster
 from .model import (ApiError, Resource, already_exists, labels_match, new_uid, now, parse_quantity, parse_time,
                     random_suffix, selector_requirements)
 
@@ -140,6 +139,7 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
         self.unschedulable: Dict[str, float] = {}  # pod uid -> when it was last tried
         self.counted: Dict[str, Set[str]] = {}  # job uid -> pods whose end is in the Job's status
         self.last_failure: Dict[str, float] = {}  # job uid -> when its last pod failed
+        self.was_active: Dict[str, Set[str]] = {}  # job uid -> its pods active at the last sync
         self.stopping = False
         self.store.add_listener(self._on_change)
 
@@ -190,8 +190,9 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
         if res.kind == "Pod":
             if event != "DELETED" and not obj["spec"].get("nodeName") and not meta.get("deletionTimestamp"):
                 self.schedule(obj)
+            if event == "DELETED":
+                self.unschedulable.pop(meta["uid"], None)
             if event == "DELETED" or obj["status"].get("phase") in TERMINAL or meta.get("deletionTimestamp"):
-                self.unschedulable.pop(meta["uid"], None) if event == "DELETED" else None
                 self.retry_unschedulable(force=True)
             owner = controller_of(obj)
             if owner and owner.get("kind") == "Job":
@@ -201,6 +202,7 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
             if event == "DELETED":
                 self.counted.pop(meta["uid"], None)
                 self.last_failure.pop(meta["uid"], None)
+                self.was_active.pop(meta["uid"], None)
             else:
                 self.sync_job(ns, meta["name"])
         elif res.kind == "Service":
@@ -216,16 +218,16 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
 
     def tick(self) -> None:
         """What depends on time: Jobs (deadline, back-off, TTL), scheduling retries, pending deletions."""
-        jobs, _ = self.store.list(JOB)
+        jobs = self.store.select(JOB)
         for job in jobs:
             self.sync_job(job["metadata"]["namespace"], job["metadata"]["name"])
         self.retry_unschedulable(force=False)
-        namespaces, _ = self.store.list(NAMESPACE)
+        namespaces = self.store.select(NAMESPACE)
         for ns in namespaces:
             if ns["status"].get("phase") == "Terminating":
                 self.sync_namespace(ns["metadata"]["name"])
         for res in RESOURCES_BY_PLURAL:
-            items, _ = self.store.list(res)
+            items = self.store.select(res)
             for obj in items:
                 finalizers = obj["metadata"].get("finalizers") or []
                 if obj["metadata"].get("deletionTimestamp") and "foregroundDeletion" in finalizers:
@@ -257,7 +259,7 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
                     "nodes are available: 1 Preemption is not helpful for scheduling.")
         allocatable = {k: parse_quantity(v) for k, v in node["status"]["allocatable"].items()}
         used: Dict[str, Decimal] = {"pods": Decimal(0)}
-        pods, _ = self.store.list(POD)
+        pods = self.store.select(POD)
         for other in pods:
             if other["spec"].get("nodeName") == NODE_NAME and other["status"].get("phase") not in TERMINAL:
                 used["pods"] += 1
@@ -331,7 +333,7 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
         uid = meta["uid"]
         if meta.get("deletionTimestamp") and "foregroundDeletion" not in (meta.get("finalizers") or []):
             return
-        pods = [p for p, ref in ((p, controller_of(p)) for p in self.store.list(POD, ns)[0]) if ref and ref.get("uid") == uid]
+        pods = [p for p, ref in ((p, controller_of(p)) for p in self.store.select(POD, ns)) if ref and ref.get("uid") == uid]
         status = job.get("status") or {}
         counted = self.counted.setdefault(uid, set())
         succeeded, failed = status.get("succeeded", 0), status.get("failed", 0)
@@ -344,6 +346,11 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
                 else:
                     failed += 1
                     self.last_failure[uid] = time.monotonic()
+        present = {p["metadata"]["uid"] for p in pods}
+        for gone in self.was_active.get(uid, set()) - present - counted:
+            counted.add(gone)  # removed before it ended: a failure, as the job-tracking finalizer would count it
+            failed += 1
+            self.last_failure[uid] = time.monotonic()
         active = [p for p in pods if p["status"].get("phase") not in TERMINAL and not p["metadata"].get("deletionTimestamp")]
         terminating = [p for p in pods if p["status"].get("phase") not in TERMINAL and p["metadata"].get("deletionTimestamp")]
         restarts = sum(c.get("restartCount", 0) for p in pods for c in p["status"].get("containerStatuses") or [])
@@ -384,10 +391,11 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
             want = min(spec.get("parallelism", 1), spec.get("completions", 1) - succeeded) - len(active)
             delay = min(self.cluster.config.backoff_cap, 2 ** max(0, failed - 1)) if failed else 0
             ready_to_retry = time.monotonic() - self.last_failure.get(uid, 0) >= delay
-            for _ in range(max(0, want) if ready_to_retry else 0):
+            for _missing in range(max(0, want) if ready_to_retry else 0):
                 pod = self._create_job_pod(job)
                 if pod is not None:
                     active.append(pod)
+        self.was_active[uid] = {p["metadata"]["uid"] for p in active + terminating}
         new_status["active"] = len(active)
         new_status["ready"] = sum(1 for p in active if pod_ready(p))
         new_status["terminating"] = len(terminating)
@@ -493,7 +501,7 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
             return
         left = 0
         for res in [JOB] + [r for r in RESOURCES_BY_PLURAL if r.namespaced and r.kind != "Job"]:
-            items, _ = self.store.list(res, name)
+            items = self.store.select(res, name)
             left += len(items)
             for obj in items:
                 if not obj["metadata"].get("deletionTimestamp"):
@@ -511,7 +519,7 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
         docker = self.cluster.kubelet.docker
         volume = "k8s-standin-pvc-%s" % meta["uid"]
         if meta.get("deletionTimestamp"):
-            pods, _ = self.store.list(POD, meta["namespace"])
+            pods = self.store.select(POD, meta["namespace"])
             used = any((v.get("persistentVolumeClaim") or {}).get("claimName") == meta["name"]
                        for p in pods if p["status"].get("phase") not in TERMINAL or p["metadata"].get("deletionTimestamp")
                        for v in p["spec"].get("volumes") or [])
@@ -539,22 +547,22 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
 
     def sync_endpoints(self, ns: str, only: Optional[str] = None) -> None:
         """Endpoints of the selector Services in ``ns``: ready and not-ready pod addresses, target ports."""
-        services, _ = self.store.list(SERVICE, ns)
+        services = self.store.select(SERVICE, ns)
         names = {s["metadata"]["name"] for s in services}
         if only and only not in names:
             existing = self.store.find(ENDPOINTS, ns, only)
             if existing and (existing["metadata"].get("labels") or {}).get("endpoints.k8s-standin/managed") == "true":
                 self.store.remove(ENDPOINTS, ns, only)
             return
-        pods, _ = self.store.list(POD, ns)
+        pods = self.store.select(POD, ns)
         for svc in services:
             if only and svc["metadata"]["name"] != only:
                 continue
             selector = svc["spec"].get("selector")
             if not selector or svc["spec"].get("type") == "ExternalName":
                 continue
-            self._write_endpoints(svc, [p for p in pods if labels_match(selector_requirements({"matchLabels": selector}) or [],
-                                                                         p["metadata"].get("labels"))])
+            wanted = selector_requirements({"matchLabels": selector}) or []
+            self._write_endpoints(svc, [p for p in pods if labels_match(wanted, p["metadata"].get("labels"))])
 
     def _write_endpoints(self, svc: Dict[str, Any], pods: List[Dict[str, Any]]) -> None:
         meta = svc["metadata"]
@@ -612,4 +620,3 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
         self.store.mutate(ENDPOINTS, meta["namespace"], meta["name"], write)
 
 
-__all__ = ["ControllerManager", "EventRecorder", "SECRET", "CONFIGMAP"]

@@ -17,14 +17,14 @@ import ssl
 import stat
 import threading
 import time
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import LABEL, NODE_NAME
 from .cluster import CONFIGMAP, POD, PVC, SECRET, Cluster
 from .controllers import EventRecorder, set_condition
 from .docker import Docker, DockerError
-from .model import ApiError, Resource, bad_request, now, parse_quantity
+from .model import Resource, bad_request, now, parse_quantity
 
 LOG = logging.getLogger("k8s_standin")
 SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
@@ -214,7 +214,7 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
         self.exited(container, state)
 
     def exited(self, container: ContainerRuntime, state: Dict[str, Any], message: Optional[str] = None,
-                reason: Optional[str] = None) -> None:
+               reason: Optional[str] = None) -> None:
         """Record a container's end and decide whether it restarts."""
         code = state.get("ExitCode", 137 if state.get("OOMKilled") else 1)
         if reason is None:
@@ -384,9 +384,10 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
         config: Dict[str, Any] = {
             "Image": spec["image"], "Hostname": self.pod_name[:63], "Env": ["%s=%s" % kv for kv in env.items()],
             "WorkingDir": spec.get("workingDir", ""), "Tty": bool(spec.get("tty")), "OpenStdin": bool(spec.get("stdin")),
-            "Labels": {LABEL: self.cluster.config.state_dir, "io.kubernetes.pod.uid": self.uid,
-                       "io.kubernetes.pod.name": self.pod_name, "io.kubernetes.pod.namespace": self.namespace,
-                       "io.kubernetes.container.name": container.name},
+            "Labels": {LABEL: self.cluster.config.state_dir, LABEL + ".namespace": self.namespace,
+                       LABEL + ".pod": self.pod_name, LABEL + ".uid": self.uid, LABEL + ".container": container.name,
+                       "io.kubernetes.pod.uid": self.uid, "io.kubernetes.pod.name": self.pod_name,
+                       "io.kubernetes.pod.namespace": self.namespace, "io.kubernetes.container.name": container.name},
             "HostConfig": host}
         if command:
             config["Entrypoint"] = command
@@ -430,7 +431,7 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
 
     @staticmethod
     def _resource_field(spec: Dict[str, Any], ref: Dict[str, Any]) -> str:
-        part, _, name = ref.get("resource", "").partition(".")
+        part, _dot, name = ref.get("resource", "").partition(".")
         amount = (spec.get("resources") or {}).get(part, {}).get(name)
         if amount is None:
             amount = str(os.cpu_count() or 1) if name == "cpu" else "0"
@@ -989,5 +990,3 @@ class Kubelet:
                 LOG.warning("removing volume %s: %s", volume, exc.message)
         shutil.rmtree(self.files_root, ignore_errors=True)
 
-
-__all__ = ["ApiError", "Kubelet"]

@@ -196,7 +196,7 @@ SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 def random_suffix(length: int = 5) -> str:
     """The random part of a generated name (the API server's alphabet: no vowels, no 0/1/3)."""
-    return "".join(secrets.choice(SUFFIX_ALPHABET) for _ in range(length))
+    return "".join(secrets.choice(SUFFIX_ALPHABET) for _position in range(length))
 
 
 DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"

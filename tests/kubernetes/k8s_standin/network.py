@@ -123,8 +123,9 @@ class ServiceNetwork:
             self.shapes[uid] = shape
             for listener in self.listeners.pop(uid, []):
                 listener.close()
+            if kind != "LoadBalancer" and self.lb_addresses.pop(uid, None):
+                self._unpublish(meta["namespace"], meta["name"], uid)
             if kind not in ("NodePort", "LoadBalancer"):
-                self.lb_addresses.pop(uid, None)
                 return
             opened = []
             for i, port in enumerate(spec.get("ports") or []):
@@ -201,6 +202,15 @@ class ServiceNetwork:
         stored = self.cluster.store.mutate(SERVICE, namespace, name, publish)
         if stored is not None:
             self.events.record(stored, "Normal", "EnsuredLoadBalancer", "Ensured load balancer", "service-controller")
+
+    def _unpublish(self, namespace: str, name: str, uid: str) -> None:
+        def clear(obj: Dict[str, Any]) -> Optional[bool]:
+            if obj["metadata"]["uid"] != uid:
+                return False
+            obj.setdefault("status", {})["loadBalancer"] = {}
+            return None
+
+        self.cluster.store.mutate(SERVICE, namespace, name, clear)
 
     def remove(self, uid: str) -> None:
         """Close a deleted Service's listeners and free its address."""

@@ -75,6 +75,11 @@ class Store:
                      and fields_match(fields or [], obj)]
             return items, str(self._rv)
 
+    def select(self, res: Resource, namespace: Optional[str] = None, labels: Optional[List[Requirement]] = None,
+               fields: Optional[List[Tuple[str, str, str]]] = None) -> List[Dict[str, Any]]:
+        """Copies of the matching objects (:meth:`list` without the resourceVersion)."""
+        return self.list(res, namespace, labels, fields)[0]
+
     def uids(self) -> Dict[str, Tuple[str, str, str]]:
         """Every live uid, with its (plural, namespace, name)."""
         with self.lock:
@@ -264,9 +269,9 @@ def json_patch(target: Any, operations: Any) -> Any:
         try:
             doc = _apply_operation(doc, op)
         except (KeyError, IndexError, ValueError, TypeError) as exc:
+            kind, path = (op.get("op"), op.get("path")) if isinstance(op, dict) else (op, "")
             raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request: "
-                           "%s operation on %s failed: %s" % (op.get("op") if isinstance(op, dict) else op,
-                                                             op.get("path") if isinstance(op, dict) else "", exc)) from None
+                           "%s operation on %s failed: %s" % (kind, path, exc)) from None
     return doc
 
 
