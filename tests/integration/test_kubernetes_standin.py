@@ -632,8 +632,11 @@ def test_script_idempotent_and_down(tmp_path):
     core = client.CoreV1Api(api)
     assert core.read_node("tao-node-0").status.capacity["nvidia.com/gpu"] == "2"
     core.create_namespaced_pod("default", pod_body("sleeper", [container_spec()]))
-    wait_for(lambda: docker("ps", "-q", "--filter", "label=%s=%s" % (LABEL, tmp_path / "k8s")).stdout.strip(), 20,
-             "the second stand-in's container")
+
+    def running():
+        return docker("ps", "-q", "--filter", "label=%s=%s" % (LABEL, tmp_path / "k8s")).stdout.split()
+
+    wait_for(running, 20, "the second stand-in's container")
     down = ensure("--down", env=env)
     assert down.returncode == 0, down.stderr
     assert not docker("ps", "-aq", "--filter", "label=%s=%s" % (LABEL, tmp_path / "k8s")).stdout.strip()

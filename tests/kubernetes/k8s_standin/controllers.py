@@ -567,6 +567,7 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
     def _write_endpoints(self, svc: Dict[str, Any], pods: List[Dict[str, Any]]) -> None:
         meta = svc["metadata"]
         ready, not_ready = [], []
+        publish_all = bool(svc["spec"].get("publishNotReadyAddresses"))
         for pod in pods:
             ip = pod["status"].get("podIP")
             if not ip or pod["status"].get("phase") in TERMINAL:
@@ -574,7 +575,8 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
             address = {"ip": ip, "nodeName": NODE_NAME,
                        "targetRef": {"kind": "Pod", "namespace": pod["metadata"]["namespace"],
                                      "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}}
-            (ready if pod_ready(pod) and not pod["metadata"].get("deletionTimestamp") else not_ready).append(address)
+            usable = publish_all or (pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"))
+            (ready if usable else not_ready).append(address)
         ports = []
         for port in svc["spec"].get("ports") or []:
             target = port.get("targetPort", port.get("port"))
@@ -618,5 +620,3 @@ class ControllerManager:  # pylint: disable=too-many-instance-attributes
                 obj.pop("subsets", None)
 
         self.store.mutate(ENDPOINTS, meta["namespace"], meta["name"], write)
-
-

@@ -152,9 +152,13 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
-                self.step()
-                self.write_status()
-                self.wake_event.wait(0.25)
+                try:
+                    self.step()
+                    self.write_status()
+                except (OSError, DockerError) as exc:  # the engine went away for a moment: try again
+                    LOG.warning("pod %s/%s: %s", self.namespace, self.pod_name, exc)
+                    time.sleep(1)
+                self.wake_event.wait(0.3)
                 self.wake_event.clear()
             self.teardown()
         except Exception:  # pylint: disable=broad-except
@@ -261,6 +265,11 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
             return
         image = container.spec.get("image", "")
         policy = container.spec.get("imagePullPolicy", "IfNotPresent")
+        missing = [ref.get("name", "") for ref in self.pod["spec"].get("imagePullSecrets") or []
+                   if self.cluster.store.find(SECRET, self.namespace, ref.get("name", "")) is None]
+        if missing and policy != "Never":
+            self.event("Warning", "FailedToRetrieveImagePullSecret", "Unable to retrieve some image pull secrets (%s); "
+                       "attempting to pull the image may not succeed." % ", ".join(missing))
         info = self.docker.image(image)
         if info is None:
             self.pull_failed(container, image, policy)
@@ -989,4 +998,3 @@ class Kubelet:
             except DockerError as exc:
                 LOG.warning("removing volume %s: %s", volume, exc.message)
         shutil.rmtree(self.files_root, ignore_errors=True)
-
