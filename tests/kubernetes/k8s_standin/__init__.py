@@ -11,7 +11,7 @@ versions, watch history, patches), ``validation`` (schemas and the server's own 
 ``cluster`` (what a write does: defaults, admission, deletion and garbage collection),
 ``controllers`` (scheduler, Job controller, endpoints, namespaces, events), ``kubelet`` (pod
 workers on Docker), ``docker`` (Engine API client), ``network`` (Service listeners, WebSocket
-port-forward) and ``api`` (the HTTPS front end).
+port-forward), ``tables`` (what ``kubectl get`` prints) and ``api`` (the HTTPS front end).
 """
 
 VERSION = "v1.37.0"

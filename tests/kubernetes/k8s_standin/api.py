@@ -1,6 +1,7 @@
 """The HTTPS front end: bearer-token authentication, discovery, the REST verbs of every resource (list and
 watch with selectors and pagination, get, create, replace, patch, delete, deletecollection), the status
-subresources, ``pods/log`` and ``pods/portforward``.  One log line per request: method, path, status."""
+subresources, ``pods/log`` and ``pods/portforward``, and Tables for ``kubectl get``.  One log line per
+request: method, path, status."""
 
 import base64
 import datetime
@@ -21,6 +22,7 @@ from .docker import DockerError
 from .model import (BY_PATH, RESOURCES, VERBS, ApiError, Resource, bad_request, fields_match, labels_match,
                     method_not_allowed, parse_field_selector, parse_label_selector)
 from .network import PortForward, accept_key, choose_protocol
+from .tables import PRINTERS, table, wants_table
 
 LOG = logging.getLogger("k8s_standin")
 NOT_FOUND = ApiError(404, "NotFound", "the server could not find the requested resource", {})
@@ -311,7 +313,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.watch(res, namespace, labels, fields, query)
                 return
             items, version = cluster.store.list(res, namespace, labels, fields)
-            self.send_json(200, self.list_body(res, items, version, query))
+            body = self.list_body(res, items, version, query)
+            if wants_table(self.headers.get("Accept", "")) and res.kind in PRINTERS:
+                body = table(res, body["items"], body["metadata"], _one(query, "includeObject") or "Metadata")
+            self.send_json(200, body)
         elif method == "POST" and "create" in verbs:
             if res.namespaced and namespace is None:
                 raise method_not_allowed(method)
@@ -414,7 +419,11 @@ class Handler(BaseHTTPRequestHandler):
         if res.namespaced and namespace is None:
             raise NOT_FOUND
         if method == "GET":
-            self.send_json(200, cluster.store.get(res, namespace, name))
+            obj = cluster.store.get(res, namespace, name)
+            if sub is None and wants_table(self.headers.get("Accept", "")) and res.kind in PRINTERS:
+                obj = table(res, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                            _one(query, "includeObject") or "Metadata")
+            self.send_json(200, obj)
         elif method == "PUT" and "update" in verbs:
             body = self.read_body()
             if res.kind == "Namespace" and sub == "finalize":
