@@ -485,6 +485,8 @@ class Cluster:  # pylint: disable=too-many-public-methods
         if dry_run:
             return 200, current if res.kind in RETURNS_DELETED_OBJECT else _success(res, current)
         if res.kind == "Namespace":
+            if name in ("default", "kube-system", "kube-public"):
+                raise forbidden(res, name, "this namespace may not be deleted")
             return 200, self._terminate_namespace(current)
         if res.kind == "Pod":
             return 200, self._delete_pod(current, options.get("gracePeriodSeconds"))

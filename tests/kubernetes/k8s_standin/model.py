@@ -296,7 +296,7 @@ class Requirement(NamedTuple):
         return number > bound if self.op == "gt" else number < bound
 
 
-_TOKEN_RE = re.compile(r"\s*(!=|==|=|!|\(|\)|,|[^\s!=(),]+)")
+_TOKEN_RE = re.compile(r"\s*(!=|==|=|!|\(|\)|,|<|>|[^\s!=(),<>]+)")
 
 
 def _tokens(text: str) -> List[str]:
@@ -373,12 +373,12 @@ def parse_label_selector(text: Optional[str]) -> List[Requirement]:
                     _check_value(key, value)
                     values.append(value)
                 reqs.append(Requirement(key, op, tuple(values)))
-            elif op.startswith(">") or op.startswith("<"):
+            elif op in (">", "<"):
                 i += 1
-                number = op[1:] or take()
+                number = take()
                 if not number.isdigit():
                     raise bad_request("unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer")
-                reqs.append(Requirement(key, "gt" if op.startswith(">") else "lt", (number,)))
+                reqs.append(Requirement(key, "gt" if op == ">" else "lt", (number,)))
             else:
                 raise bad_request("unable to parse requirement: found '%s', expected: in, notin, =, ==, !=, gt, lt" % op)
         if i < len(tokens):

@@ -76,8 +76,8 @@ def _service(svc: Dict[str, Any]) -> List[Any]:
     ingress = (((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress")) or []
     external = ",".join(i.get("ip") or i.get("hostname", "") for i in ingress) or (
         "<pending>" if spec.get("type") == "LoadBalancer" else "<none>")
-    ports = ",".join("%d%s/%s" % (p.get("port", 0), ":%d" % p["nodePort"] if p.get("nodePort") else "",
-                                   p.get("protocol", "TCP")) for p in spec.get("ports") or []) or "<none>"
+    ports = ",".join("%d%s/%s" % (p.get("port", 0), ":%d" % p["nodePort"] if p.get("nodePort") else "", p.get("protocol", "TCP"))
+                     for p in spec.get("ports") or []) or "<none>"
     selector = ",".join("%s=%s" % kv for kv in sorted((spec.get("selector") or {}).items())) or "<none>"
     return [svc["metadata"]["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP") or "<none>", external, ports,
             age(svc["metadata"].get("creationTimestamp")), selector]
