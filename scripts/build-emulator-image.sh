@@ -3,8 +3,9 @@
 #
 # No registry is needed: the image is a `docker import` of a folder holding
 # Debian's python3.11 with its standard library and the shared libraries it
-# links, static busybox for /bin/sh and a few applets, and the emulator sources
-# from tests/emulator/ on PYTHONPATH.
+# links, static busybox for /bin/sh and a few applets, bash (TAO images have it, and
+# the Kubernetes Job runs the inner command with /bin/bash -c), and the emulator
+# sources from tests/emulator/ on PYTHONPATH.
 #
 # Cached: a hash of the emulator sources, this script, the interpreter and
 # busybox is stored as the image label tao.inference.emulator.hash; when the
@@ -26,6 +27,7 @@ ROOTFS_LIB="$REPO_ROOT/scripts/lib/rootfs.sh"
 IMAGE="${TAO_EMULATOR_IMAGE:-tao-inference-emulator:latest}"
 PYTHON_BIN="${TAO_EMULATOR_PYTHON:-/usr/bin/python3.11}"
 BUSYBOX_BIN="${TAO_EMULATOR_BUSYBOX:-/bin/busybox}"
+BASH_BIN="$(readlink -f /bin/bash)"
 HASH_LABEL="tao.inference.emulator.hash"
 APP_DIR="/opt/tao-emulator"
 # Standard library parts the server never needs.
@@ -58,6 +60,7 @@ source_hash() {
     printf 'rootfs lib\n'; sha256sum <"$ROOTFS_LIB"
     printf 'python %s\n' "$PYTHON_BIN"; sha256sum <"$PYTHON_BIN"
     printf 'busybox\n'; sha256sum <"$BUSYBOX_BIN"
+    printf 'bash\n'; sha256sum <"$BASH_BIN"
   } | sha256sum | cut -c1-64
 }
 
@@ -86,7 +89,8 @@ rootfs_skeleton "$ROOTFS"
 rootfs_python "$ROOTFS" "$PYTHON_BIN" "${STDLIB_EXCLUDES[@]}"
 ln -s "/usr/bin/$(basename "$PYTHON_BIN")" "$ROOTFS/usr/local/bin/python3"
 ln -s "/usr/bin/$(basename "$PYTHON_BIN")" "$ROOTFS/usr/local/bin/python"
-rootfs_libs "$ROOTFS" "$PYTHON_BIN"
+cp "$BASH_BIN" "$ROOTFS/usr/bin/bash"
+rootfs_libs "$ROOTFS" "$PYTHON_BIN" "$BASH_BIN"
 rootfs_busybox "$ROOTFS" "$BUSYBOX_BIN" "${APPLETS[@]}"
 
 # The emulator itself.

@@ -22,6 +22,7 @@ extends_documentation_fragment:
   - tao.inference.ssh
   - tao.inference.local_docker
   - tao.inference.slurm
+  - tao.inference.kubernetes
 attributes:
   check_mode:
     description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing; nothing is released.

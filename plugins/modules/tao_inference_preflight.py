@@ -20,6 +20,7 @@ extends_documentation_fragment:
   - tao.inference.ssh
   - tao.inference.local_docker
   - tao.inference.slurm
+  - tao.inference.kubernetes
 attributes:
   check_mode:
     description: Changes nothing in any mode.
@@ -35,7 +36,7 @@ options:
     description:
       - The platform to check.
     type: str
-    choices: [local-docker, slurm]
+    choices: [local-docker, slurm, kubernetes]
     default: local-docker
   network_arch:
     description:
@@ -109,6 +110,27 @@ services_in_registry:
   description: How many services the registry holds.
   returned: success
   type: int
+namespace:
+  description: The namespace the service would run in (it exists, or the check failed).
+  returned: platform=kubernetes
+  type: str
+image_pull_secret:
+  description: The pull secret found in the namespace (O(image_pull_secret)).
+  returned: platform=kubernetes and O(image_pull_secret) is given
+  type: str
+server:
+  description: The Kubernetes API server the kubeconfig (or the in-cluster account) names.
+  returned: platform=kubernetes
+  type: str
+nodes:
+  description: How many nodes the cluster has.
+  returned: platform=kubernetes and the credentials may list nodes
+  type: int
+allocatable_gpus:
+  description: C(nvidia.com/gpu) each node can give pods, by node name; null when nodes may not be listed.
+    A warning says when no node offers any.
+  returned: platform=kubernetes
+  type: dict
 runtimes:
   description: Container runtimes the engine offers.
   returned: platform=local-docker

@@ -30,6 +30,7 @@ extends_documentation_fragment:
   - tao.inference.ssh
   - tao.inference.local_docker
   - tao.inference.slurm
+  - tao.inference.kubernetes
 attributes:
   check_mode:
     description: Predicts C(changed); starts, stops and writes nothing.
@@ -79,10 +80,11 @@ options:
     type: str
   platform:
     description:
-      - Where the service runs. This release runs V(local-docker) and V(slurm); the other platforms
-        fail with a message saying so.
+      - Where the service runs. V(local-docker) is a Docker engine (this machine's, or O(docker_host)),
+        V(slurm) a batch job through a cluster's login host, V(kubernetes) a Job and a Service in a
+        cluster. Brev and DGX Cloud Lepton are not in this release.
     type: str
-    choices: [local-docker, slurm]
+    choices: [local-docker, slurm, kubernetes]
     default: local-docker
   num_gpus:
     description:
@@ -275,7 +277,7 @@ secret_env:
   type: list
   elements: str
 platform_job_id:
-  description: The platform's own id (the Slurm job id), or null.
+  description: The platform's own id (the Slurm job id, the Kubernetes Job name), or null.
   returned: state=present
   type: str
 slurm_node:
@@ -286,8 +288,26 @@ tunnel_pid:
   description: O(platform=slurm) only. The pid of the local C(ssh -N -L) tunnel process.
   returned: state=present and O(platform=slurm)
   type: int
+k8s_service:
+  description: O(platform=kubernetes) only. The Service in front of the Job's pod (named like the Job).
+  returned: state=present and O(platform=kubernetes)
+  type: str
+k8s_pod:
+  description: O(platform=kubernetes) only. The Job's pod.
+  returned: state=present and O(platform=kubernetes)
+  type: str
+k8s_service_type:
+  description: O(platform=kubernetes) only. The O(service_type) the service was started with.
+  returned: state=present and O(platform=kubernetes)
+  type: str
+forward_pid:
+  description: O(service_type=ClusterIP) only. The pid of the local port forward process.
+  returned: state=present and O(service_type=ClusterIP)
+  type: int
 repaired:
-  description: What was mended on a matching running service (V(tunnel_down) when a dead tunnel was re-opened).
+  description:
+    - What was mended on a matching running service (V(tunnel_down) when a dead Slurm tunnel was re-opened,
+      V(forward_down) when a dead Kubernetes port forward was restarted).
   returned: state=present with O(name)
   type: list
   elements: str

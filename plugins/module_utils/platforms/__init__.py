@@ -23,9 +23,15 @@ def _slurm():
     return SlurmDriver
 
 
+def _kubernetes():
+    from ansible_collections.tao.inference.plugins.module_utils.platforms.kubernetes import KubernetesDriver
+    return KubernetesDriver
+
+
 DRIVERS = {
     "local-docker": _local_docker,
     "slurm": _slurm,
+    "kubernetes": _kubernetes,
 }
 
 

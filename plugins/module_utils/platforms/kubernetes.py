@@ -1,0 +1,875 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""kubernetes: the service runs as a ``batch/v1`` Job, reached through a Service.
+
+In ``namespace`` the driver creates and owns, all named after the job_id:
+
+* the Secret ``tao-<job_id>-env`` with the secret variables' values (only there: the Job
+  refers to them with ``secretKeyRef``); created first, then owned by the Job, so it goes
+  with the Job;
+* the Job ``tao-<job_id>`` (``restartPolicy: Never``, ``backoffLimit: 0``): one pod running
+  ``/bin/bash -c <inner command>``, ``nvidia.com/gpu`` limits from ``num_gpus``, ``shm_size`` as
+  a memory ``emptyDir`` on ``/dev/shm``, ``volumes`` as hostPath and ``volume_claims`` as PVC
+  mounts, ``node_selector``, ``tolerations``, ``imagePullSecrets``, a readiness probe on the
+  service's readiness route;
+* the Service ``tao-<job_id>`` (owned by the Job) selecting the Job's pod by
+  ``batch.kubernetes.io/job-name`` (and the older ``job-name``). ``kubectl expose job`` cannot
+  do this (a Job is no exposable object). It publishes not-ready addresses, so the module's
+  own readiness wait reads the server's loading state and a model that fails to load ends
+  the wait at once. ``service_type``: ``LoadBalancer`` (its ingress IP or host name),
+  ``NodePort`` (the pod's node address) or ``ClusterIP``, reached through a local port
+  forward (:mod:`kube_forward`), a process known by pid and start time like an SSH tunnel.
+
+Every object carries ``app.kubernetes.io/managed-by: tao.inference`` and the job_id, name and
+network_arch labels (the registry path and fingerprint, which are no label values, are
+annotations), so ``state: absent`` by name works without the registry and orphans are found.
+Only objects with those labels for the asked job_id are ever deleted. The Job goes with
+``propagationPolicy: Background``, which deletes its pod too (a Job deleted without a policy
+orphans it).
+
+A start waits, within the one deadline, until the pod runs (and a LoadBalancer has its
+ingress); a pod that cannot be scheduled (not enough ``nvidia.com/gpu``), an image that cannot
+be pulled or a container that ended fails the start at once, with the pod's reason and its
+recent events.
+
+The ``kubernetes`` Python client is imported only when a cluster is used, so the other
+platforms do not need it. Responses are read as plain JSON.
+"""
+
+import base64
+import json
+import os
+import re
+import time
+
+from ansible.module_utils.basic import env_fallback
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog, kube_forward, procs
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
+    LABEL_PREFIX, Driver, PlatformStatus, PortTaken, mask,
+)
+from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
+from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
+from ansible_collections.tao.inference.plugins.module_utils.ssh import _listens, close_tunnel, tunnel_alive
+from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ, is_uuid
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_JOB_ID = "tao.inference/job-id"
+LABEL_NAME = "tao.inference/name"
+LABEL_ARCH = "tao.inference/network-arch"
+ANNOTATION_REGISTRY = "tao.inference/registry"
+ANNOTATION_FINGERPRINT = "tao.inference/fingerprint"
+ANNOTATION_NAME = "tao.inference/name"
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+CONTAINER = "server"
+SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
+# Waiting reasons after which a container will not start by itself.
+_STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+          "CreateContainerError", "CrashLoopBackOff", "RunContainerError")
+_POLL = 0.2  # seconds between looks at a starting pod (at most; the first looks come sooner)
+STOP_WAIT = 30  # seconds a stop waits for the pod to be gone
+_FORWARD_WAIT = 20
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_CONTEXT = re.compile(r"[A-Za-z0-9_.:@/+-]{1,253}")
+_TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
+
+
+def object_name(job_id):
+    """The Job's and the Service's name: ``tao-<job_id>`` (a DNS label, also a label value)."""
+    return "tao-%s" % job_id
+
+
+def secret_name(job_id):
+    return "tao-%s-env" % job_id
+
+
+def _is_label_key(key):
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (_DNS_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253):
+        return False
+    return _LABEL_NAME.fullmatch(name) is not None
+
+
+def namespace_problem(value):
+    return None if isinstance(value, str) and _DNS_LABEL.fullmatch(value) else \
+        "is not a namespace name (lower-case letters, digits and '-', at most 63)"
+
+
+def context_problem(value):
+    return None if isinstance(value, str) and _CONTEXT.fullmatch(value) else "is not a kubeconfig context name"
+
+
+def _check_node_selector(value):
+    value = value or {}
+    if not isinstance(value, dict):
+        raise TaoInferenceError("node_selector must be a dict of node label: value")
+    for key, label in value.items():
+        good_key = isinstance(key, str) and _is_label_key(key)
+        if not good_key or not (isinstance(label, str) and _LABEL_VALUE.fullmatch(label)):
+            raise TaoInferenceError("node_selector %r: %r is not a Kubernetes label and value (e.g. "
+                                    "nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB)" % (key, label))
+    return dict(sorted(value.items()))
+
+
+def _check_tolerations(value):
+    result = []
+    for item in value or []:
+        if not isinstance(item, dict) or set(item) - set(_TOLERATION_KEYS):
+            raise TaoInferenceError("tolerations entry %r: give a dict with %s" % (item, ", ".join(_TOLERATION_KEYS)))
+        operator = item.get("operator") or ("Equal" if item.get("value") is not None else "Exists")
+        effect = item.get("effect")
+        if operator not in ("Equal", "Exists") or effect not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise TaoInferenceError("tolerations entry %r: operator is Equal or Exists, effect NoSchedule, "
+                                    "PreferNoSchedule or NoExecute" % (item,))
+        key = item.get("key")
+        if key is not None and not (isinstance(key, str) and _is_label_key(key)):
+            raise TaoInferenceError("tolerations entry %r: key %r is not a label key" % (item, key))
+        if operator == "Exists" and item.get("value") not in (None, ""):
+            raise TaoInferenceError("tolerations entry %r: operator Exists takes no value" % (item,))
+        toleration = {"operator": operator}
+        if key:
+            toleration["key"] = key
+        if item.get("value") not in (None, ""):
+            if not (isinstance(item["value"], str) and _LABEL_VALUE.fullmatch(item["value"])):
+                raise TaoInferenceError("tolerations entry %r: value is not a label value" % (item,))
+            toleration["value"] = item["value"]
+        if effect:
+            toleration["effect"] = effect
+        seconds = item.get("toleration_seconds")
+        if seconds is not None:
+            if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0 or effect != "NoExecute":
+                raise TaoInferenceError("tolerations entry %r: toleration_seconds is a whole number of seconds, "
+                                        "with effect NoExecute" % (item,))
+            toleration["tolerationSeconds"] = seconds
+        result.append(toleration)
+    return result
+
+
+def _check_claims(value):
+    result = []
+    for item in value or []:
+        parts = item.split(":") if isinstance(item, str) else []
+        if len(parts) not in (2, 3) or not _DNS_SUBDOMAIN.fullmatch(parts[0]) or not parts[1].startswith("/") \
+                or any(c in parts[1] for c in "\n\r\t\0") or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise TaoInferenceError("volume_claims entry %r is not <claim name>:/container/path[:ro|rw]" % (item,))
+        result.append(":".join(parts))
+    return result
+
+
+def _quantity(size):
+    """A Kubernetes memory quantity for a docker-style size (16g -> 16Gi)."""
+    value = parse_size(size)
+    for unit, factor in (("Gi", 1024 ** 3), ("Mi", 1024 ** 2), ("Ki", 1024)):
+        if value % factor == 0:
+            return "%d%s" % (value // factor, unit)
+    return str(value)
+
+
+def _label_value(value):
+    return value if isinstance(value, str) and _LABEL_VALUE.fullmatch(value) and len(value) <= 63 else None
+
+
+def _when(item):
+    return item.get("lastTimestamp") or item.get("eventTime") or \
+        (item.get("metadata") or {}).get("creationTimestamp") or ""
+
+
+class KubernetesError(TaoInferenceError):
+    """The API answered with an error (``status`` is its HTTP status, 0 when it was not reached)."""
+
+    def __init__(self, msg, status=0, reason=None):
+        super(KubernetesError, self).__init__(msg)
+        self.status = status
+        self.reason = reason
+
+
+class KubernetesDriver(Driver):
+    """Driver for a Kubernetes cluster (a Job, a Service and a Secret per service)."""
+
+    name = "kubernetes"
+    OPTIONS = dict(
+        kubeconfig=dict(type="raw", no_log=True, fallback=(env_fallback, ["K8S_AUTH_KUBECONFIG"])),
+        context=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_CONTEXT"])),
+        namespace=dict(type="str", default="default"),
+        validate_certs=dict(type="bool"),
+        api_timeout=dict(type="float", default=30),
+        service_type=dict(type="str", choices=list(SERVICE_TYPES), default="LoadBalancer"),
+        node_selector=dict(type="dict"),
+        tolerations=dict(type="list", elements="dict"),
+        image_pull_secret=dict(type="str"),
+        volume_claims=dict(type="list", elements="str"),
+    )
+    CONNECTION = {"kubeconfig": "kubeconfig", "context": "context", "namespace": "namespace"}
+    FILE_CONNECTION = ("kubeconfig",)
+    CONNECTION_KINDS = {"kubeconfig": "path", "context": context_problem, "namespace": namespace_problem}
+    ENTRY_FIELDS = {"k8s_service": "id", "k8s_pod": "id", "k8s_service_type": "id", "forward_pid": "pid",
+                    "forward_start_time": "digits", "forward_spec": "text"}
+    EXECUTION_BACKEND = "local-k8s"
+
+    @classmethod
+    def spec_options(cls, params, environ):
+        """What shapes the Job and its Service; where it runs (kubeconfig, context, namespace) does not."""
+        secret = params.get("image_pull_secret")
+        if secret is not None and not (isinstance(secret, str) and _DNS_SUBDOMAIN.fullmatch(secret)):
+            raise TaoInferenceError("image_pull_secret %r is not a Secret name" % (secret,))
+        options = {"service_type": params.get("service_type") or "LoadBalancer",
+                   "node_selector": _check_node_selector(params.get("node_selector")),
+                   "tolerations": _check_tolerations(params.get("tolerations")),
+                   "image_pull_secret": secret,
+                   "volume_claims": _check_claims(params.get("volume_claims"))}
+        if options["service_type"] not in SERVICE_TYPES:
+            raise TaoInferenceError("service_type %r is not one of %s"
+                                    % (options["service_type"], ", ".join(SERVICE_TYPES)))
+        return options
+
+    @classmethod
+    def from_options(cls, connection, params):
+        namespace = connection.get("namespace") or "default"
+        problem = namespace_problem(namespace)
+        if problem:
+            raise TaoInferenceError("namespace %r %s" % (namespace, problem))
+        if connection.get("context") is not None and context_problem(connection["context"]):
+            raise TaoInferenceError("context %r %s" % (connection["context"], context_problem(connection["context"])))
+        kubeconfig = connection.get("kubeconfig")
+        if kubeconfig is not None and not isinstance(kubeconfig, (str, dict)):
+            raise TaoInferenceError("kubeconfig must be a file path or a kubeconfig as a dict")
+        if isinstance(kubeconfig, str):
+            kubeconfig = os.path.expanduser(kubeconfig)
+        timeout = params.get("api_timeout") or 30
+        if not 0 < timeout <= 3600:
+            raise TaoInferenceError("api_timeout must be more than 0 and at most 3600 seconds, got %s" % timeout)
+        return cls(kubeconfig=kubeconfig, context=connection.get("context"), namespace=namespace,
+                   validate_certs=params.get("validate_certs"), api_timeout=timeout,
+                   service_type=params.get("service_type") or "LoadBalancer")
+
+    def __init__(self, kubeconfig=None, context=None, namespace="default", validate_certs=None, api_timeout=30,
+                 service_type="LoadBalancer"):
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.namespace = namespace
+        self.validate_certs = validate_certs
+        self.api_timeout = api_timeout
+        self.service_type = service_type
+        self._api = None
+        self._apis = {}
+        self._in_cluster = False
+        self._where = "the kubeconfig"
+        self._server = "the cluster"
+        # ClusterIP services get a local port (the forward's) from the registry.
+        self.uses_host_port = service_type == "ClusterIP"
+
+    # -- the API ---------------------------------------------------------------
+    def recorded_connection(self, connection):
+        recorded = dict(connection)
+        recorded["namespace"] = self.namespace
+        if not isinstance(recorded.get("kubeconfig"), str):
+            recorded["kubeconfig"] = None  # a kubeconfig given as data may hold credentials: never recorded
+        return recorded
+
+    def _connect(self):
+        try:
+            from kubernetes import client, config  # pylint: disable=import-outside-toplevel
+            from kubernetes.config.config_exception import ConfigException  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            from ansible.module_utils.basic import missing_required_lib  # pylint: disable=import-outside-toplevel
+
+            raise TaoInferenceError(missing_required_lib("kubernetes") + " (platform kubernetes uses the official "
+                                                                         "Python client: pip install kubernetes)")
+        configuration = client.Configuration()
+        try:
+            if isinstance(self.kubeconfig, dict):
+                config.load_kube_config_from_dict(self.kubeconfig, context=self.context,
+                                                  client_configuration=configuration)
+                self._where = "the kubeconfig given as data"
+            elif self.kubeconfig or not self._only_in_cluster():
+                path = self.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+                config.load_kube_config(config_file=self.kubeconfig, context=self.context,
+                                        client_configuration=configuration)
+                self._where = "kubeconfig %s" % path
+            else:
+                config.load_incluster_config(client_configuration=configuration)
+                self._in_cluster = True
+                self._where = "the in-cluster service account"
+        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+            raise TaoInferenceError(
+                "cannot load the Kubernetes configuration (%s): %s. Give kubeconfig (a file or a dict) and context, "
+                "or run inside a pod with a service account" % (self.kubeconfig if isinstance(self.kubeconfig, str)
+                                                                else "kubeconfig", exc))
+        if self.validate_certs is not None:
+            configuration.verify_ssl = bool(self.validate_certs)
+        self._server = configuration.host
+        api_client = client.ApiClient(configuration)
+        self._apis = {"core": client.CoreV1Api(api_client), "batch": client.BatchV1Api(api_client)}
+        return api_client
+
+    def _only_in_cluster(self):
+        """No kubeconfig anywhere, but a pod's service account: the in-cluster configuration."""
+        default = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        return not os.path.exists(default.split(os.pathsep)[0]) and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+    def _call(self, group, method, *args, what=None, **kwargs):
+        """One API call through the client's own method (``group`` ``core`` or ``batch``); the decoded
+        JSON answer (responses are not turned into the client's models). Errors become
+        :class:`KubernetesError`."""
+        if self._api is None:
+            self._api = self._connect()
+        from kubernetes.client.rest import ApiException  # pylint: disable=import-outside-toplevel
+        import urllib3  # pylint: disable=import-outside-toplevel
+
+        what = what or method.replace("_", " ")
+        function = getattr(self._apis[group], method)
+        try:
+            response = function(*args, _preload_content=False, _request_timeout=self.api_timeout, **kwargs)
+        except ApiException as exc:
+            raise self._error(exc.status, exc.body, what)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubernetesError("cannot reach the Kubernetes API at %s (%s) to %s: %s"
+                                  % (self._server, self._where, what, exc))
+        data = response.data
+        if method.startswith("read_namespaced_pod_log"):
+            return data
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            raise KubernetesError("the Kubernetes API at %s answered with something that is not JSON when asked "
+                                  "to %s" % (self._server, what))
+
+    def _error(self, status, body, what):
+        try:
+            document = json.loads(body) if body else {}
+        except (TypeError, ValueError):
+            document = {}
+        document = document if isinstance(document, dict) else {}
+        reason = document.get("reason")
+        message = document.get("message") or str(body or "")[:300]
+        causes = (document.get("details") or {}).get("causes") or []
+        if causes:
+            message += " (%s)" % "; ".join("%s: %s" % (c.get("field"), c.get("message")) for c in causes[:8])
+        if status == 401:
+            hint = "the cluster refused the credentials of %s: renew them (kubeconfig, context)" % self._where
+        elif status == 403:
+            hint = ("the credentials of %s may not do this in namespace %s: ask for a Role that allows Jobs, "
+                    "Services, Secrets, Pods, pods/log, pods/portforward and Events there" % (self._where, self.namespace))
+        else:
+            hint = None
+        return KubernetesError("Kubernetes could not %s: %s %s%s" % (what, status, message, (". " + hint) if hint else ""),
+                               status, reason)
+
+    _KINDS = {"jobs": ("batch", "job"), "pods": ("core", "pod"), "services": ("core", "service"),
+              "secrets": ("core", "secret"), "events": ("core", "event")}
+
+    def _get(self, kind, name):
+        group, singular = self._KINDS[kind]
+        try:
+            return self._call(group, "read_namespaced_%s" % singular, name, self.namespace,
+                              what="read %s %s" % (singular, name))
+        except KubernetesError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _list(self, kind, selector=None, field=None):
+        group, singular = self._KINDS[kind]
+        query = {}
+        if selector:
+            query["label_selector"] = selector
+        if field:
+            query["field_selector"] = field
+        return self._call(group, "list_namespaced_%s" % singular, self.namespace, what="list %s" % kind,
+                          **query).get("items") or []
+
+    def _create(self, kind, body):
+        group, singular = self._KINDS[kind]
+        return self._call(group, "create_namespaced_%s" % singular, self.namespace, body,
+                          what="create %s %s" % (singular, body["metadata"]["name"]))
+
+    def _delete(self, kind, name, background=False):
+        group, singular = self._KINDS[kind]
+        body = {"propagationPolicy": "Background"} if background else {}
+        try:
+            self._call(group, "delete_namespaced_%s" % singular, name, self.namespace, body=body,
+                       what="delete %s %s" % (singular, name))
+            return True
+        except KubernetesError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    # -- objects -----------------------------------------------------------------
+    @staticmethod
+    def _object_labels(launch):
+        spec = launch.spec
+        labels = {MANAGED_BY: "tao.inference", LABEL_JOB_ID: launch.job_id,
+                  LABEL_ARCH: _label_value(spec.network_arch) or "other"}
+        if spec.name and _label_value(spec.name):
+            labels[LABEL_NAME] = spec.name
+        return labels
+
+    @staticmethod
+    def _annotations(launch):
+        annotations = {ANNOTATION_REGISTRY: launch.labels.get(LABEL_PREFIX + "registry") or "",
+                       ANNOTATION_FINGERPRINT: launch.labels.get(LABEL_PREFIX + "fingerprint") or ""}
+        if launch.spec.name:
+            annotations[ANNOTATION_NAME] = launch.spec.name
+        return annotations
+
+    def _metadata(self, launch, name):
+        return {"name": name, "namespace": self.namespace, "labels": self._object_labels(launch),
+                "annotations": self._annotations(launch)}
+
+    def secret_object(self, launch):
+        """The Secret holding the secret variables' values (``None`` when there are none)."""
+        if not launch.secret_env:
+            return None
+        return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": self._metadata(launch, secret_name(launch.job_id)),
+                "data": dict((name, base64.b64encode(value.encode("utf-8")).decode("ascii"))
+                             for name, value in sorted(launch.secret_env.items()))}
+
+    def job_object(self, launch):
+        """The Job: one pod, never restarted, the inner command under bash, no secret value in it."""
+        spec, options = launch.spec, launch.spec.platform_options
+        name = object_name(launch.job_id)
+        env = [{"name": key, "value": value} for key, value in sorted(launch.env.items())]
+        env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret_name(launch.job_id), "key": key}}}
+                for key in sorted(launch.secret_env)]
+        mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity(spec.shm_size)}}]
+        for index, item in enumerate(spec.volumes or ()):
+            parts = item.split(":")
+            volumes.append({"name": "host-%d" % index, "hostPath": {"path": parts[0]}})
+            mounts.append({"name": "host-%d" % index, "mountPath": parts[1],
+                           "readOnly": len(parts) == 3 and parts[2] == "ro"})
+        for index, item in enumerate(options.get("volume_claims") or ()):
+            parts = item.split(":")
+            read_only = len(parts) == 3 and parts[2] == "ro"
+            volumes.append({"name": "claim-%d" % index,
+                            "persistentVolumeClaim": {"claimName": parts[0], "readOnly": read_only}})
+            mounts.append({"name": "claim-%d" % index, "mountPath": parts[1], "readOnly": read_only})
+        container = {
+            "name": CONTAINER,
+            "image": spec.image,
+            "command": ["/bin/bash", "-c", launch.command],
+            "ports": [{"name": "http", "containerPort": catalog.CONTAINER_PORT, "protocol": "TCP"}],
+            "env": env,
+            "volumeMounts": mounts,
+            "readinessProbe": {"httpGet": {"path": catalog.REQUEST["endpoints"]["readiness"],
+                                           "port": catalog.CONTAINER_PORT},
+                               "periodSeconds": 5, "failureThreshold": 3, "timeoutSeconds": 5},
+        }
+        if spec.num_gpus > 0:
+            container["resources"] = {"limits": {"nvidia.com/gpu": str(spec.num_gpus)}}
+        pod = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+        if options.get("node_selector"):
+            pod["nodeSelector"] = dict(options["node_selector"])
+        if options.get("tolerations"):
+            pod["tolerations"] = list(options["tolerations"])
+        if options.get("image_pull_secret"):
+            pod["imagePullSecrets"] = [{"name": options["image_pull_secret"]}]
+        metadata = self._metadata(launch, name)
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+                "spec": {"backoffLimit": 0,
+                         "template": {"metadata": {"labels": dict(metadata["labels"]),
+                                                   "annotations": dict(metadata["annotations"])},
+                                      "spec": pod}}}
+
+    def service_object(self, launch, owner=None):
+        """The Service in front of the Job's pod (owned by the Job when ``owner`` is given)."""
+        name = object_name(launch.job_id)
+        metadata = self._metadata(launch, name)
+        if owner:
+            metadata["ownerReferences"] = [owner]
+        return {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
+                "spec": {"type": launch.spec.platform_options["service_type"],
+                         "selector": dict((label, name) for label in JOB_NAME_LABELS),
+                         "publishNotReadyAddresses": True,
+                         "ports": [{"name": "http", "protocol": "TCP", "port": catalog.CONTAINER_PORT,
+                                    "targetPort": catalog.CONTAINER_PORT}]}}
+
+    @staticmethod
+    def _owner(job):
+        return {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+                "uid": job["metadata"]["uid"], "controller": False, "blockOwnerDeletion": False}
+
+    # -- interface -------------------------------------------------------------
+    def port_scope(self, spec):
+        return "local"  # the forward listens on this machine
+
+    def port_is_free(self, spec, port):
+        return port_is_free(port, addresses=["127.0.0.1"])
+
+    def preflight(self, spec, report=True):
+        """The namespace exists, the pull secret is there (nvcr.io images need one); with ``report`` the
+        GPUs the nodes offer. Changes nothing."""
+        facts = {"namespace": self.namespace}
+        try:
+            self._call("core", "read_namespace", self.namespace, what="read namespace %s" % self.namespace)
+        except KubernetesError as exc:
+            if exc.status == 404:
+                raise TaoInferenceError("namespace %s does not exist in the cluster of %s; create it (kubectl create "
+                                        "namespace %s) or choose another namespace"
+                                        % (self.namespace, self._where, self.namespace))
+            if exc.status != 403:  # a user limited to the namespace may not read it: the start will tell
+                raise
+        pull_secret = spec.platform_options.get("image_pull_secret")
+        if spec.image.startswith("nvcr.io/") and not pull_secret:
+            raise TaoInferenceError(
+                "image %s comes from nvcr.io, which needs image_pull_secret: create a docker-registry Secret in "
+                "namespace %s (kubectl create secret docker-registry ngc-secret --docker-server=nvcr.io "
+                "--docker-username='$oauthtoken' --docker-password=<NGC API key>) and set image_pull_secret to its "
+                "name" % (spec.image, self.namespace))
+        if pull_secret:
+            found = self._get("secrets", pull_secret)
+            if found is None:
+                names = [s["metadata"]["name"] for s in self._list("secrets")
+                         if s.get("type") in ("kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg")]
+                raise TaoInferenceError("image_pull_secret %s is not in namespace %s; pull secrets there: %s"
+                                        % (pull_secret, self.namespace, ", ".join(sorted(names)) or "none"))
+            facts["image_pull_secret"] = pull_secret
+        if not report:
+            return facts
+        facts["server"] = self._server
+        try:
+            nodes = self._call("core", "list_node", what="list nodes").get("items") or []
+        except KubernetesError as exc:
+            if exc.status != 403:
+                raise
+            facts["allocatable_gpus"] = None
+            facts["warnings"] = ["cannot list nodes (%s): the GPUs the cluster offers are unknown" % exc.msg]
+            return facts
+        gpus = {}
+        for node in nodes:
+            count = ((node.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu") or "0"
+            try:
+                gpus[node["metadata"]["name"]] = int(count)
+            except (TypeError, ValueError):
+                gpus[node["metadata"]["name"]] = 0
+        facts["nodes"] = len(nodes)
+        facts["allocatable_gpus"] = gpus
+        if not any(gpus.values()):
+            facts["warnings"] = ["no node reports allocatable nvidia.com/gpu: a service with num_gpus > 0 cannot be "
+                                 "scheduled (is the NVIDIA device plugin or GPU operator installed?)"]
+        elif spec.num_gpus > max(gpus.values()):
+            facts["warnings"] = ["num_gpus %d is more than any node offers (at most %d)"
+                                 % (spec.num_gpus, max(gpus.values()))]
+        return facts
+
+    def start(self, launch):
+        """Create the Secret, the Job and the Service; wait until the pod runs and the Service has an
+        address, within ``launch.timeout``."""
+        deadline = time.monotonic() + launch.timeout
+        name = object_name(launch.job_id)
+        secret = self.secret_object(launch)
+        if secret is not None:
+            # First, so the pod finds it; the Job owns it once the Job exists (it goes with the Job).
+            created = self._create("secrets", secret)
+            secret["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
+        job = self._create("jobs", self.job_object(launch))
+        fields = {"platform_job_id": name, "k8s_service": name, "k8s_service_type": self.service_type}
+        launch.on_submitted(fields)
+        owner = self._owner(job)
+        if secret is not None:
+            secret["metadata"]["ownerReferences"] = [owner]
+            self._call("core", "replace_namespaced_secret", secret_name(launch.job_id), self.namespace, secret,
+                       what="give Secret %s to its Job" % secret_name(launch.job_id))
+        self._create("services", self.service_object(launch, owner))
+        pod = self._wait_running(name, launch, deadline)
+        fields["k8s_pod"] = pod["metadata"]["name"]
+        if self.service_type == "ClusterIP":
+            fields.update(self._open_forward(pod["metadata"]["name"], launch.host_port, list(launch.secret_env)))
+            fields["host_port"] = launch.host_port
+            fields["host_url"] = "http://127.0.0.1:%d" % launch.host_port
+        else:
+            fields["host_url"] = self._service_url(name, pod, deadline, launch)
+        return fields
+
+    def _pod_of(self, job_name):
+        pods = self._list("pods", selector="%s=%s" % (JOB_NAME_LABELS[1], job_name))
+        pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")] or pods
+        return sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")[-1] \
+            if pods else None
+
+    def _events(self, kind, name, secrets, limit=5):
+        try:
+            items = self._list("events", field="involvedObject.kind=%s,involvedObject.name=%s" % (kind, name))
+        except KubernetesError:
+            return []
+        items.sort(key=_when)
+        return ["%s %s: %s" % (e.get("type") or "", e.get("reason") or "",
+                               mask(" ".join((e.get("message") or "").split()), secrets))
+                for e in items[-limit:]]
+
+    def _pod_problem(self, pod, secrets):
+        """Why ``pod`` will not run (a sentence), or None while it may still."""
+        status = pod.get("status") or {}
+        name = pod["metadata"]["name"]
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and \
+                    condition.get("reason") == "Unschedulable":
+                return "pod %s cannot be scheduled: %s" % (name, mask(condition.get("message") or "no node fits",
+                                                                      secrets))
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state") or {}
+            waiting, ended = state.get("waiting") or {}, state.get("terminated")
+            if waiting.get("reason") in _STUCK:
+                return "pod %s: container %s is %s: %s" % (
+                    name, container.get("name"), waiting["reason"], mask(waiting.get("message") or "", secrets))
+            if ended:
+                return "pod %s: container %s ended (exit code %s, %s)%s" % (
+                    name, container.get("name"), ended.get("exitCode"), ended.get("reason") or "",
+                    (": " + mask(ended["message"], secrets)) if ended.get("message") else "")
+        if status.get("phase") in ("Failed", "Succeeded"):
+            why = status.get("message") or status.get("reason") or ""
+            return "pod %s %s: %s" % (name, status["phase"].lower(), mask(why, secrets))
+        return None
+
+    def _fail(self, launch, problem, pod_name):
+        events = self._events("Pod", pod_name, launch.secret_env) if pod_name else []
+        logs = self._pod_logs(pod_name, 15, launch.secret_env) if pod_name else ""
+        text = problem.rstrip(".") + "."
+        if events:
+            text += " Recent events: " + " | ".join(events)
+        if logs.strip():
+            text += " Last container log lines:\n" + logs.strip()
+        raise TaoInferenceError(text, job_id=launch.job_id)
+
+    def _wait_running(self, job_name, launch, deadline):
+        """The Job's pod once it runs with an IP; fails at once when it cannot run."""
+        sleep = 0.05
+        pod = None
+        while True:
+            pod = self._pod_of(job_name)
+            if pod is not None:
+                problem = self._pod_problem(pod, launch.secret_env)
+                if problem:
+                    self._fail(launch, problem, pod["metadata"]["name"])
+                status = pod.get("status") or {}
+                if status.get("phase") == "Running" and status.get("podIP"):
+                    return pod
+            else:
+                job = self._get("jobs", job_name)
+                if job is None:
+                    raise TaoInferenceError("Job %s disappeared while it started (deleted by someone else?)"
+                                            % job_name, job_id=launch.job_id)
+                for condition in (job.get("status") or {}).get("conditions") or []:
+                    if condition.get("type") == "Failed" and condition.get("status") == "True":
+                        self._fail(launch, "Job %s failed: %s %s" % (job_name, condition.get("reason"),
+                                                                     condition.get("message") or ""), None)
+            if time.monotonic() >= deadline:
+                where = pod["metadata"]["name"] if pod else None
+                phase = ((pod or {}).get("status") or {}).get("phase") or "no pod yet"
+                self._fail(launch, "Job %s was not running within wait_timeout (pod %s: %s)"
+                           % (job_name, where or "-", phase), where)
+            time.sleep(min(sleep, max(0.0, deadline - time.monotonic())))
+            sleep = min(sleep * 2, _POLL)
+
+    def _service_url(self, name, pod, deadline, launch):
+        sleep = 0.05
+        while True:
+            service = self._get("services", name)
+            if service is None:
+                raise TaoInferenceError("Service %s disappeared while the service started" % name, job_id=launch.job_id)
+            port = self._service_port(service)
+            if self.service_type == "NodePort":
+                host = (pod.get("status") or {}).get("hostIP")
+                if host and port.get("nodePort"):
+                    return "http://%s:%d" % (_url_host(host), port["nodePort"])
+            else:
+                ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+                for item in ingress:
+                    host = item.get("ip") or item.get("hostname")
+                    if host:
+                        return "http://%s:%d" % (_url_host(host), port.get("port") or catalog.CONTAINER_PORT)
+            if time.monotonic() >= deadline:
+                self._fail(launch, "Service %s got no %s within wait_timeout; a cluster without a load balancer "
+                           "needs service_type NodePort or ClusterIP" % (name, "node port" if
+                                                                         self.service_type == "NodePort" else
+                                                                         "load balancer address"), None)
+            time.sleep(min(sleep, max(0.0, deadline - time.monotonic())))
+            sleep = min(sleep * 2, _POLL)
+
+    @staticmethod
+    def _service_port(service):
+        ports = (service.get("spec") or {}).get("ports") or [{}]
+        return ports[0]
+
+    # -- the local forward (ClusterIP) ------------------------------------------
+    def _forward_settings(self, pod, local_port):
+        return {"kubeconfig": self.kubeconfig, "context": self.context, "in_cluster": self._in_cluster,
+                "validate_certs": self.validate_certs, "namespace": self.namespace, "pod": pod,
+                "port": catalog.CONTAINER_PORT, "local_port": local_port}
+
+    def _open_forward(self, pod, local_port, secret_names):
+        """Start the forward process (its environment without any secret: it lives as long as the service)."""
+        if not port_is_free(local_port, addresses=["127.0.0.1"]):
+            raise PortTaken(local_port)
+        proc, errors = kube_forward.spawn(self._forward_settings(pod, local_port),
+                                          child_environ(secret_names=secret_names))
+        spec = kube_forward.forward_spec(local_port, self.namespace, pod, catalog.CONTAINER_PORT)
+        try:
+            failed = kube_forward.wait_listening(proc, errors, _listens, local_port, _FORWARD_WAIT)
+            if failed is not None:
+                if "Address already in use" in failed:
+                    raise PortTaken(local_port)
+                raise TaoInferenceError("the port forward %s failed: %s" % (spec, failed.splitlines()[-1]))
+            _state, started = procs.stat_of(proc.pid)
+            return {"forward_pid": proc.pid, "forward_start_time": started, "forward_spec": spec}
+        except TimeoutError:
+            raise TaoInferenceError("the port forward %s was not listening after %ss" % (spec, _FORWARD_WAIT))
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise
+        finally:
+            errors.close()
+
+    @staticmethod
+    def _forward_alive(entry):
+        return bool(entry.get("forward_pid")) and tunnel_alive(entry["forward_pid"], entry.get("forward_start_time"),
+                                                               entry.get("forward_spec") or "")
+
+    def _close_forward(self, entry):
+        if not entry.get("forward_pid"):
+            return False
+        return close_tunnel(entry["forward_pid"], entry.get("forward_start_time"), entry.get("forward_spec") or "")
+
+    def release(self, entry):
+        return self._close_forward(entry)
+
+    def repair(self, entry):
+        if entry.get("k8s_service_type") != "ClusterIP" or self._forward_alive(entry):
+            return {}
+        self._close_forward(entry)
+        pod = self._pod_of(object_name(entry["job_id"]))
+        if pod is None:
+            raise TaoInferenceError("service %s has no pod to forward to" % entry["job_id"])
+        fields = self._open_forward(pod["metadata"]["name"], entry["host_port"], entry.get("secret_env") or [])
+        fields["k8s_pod"] = pod["metadata"]["name"]
+        return fields
+
+    # -- looking and stopping ------------------------------------------------------
+    def status(self, entry):
+        name = object_name(entry["job_id"])
+        job = self._get("jobs", name)
+        if job is None or not self._ours(job, entry["job_id"]):
+            return PlatformStatus(PlatformStatus.MISSING, "no Job %s of tao.inference in namespace %s"
+                                  % (name, self.namespace))
+        pod = self._pod_of(name)
+        extra = {"k8s_namespace": self.namespace}
+        if pod is None:
+            return PlatformStatus(PlatformStatus.PENDING, "Job %s has no pod yet" % name, extra=extra,
+                                  labels=self._labels_of(job), ident=name)
+        status = pod.get("status") or {}
+        phase = status.get("phase") or "Unknown"
+        extra.update({"k8s_pod": pod["metadata"]["name"], "k8s_pod_phase": phase})
+        problem = self._pod_problem(pod, {})
+        exit_code = None
+        for container in status.get("containerStatuses") or []:
+            ended = (container.get("state") or {}).get("terminated")
+            if ended:
+                exit_code = ended.get("exitCode")
+        if problem or phase in ("Failed", "Succeeded"):
+            state = PlatformStatus.EXITED
+        elif phase == "Running":
+            state = PlatformStatus.RUNNING
+        else:
+            state = PlatformStatus.PENDING
+        broken = None
+        if state == PlatformStatus.RUNNING and entry.get("k8s_service_type") == "ClusterIP" and \
+                entry.get("forward_pid") and not self._forward_alive(entry):
+            broken = "forward_down"
+        return PlatformStatus(state, problem or "pod %s %s" % (pod["metadata"]["name"], phase), exit_code,
+                              self._labels_of(job), name, extra=extra, broken=broken)
+
+    def _pod_logs(self, pod_name, lines, secrets):
+        """The last ``lines`` of the server container's log, secrets masked ("" when it cannot be read:
+        logs only explain a failure, they never fail on their own)."""
+        try:
+            data = self._call("core", "read_namespaced_pod_log", pod_name, self.namespace, container=CONTAINER,
+                              tail_lines=int(lines), what="read the log of pod %s" % pod_name)
+        except TaoInferenceError:
+            return ""
+        return mask(data[-64 * 1024:].decode("utf-8", "replace"), secrets)
+
+    def logs(self, entry, lines=40, secrets=None):
+        pod = entry.get("k8s_pod")
+        if not pod:
+            found = self._pod_of(object_name(entry["job_id"]))
+            pod = found["metadata"]["name"] if found else None
+        return self._pod_logs(pod, lines, secrets) if pod else ""
+
+    @staticmethod
+    def _ours(document, job_id):
+        labels = (document.get("metadata") or {}).get("labels") or {}
+        return labels.get(MANAGED_BY) == "tao.inference" and labels.get(LABEL_JOB_ID) == job_id
+
+    @staticmethod
+    def _labels_of(document):
+        """The object's labels and annotations as the service layer reads them (``tao.inference.*``)."""
+        metadata = document.get("metadata") or {}
+        labels, annotations = metadata.get("labels") or {}, metadata.get("annotations") or {}
+        result = {LABEL_PREFIX + "managed-by": labels.get(MANAGED_BY), LABEL_PREFIX + "job_id": labels.get(LABEL_JOB_ID),
+                  LABEL_PREFIX + "network_arch": labels.get(LABEL_ARCH), "platform_job_id": metadata.get("name")}
+        for key, annotation in (("registry", ANNOTATION_REGISTRY), ("fingerprint", ANNOTATION_FINGERPRINT),
+                                ("name", ANNOTATION_NAME)):
+            if annotations.get(annotation):
+                result[LABEL_PREFIX + key] = annotations[annotation]
+        return result
+
+    def stop(self, entry):
+        """Delete the Job (its pod with it), its Service and its Secret: only objects labelled as ours for
+        this job_id. True when something was there. Waits (a while) until the pod is gone."""
+        job_id = entry["job_id"]
+        if not is_uuid(job_id):
+            return False
+        name = object_name(job_id)
+        found = False
+        selector = "%s=tao.inference,%s=%s" % (MANAGED_BY, LABEL_JOB_ID, job_id)
+        self._close_forward(entry)
+        for kind in ("jobs", "services", "secrets"):
+            for item in self._list(kind, selector=selector):
+                found = self._delete(kind, item["metadata"]["name"], background=(kind == "jobs")) or found
+        # A pod the Job left (its Job deleted without a policy elsewhere) goes too.
+        deadline = time.monotonic() + STOP_WAIT
+        while True:
+            pods = self._list("pods", selector="%s=%s" % (JOB_NAME_LABELS[1], name))
+            pods = [p for p in pods if self._ours(p, job_id)]
+            if not pods:
+                return found
+            for pod in pods:
+                if not (pod.get("metadata") or {}).get("deletionTimestamp"):
+                    found = self._delete("pods", pod["metadata"]["name"]) or found
+            if time.monotonic() >= deadline:
+                return True  # being deleted: the cluster finishes it
+            time.sleep(0.25)
+
+    def find(self, name=None):
+        selector = "%s=tao.inference" % MANAGED_BY
+        found = []
+        for job in self._list("jobs", selector=selector):
+            labels = self._labels_of(job)
+            if name is not None and labels.get(LABEL_PREFIX + "name") != name:
+                continue
+            if not is_uuid(labels.get(LABEL_PREFIX + "job_id")):
+                continue
+            found.append(PlatformStatus(PlatformStatus.RUNNING, "Job %s" % job["metadata"]["name"], labels=labels,
+                                        ident=job["metadata"]["name"]))
+        return found
+
+    def close(self):
+        if self._api is not None:
+            try:
+                self._api.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+            self._api = None
+
+
+def _url_host(name):
+    return "[%s]" % name if ":" in name else name
