@@ -415,7 +415,8 @@ def test_portforward(cluster, emulator):
 
 
 def test_missing_image(cluster):
-    """An image the engine does not have: ErrImagePull, then ImagePullBackOff, with the kubelet's events."""
+    """An image the engine does not have: ErrImagePull, then ImagePullBackOff, with the kubelet's events; a malformed
+    reference: InvalidImageName."""
     image = "tao-inference-missing:0.0.%s" % uuid.uuid4().hex[:6]
     cluster.core.create_namespaced_pod(cluster.ns, pod_body("no-image", [container_spec(image=image)]))
     try:
@@ -439,8 +440,12 @@ def test_missing_image(cluster):
         with pytest.raises(ApiException) as info:
             cluster.core.read_namespaced_pod_log("no-image", cluster.ns)
         assert info.value.status == 400 and "waiting to start" in status_of(info.value)["message"]
+        cluster.core.create_namespaced_pod(cluster.ns, pod_body("bad-ref", [container_spec(image="Not/A:Reference")]))
+        waiting = cluster.waiting("bad-ref")
+        assert waiting.reason == "InvalidImageName" and "invalid reference format" in waiting.message
     finally:
         cluster.core.delete_namespaced_pod("no-image", cluster.ns)
+        cluster.core.delete_namespaced_pod("bad-ref", cluster.ns)
     cluster.wait_gone(lambda: cluster.core.read_namespaced_pod("no-image", cluster.ns), 15, "pod")
 
 

@@ -30,6 +30,12 @@ LOG = logging.getLogger("k8s_standin")
 SHM_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
 
 
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                             r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?/)?%s(?:/%s)*(?::[\w][\w.-]{0,127})?"
+                             r"(?:@sha256:[0-9a-f]{64})?$" % (_COMPONENT, _COMPONENT))
+
+
 class ConfigError(Exception):
     """A container cannot be configured yet (a missing Secret, key or volume)."""
 
@@ -265,6 +271,15 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
             return
         image = container.spec.get("image", "")
         policy = container.spec.get("imagePullPolicy", "IfNotPresent")
+        if not IMAGE_REFERENCE.match(image):
+            message = 'Failed to apply default image tag "%s": couldn\'t parse image name "%s": invalid reference format' % (
+                image, image)
+            if (container.state.get("waiting") or {}).get("reason") != "InvalidImageName":
+                self.event("Warning", "InspectFailed", message, container)
+                self.event("Warning", "Failed", "Error: InvalidImageName", container)
+            container.state = {"waiting": {"reason": "InvalidImageName", "message": message}}
+            container.next_attempt = time.monotonic() + 5
+            return
         missing = [ref.get("name", "") for ref in self.pod["spec"].get("imagePullSecrets") or []
                    if self.cluster.store.find(SECRET, self.namespace, ref.get("name", "")) is None]
         if missing and policy != "Never":
