@@ -131,11 +131,39 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
         self.file_dir = os.path.join(kubelet.files_root, self.uid)
         self.failure: Optional[Tuple[str, str]] = None  # (reason, message) of a pod-level failure
         self.probers: List["Prober"] = []
+        self.new_spec: Optional[Dict[str, Any]] = None  # a pod updated with other images, not yet acted on
 
     # ------------------------------------------------------------------------------------------
     def wake(self) -> None:
         """Run a step now."""
         self.wake_event.set()
+
+    def spec_updated(self, pod: Dict[str, Any]) -> None:
+        """The pod object changed: a new container image restarts that container."""
+        with self.lock:
+            self.new_spec = pod
+        self.wake()
+
+    def apply_images(self) -> None:
+        """Kill containers whose image changed; they start again with the new one (whatever the restart policy)."""
+        with self.lock:
+            pod, self.new_spec = self.new_spec, None
+        if pod is None:
+            return
+        specs = {c["name"]: c for c in (pod["spec"].get("initContainers") or []) + (pod["spec"].get("containers") or [])}
+        for container in self.init_containers + self.containers:
+            wanted = specs.get(container.name)
+            if wanted is None or wanted.get("image") == container.spec.get("image"):
+                continue
+            container.spec = wanted
+            if container.running:
+                self.kill(container, int(pod["spec"].get("terminationGracePeriodSeconds", 30)),
+                          "Container %s definition changed, will be restarted" % container.name)
+            if container.terminated is not None and not (container.init and container.terminated.get("exitCode") == 0):
+                container.last_state = {"terminated": container.terminated}
+                container.restart_pending = True
+                container.next_attempt = 0.0
+        self.pod = pod
 
     def request_stop(self, grace: int, discard: bool = False) -> None:
         """Stop the pod's containers within ``grace`` seconds (the shortest grace asked wins)."""
@@ -179,6 +207,8 @@ class PodWorker(threading.Thread):  # pylint: disable=too-many-instance-attribut
         """Advance the pod: volumes, init containers, containers, exits, restarts, deadline."""
         if self.failure:
             return
+        if self.new_spec is not None:
+            self.apply_images()
         deadline = self.pod["spec"].get("activeDeadlineSeconds")
         if deadline and time.time() - _epoch(self.start_time) >= deadline:
             self.failure = ("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
@@ -949,6 +979,9 @@ class Kubelet:
         deletion = pod["metadata"].get("deletionTimestamp")
         if deletion:
             worker.request_stop(int(pod["metadata"].get("deletionGracePeriodSeconds", 30)))
+        elif event == "MODIFIED" and [c.get("image") for c in pod["spec"].get("containers") or []] != \
+                [c.spec.get("image") for c in worker.containers]:
+            worker.spec_updated(pod)
 
     def forget(self, uid: str, worker: PodWorker) -> None:
         """A worker ended."""
