@@ -42,6 +42,8 @@ import os
 import re
 import time
 
+from urllib.parse import urlencode
+
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, kube_forward, procs
@@ -67,7 +69,8 @@ SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
 # Waiting reasons after which a container will not start by itself.
 _STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
           "CreateContainerError", "CrashLoopBackOff", "RunContainerError")
-_POLL = 0.2  # seconds between looks at a starting pod (at most; the first looks come sooner)
+_POLL = 0.2  # seconds between looks where watching is not allowed (at most; the first looks come sooner)
+WATCH_SEGMENT = 5  # seconds one watch request lasts before the wait looks around (and watches again)
 STOP_WAIT = 30  # seconds a stop waits for the pod to be gone
 _FORWARD_WAIT = 20
 
@@ -201,7 +204,7 @@ class KubernetesDriver(Driver):
         service_type=dict(type="str", choices=list(SERVICE_TYPES), default="LoadBalancer"),
         node_selector=dict(type="dict"),
         tolerations=dict(type="list", elements="dict"),
-        image_pull_secret=dict(type="str"),
+        image_pull_secret=dict(type="str", no_log=False),  # a Secret's name, not a secret
         volume_claims=dict(type="list", elements="str"),
     )
     CONNECTION = {"kubeconfig": "kubeconfig", "context": "context", "namespace": "namespace"}
@@ -256,7 +259,7 @@ class KubernetesDriver(Driver):
         self.api_timeout = api_timeout
         self.service_type = service_type
         self._api = None
-        self._apis = {}
+        self._configuration = None
         self._in_cluster = False
         self._where = "the kubeconfig"
         self._server = "the cluster"
@@ -303,38 +306,52 @@ class KubernetesDriver(Driver):
         if self.validate_certs is not None:
             configuration.verify_ssl = bool(self.validate_certs)
         self._server = configuration.host
-        api_client = client.ApiClient(configuration)
-        self._apis = {"core": client.CoreV1Api(api_client), "batch": client.BatchV1Api(api_client)}
-        return api_client
+        self._configuration = configuration
+        return client.ApiClient(configuration)
 
     def _only_in_cluster(self):
         """No kubeconfig anywhere, but a pod's service account: the in-cluster configuration."""
         default = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         return not os.path.exists(default.split(os.pathsep)[0]) and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
-    def _call(self, group, method, *args, what=None, **kwargs):
-        """One API call through the client's own method (``group`` ``core`` or ``batch``); the decoded
-        JSON answer (responses are not turned into the client's models). Errors become
-        :class:`KubernetesError`."""
+    def _request(self, method, path, query=None, body=None, what=None, stream=False, timeout=None):
+        """One API request on the client's connection pool, with the credentials its configuration
+        holds (a token refreshed by an exec plugin included); the decoded JSON answer (the raw urllib3
+        response with ``stream``). Errors become :class:`KubernetesError`.
+
+        The client's typed methods build a validator per method on first use, which would cost every
+        module run a few tenths of a second; the objects here are plain JSON already."""
         if self._api is None:
             self._api = self._connect()
-        from kubernetes.client.rest import ApiException  # pylint: disable=import-outside-toplevel
         import urllib3  # pylint: disable=import-outside-toplevel
 
-        what = what or method.replace("_", " ")
-        function = getattr(self._apis[group], method)
+        what = what or "%s %s" % (method, path)
+        headers = {"Accept": "application/json", "User-Agent": "tao.inference"}
+        auth = self._configuration.auth_settings().get("BearerToken")
+        if auth and auth.get("value"):
+            headers[auth["key"]] = auth["value"]
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode("utf-8")
+        url = self._configuration.host + path + ("?" + urlencode(sorted(query.items())) if query else "")
+        seconds = timeout or self.api_timeout
         try:
-            response = function(*args, _preload_content=False, _request_timeout=self.api_timeout, **kwargs)
-        except ApiException as exc:
-            raise self._error(exc.status, exc.body, what)
+            response = self._api.rest_client.pool_manager.request(
+                method, url, body=data, headers=headers, retries=False, preload_content=not stream,
+                timeout=urllib3.Timeout(connect=min(seconds, 30), read=seconds))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise KubernetesError("cannot reach the Kubernetes API at %s (%s) to %s: %s"
                                   % (self._server, self._where, what, exc))
-        data = response.data
-        if method.startswith("read_namespaced_pod_log"):
-            return data
+        if not 200 <= response.status <= 299:
+            text = response.data if not stream else response.read(64 * 1024)
+            raise self._error(response.status, text.decode("utf-8", "replace") if text else "", what)
+        if stream:
+            return response
+        if path.endswith("/log"):
+            return response.data
         try:
-            return json.loads(data) if data else {}
+            return json.loads(response.data) if response.data else {}
         except ValueError:
             raise KubernetesError("the Kubernetes API at %s answered with something that is not JSON when asked "
                                   "to %s" % (self._server, what))
@@ -360,40 +377,36 @@ class KubernetesDriver(Driver):
         return KubernetesError("Kubernetes could not %s: %s %s%s" % (what, status, message, (". " + hint) if hint else ""),
                                status, reason)
 
-    _KINDS = {"jobs": ("batch", "job"), "pods": ("core", "pod"), "services": ("core", "service"),
-              "secrets": ("core", "secret"), "events": ("core", "event")}
+    def _path(self, kind, name=None):
+        group = "/apis/batch/v1" if kind == "jobs" else "/api/v1"
+        return "%s/namespaces/%s/%s%s" % (group, self.namespace, kind, "/" + name if name else "")
 
     def _get(self, kind, name):
-        group, singular = self._KINDS[kind]
         try:
-            return self._call(group, "read_namespaced_%s" % singular, name, self.namespace,
-                              what="read %s %s" % (singular, name))
+            return self._request("GET", self._path(kind, name), what="read %s %s" % (kind[:-1], name))
         except KubernetesError as exc:
             if exc.status == 404:
                 return None
             raise
 
     def _list(self, kind, selector=None, field=None):
-        group, singular = self._KINDS[kind]
         query = {}
         if selector:
-            query["label_selector"] = selector
+            query["labelSelector"] = selector
         if field:
-            query["field_selector"] = field
-        return self._call(group, "list_namespaced_%s" % singular, self.namespace, what="list %s" % kind,
-                          **query).get("items") or []
+            query["fieldSelector"] = field
+        return self._request("GET", self._path(kind), query, what="list %s" % kind).get("items") or []
 
     def _create(self, kind, body):
-        group, singular = self._KINDS[kind]
-        return self._call(group, "create_namespaced_%s" % singular, self.namespace, body,
-                          what="create %s %s" % (singular, body["metadata"]["name"]))
+        return self._request("POST", self._path(kind), body=body,
+                             what="create %s %s" % (kind[:-1], body["metadata"]["name"]))
 
     def _delete(self, kind, name, background=False):
-        group, singular = self._KINDS[kind]
-        body = {"propagationPolicy": "Background"} if background else {}
+        body = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if background:
+            body["propagationPolicy"] = "Background"
         try:
-            self._call(group, "delete_namespaced_%s" % singular, name, self.namespace, body=body,
-                       what="delete %s %s" % (singular, name))
+            self._request("DELETE", self._path(kind, name), body=body, what="delete %s %s" % (kind[:-1], name))
             return True
         except KubernetesError as exc:
             if exc.status == 404:
@@ -508,7 +521,7 @@ class KubernetesDriver(Driver):
         GPUs the nodes offer. Changes nothing."""
         facts = {"namespace": self.namespace}
         try:
-            self._call("core", "read_namespace", self.namespace, what="read namespace %s" % self.namespace)
+            self._request("GET", "/api/v1/namespaces/%s" % self.namespace, what="read namespace %s" % self.namespace)
         except KubernetesError as exc:
             if exc.status == 404:
                 raise TaoInferenceError("namespace %s does not exist in the cluster of %s; create it (kubectl create "
@@ -535,7 +548,7 @@ class KubernetesDriver(Driver):
             return facts
         facts["server"] = self._server
         try:
-            nodes = self._call("core", "list_node", what="list nodes").get("items") or []
+            nodes = self._request("GET", "/api/v1/nodes", what="list nodes").get("items") or []
         except KubernetesError as exc:
             if exc.status != 403:
                 raise
@@ -575,8 +588,8 @@ class KubernetesDriver(Driver):
         owner = self._owner(job)
         if secret is not None:
             secret["metadata"]["ownerReferences"] = [owner]
-            self._call("core", "replace_namespaced_secret", secret_name(launch.job_id), self.namespace, secret,
-                       what="give Secret %s to its Job" % secret_name(launch.job_id))
+            self._request("PUT", self._path("secrets", secret_name(launch.job_id)), body=secret,
+                          what="give Secret %s to its Job" % secret_name(launch.job_id))
         self._create("services", self.service_object(launch, owner))
         pod = self._wait_running(name, launch, deadline)
         fields["k8s_pod"] = pod["metadata"]["name"]
@@ -638,60 +651,155 @@ class KubernetesDriver(Driver):
             text += " Last container log lines:\n" + logs.strip()
         raise TaoInferenceError(text, job_id=launch.job_id)
 
-    def _wait_running(self, job_name, launch, deadline):
-        """The Job's pod once it runs with an IP; fails at once when it cannot run."""
-        sleep = 0.05
-        pod = None
+    def _watch(self, kind, check, deadline, selector=None, name=None, between=None):
+        """Follow objects of ``kind`` (one ``name``, or a label ``selector``) as they change, until
+        ``check(object)`` returns something other than None (returned) or ``deadline`` passes (None).
+
+        A watch sees a change the moment it happens, where polling would see it up to a poll later,
+        and costs the API server one request per segment instead of one per poll. Segments last at most
+        :data:`WATCH_SEGMENT` seconds; ``between()`` runs after each one that ended without an answer.
+        Where watching is not allowed (403, 405), it polls instead."""
+        query = {"watch": "true"}
+        if name:
+            query["fieldSelector"] = "metadata.name=%s" % name
+        if selector:
+            query["labelSelector"] = selector
+        version = None
         while True:
-            pod = self._pod_of(job_name)
-            if pod is not None:
-                problem = self._pod_problem(pod, launch.secret_env)
-                if problem:
-                    self._fail(launch, problem, pod["metadata"]["name"])
-                status = pod.get("status") or {}
-                if status.get("phase") == "Running" and status.get("podIP"):
-                    return pod
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            segment = max(1, int(min(remaining, WATCH_SEGMENT) + 0.999))
+            query["timeoutSeconds"] = str(segment)
+            if version:
+                query["resourceVersion"] = version
             else:
-                job = self._get("jobs", job_name)
-                if job is None:
-                    raise TaoInferenceError("Job %s disappeared while it started (deleted by someone else?)"
-                                            % job_name, job_id=launch.job_id)
-                for condition in (job.get("status") or {}).get("conditions") or []:
-                    if condition.get("type") == "Failed" and condition.get("status") == "True":
-                        self._fail(launch, "Job %s failed: %s %s" % (job_name, condition.get("reason"),
-                                                                     condition.get("message") or ""), None)
-            if time.monotonic() >= deadline:
-                where = pod["metadata"]["name"] if pod else None
-                phase = ((pod or {}).get("status") or {}).get("phase") or "no pod yet"
-                self._fail(launch, "Job %s was not running within wait_timeout (pod %s: %s)"
-                           % (job_name, where or "-", phase), where)
+                query.pop("resourceVersion", None)
+            try:
+                response = self._request("GET", self._path(kind), dict(query), stream=True, timeout=segment + 5,
+                                         what="watch %s" % kind)
+            except KubernetesError as exc:
+                if exc.status in (403, 405):
+                    return self._poll(kind, check, deadline, selector, name, between)
+                if exc.status == 410:
+                    version = None
+                    continue
+                raise
+            try:
+                found, version = self._follow(response, check, deadline, version)
+            finally:
+                response.release_conn()
+            if found is not None:
+                return found
+            if between is not None:
+                between()
+
+    def _follow(self, response, check, deadline, version):
+        """Read one watch stream: ``(answer or None, last resourceVersion)``."""
+        import urllib3  # pylint: disable=import-outside-toplevel
+
+        buffer = b""
+        try:
+            for chunk in response.stream(16 * 1024):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    item = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        return None, None if item.get("code") == 410 else version
+                    version = (item.get("metadata") or {}).get("resourceVersion") or version
+                    if event.get("type") != "DELETED":
+                        found = check(item)
+                        if found is not None:
+                            return found, version
+                if time.monotonic() >= deadline:
+                    return None, version
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            pass  # the stream ended or broke: the caller watches again from ``version``
+        return None, version
+
+    def _poll(self, kind, check, deadline, selector, name, between):
+        sleep = 0.05
+        while time.monotonic() < deadline:
+            items = [self._get(kind, name)] if name else self._list(kind, selector=selector)
+            for item in items:
+                found = check(item) if item else None
+                if found is not None:
+                    return found
+            if between is not None:
+                between()
             time.sleep(min(sleep, max(0.0, deadline - time.monotonic())))
             sleep = min(sleep * 2, _POLL)
+        return None
+
+    def _wait_running(self, job_name, launch, deadline):
+        """The Job's pod once it runs with an IP; fails at once when it cannot run."""
+        last = {}
+
+        def check(pod):
+            last["pod"] = pod
+            problem = self._pod_problem(pod, launch.secret_env)
+            if problem:
+                self._fail(launch, problem, pod["metadata"]["name"])
+            status = pod.get("status") or {}
+            if status.get("phase") == "Running" and status.get("podIP"):
+                return pod
+            return None
+
+        def job_still_there():
+            if last.get("pod"):
+                return
+            job = self._get("jobs", job_name)
+            if job is None:
+                raise TaoInferenceError("Job %s disappeared while it started (deleted by someone else?)"
+                                        % job_name, job_id=launch.job_id)
+            for condition in (job.get("status") or {}).get("conditions") or []:
+                if condition.get("type") == "Failed" and condition.get("status") == "True":
+                    self._fail(launch, "Job %s failed: %s %s" % (job_name, condition.get("reason"),
+                                                                 condition.get("message") or ""), None)
+            failed = [e for e in self._events("Job", job_name, launch.secret_env) if "FailedCreate" in e]
+            if failed:
+                self._fail(launch, "Job %s cannot create its pod: %s" % (job_name, failed[-1]), None)
+
+        pod = self._watch("pods", check, deadline, selector="%s=%s" % (JOB_NAME_LABELS[1], job_name),
+                          between=job_still_there)
+        if pod is None:
+            pod = last.get("pod")
+            where = pod["metadata"]["name"] if pod else None
+            phase = ((pod or {}).get("status") or {}).get("phase") or "no pod yet"
+            self._fail(launch, "Job %s was not running within wait_timeout (pod %s: %s)"
+                       % (job_name, where or "-", phase), where)
+        return pod
 
     def _service_url(self, name, pod, deadline, launch):
-        sleep = 0.05
-        while True:
-            service = self._get("services", name)
-            if service is None:
-                raise TaoInferenceError("Service %s disappeared while the service started" % name, job_id=launch.job_id)
+        def check(service):
             port = self._service_port(service)
             if self.service_type == "NodePort":
                 host = (pod.get("status") or {}).get("hostIP")
                 if host and port.get("nodePort"):
                     return "http://%s:%d" % (_url_host(host), port["nodePort"])
-            else:
-                ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-                for item in ingress:
-                    host = item.get("ip") or item.get("hostname")
-                    if host:
-                        return "http://%s:%d" % (_url_host(host), port.get("port") or catalog.CONTAINER_PORT)
-            if time.monotonic() >= deadline:
-                self._fail(launch, "Service %s got no %s within wait_timeout; a cluster without a load balancer "
-                           "needs service_type NodePort or ClusterIP" % (name, "node port" if
-                                                                         self.service_type == "NodePort" else
-                                                                         "load balancer address"), None)
-            time.sleep(min(sleep, max(0.0, deadline - time.monotonic())))
-            sleep = min(sleep * 2, _POLL)
+                return None
+            ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+            for item in ingress:
+                host = item.get("ip") or item.get("hostname")
+                if host:
+                    return "http://%s:%d" % (_url_host(host), port.get("port") or catalog.CONTAINER_PORT)
+            return None
+
+        def still_there():
+            if self._get("services", name) is None:
+                raise TaoInferenceError("Service %s disappeared while the service started" % name,
+                                        job_id=launch.job_id)
+
+        url = self._watch("services", check, deadline, name=name, between=still_there)
+        if url is None:
+            what = "node port" if self.service_type == "NodePort" else "load balancer address"
+            self._fail(launch, "Service %s got no %s within wait_timeout; a cluster without a load balancer "
+                       "needs service_type NodePort or ClusterIP" % (name, what), None)
+        return url
 
     @staticmethod
     def _service_port(service):
@@ -791,8 +899,8 @@ class KubernetesDriver(Driver):
         """The last ``lines`` of the server container's log, secrets masked ("" when it cannot be read:
         logs only explain a failure, they never fail on their own)."""
         try:
-            data = self._call("core", "read_namespaced_pod_log", pod_name, self.namespace, container=CONTAINER,
-                              tail_lines=int(lines), what="read the log of pod %s" % pod_name)
+            data = self._request("GET", self._path("pods", pod_name) + "/log",
+                                 {"container": CONTAINER, "tailLines": int(lines)}, what="read the log of pod %s" % pod_name)
         except TaoInferenceError:
             return ""
         return mask(data[-64 * 1024:].decode("utf-8", "replace"), secrets)
