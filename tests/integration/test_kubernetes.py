@@ -273,3 +273,25 @@ def test_kubectl_sees_what_the_collection_made(k8s):
     assert "job.batch/tao-%s" % job_id in got.stdout and "service/tao-%s" % job_id in got.stdout
     k8s.play(stop_task(k8s, "kubectl"))
     assert_gone(k8s)
+
+
+def test_the_start_and_stop_playbooks_and_the_preflight_role(k8s):
+    options = {"kubeconfig": KUBECONFIG, "context": "tao-test", "namespace": k8s.cluster.namespace,
+               "service_type": "NodePort"}
+    run = k8s.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
+        "platform": "kubernetes", "platform_options": options, "network_arch": "cosmos-rl",
+        "model_path": "hf_model://a/b", "image": IMAGE, "num_gpus": 0, "name": "k8s-play"})
+    assert run.rc == 0, run.output[-3000:]
+    job_id = run.task("Start the service")["result"]["job_id"]
+    assert "%s: ready after" % job_id in run.stdout and "https://127.0.0.1:" in run.stdout
+    role = k8s.play("- name: Preflight role\n  ansible.builtin.include_role:\n    name: tao.inference.kubernetes\n"
+                    "  vars:\n    kubernetes_kubeconfig: %s\n    kubernetes_context: tao-test\n"
+                    "    kubernetes_namespace: %s\n    kubernetes_image: %s\n    kubernetes_num_gpus: 4\n"
+                    % (KUBECONFIG, k8s.cluster.namespace, IMAGE))
+    assert role.rc == 0, role.output[-3000:]
+    assert "namespace %s: 1 node(s)" % k8s.cluster.namespace in role.stdout
+    assert "num_gpus 4 is more than any node offers" in role.output
+    stop = k8s.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
+        "name": "k8s-play", "platform": "kubernetes", "platform_options": options})
+    assert stop.rc == 0, stop.output[-3000:]
+    assert_gone(k8s)
