@@ -41,8 +41,9 @@ options:
         address and serves on it (port 8080). V(NodePort) serves on the address of the pod's node and the
         node port Kubernetes chose. V(ClusterIP), for clusters without a load balancer whose nodes cannot
         be reached, starts a port forward on this machine (C(http://127.0.0.1:<host_port>) through the
-        Kubernetes API), a process of its own that the collection tracks by pid, repairs when it died
-        and stops with the service.
+        Kubernetes API), a process of its own that the collection tracks by pid and stops with the service.
+        When it died (or exited because the cluster refused its credentials), C(tao_inference_info) reports
+        it and the next start with the same C(name) starts it again. Every local user can connect to it.
       - The service has no authentication of its own; anyone who reaches a LoadBalancer or NodePort
         address can use it.
     type: str
@@ -66,6 +67,13 @@ options:
         C(kubectl create secret docker-registry ngc-secret --docker-server=nvcr.io
         --docker-username='$oauthtoken' --docker-password=<NGC API key>).
     type: str
+  source_ranges:
+    description:
+      - With O(service_type=LoadBalancer), the client address ranges the load balancer lets in
+        (C(loadBalancerSourceRanges)), e.g. V(203.0.113.0/24). Without it, a cloud load balancer is often
+        reachable from the internet, and the service has no authentication of its own.
+    type: list
+    elements: str
   volume_claims:
     description:
       - PersistentVolumeClaims mounted into the container, each V(<claim>:/container/path[:ro|rw]).

@@ -20,6 +20,7 @@ module's payload.
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -36,10 +37,65 @@ _BOOT = ("import json, sys\n"
          "exec(compile(document['source'], 'tao-inference-forward', 'exec'), scope)\n"
          "scope['serve'](document['settings'])\n")
 _CHUNK = 256 * 1024
+MAX_CONNECTIONS = 32  # forwarded at once; each is one API port-forward stream
 
 
 def forward_spec(local_port, namespace, pod, port):
     return "127.0.0.1:%d:%s/%s:%d" % (local_port, namespace, pod, port)
+
+
+def _argv(pid):
+    try:
+        with open("/proc/%d/cmdline" % int(pid), "rb") as handle:
+            return handle.read().split(b"\0")[:-1]
+    except (OSError, ValueError):
+        return []
+
+
+def _started(pid):
+    """``(state, start time)`` of ``pid`` from /proc/<pid>/stat, or (None, None)."""
+    try:
+        with open("/proc/%d/stat" % int(pid)) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _is_forward(argv):
+    return len(argv) == 5 and argv[1] == b"-c" and argv[3] == MARKER.encode()
+
+
+def alive(pid, start_time, spec):
+    """True when ``pid`` is still this forward: started at ``start_time``, run by this user, its command line
+    exactly ``<python> -c <boot> tao-inference-forward <spec>`` (a reused pid or any other process is not)."""
+    state, started = _started(pid)
+    if state is None or state in ("Z", "X") or str(started) != str(start_time):
+        return False
+    try:
+        if os.stat("/proc/%d" % int(pid)).st_uid != os.geteuid():
+            return False
+    except OSError:
+        return False
+    argv = _argv(pid)
+    return _is_forward(argv) and argv[4] == spec.encode("utf-8")
+
+
+def find(namespace, pod_prefix):
+    """``(pid, start time, spec)`` of this user's forwards to pods of ``namespace`` whose names start with
+    ``pod_prefix`` (a service whose registry entry was lost)."""
+    marker = (":%s/%s" % (namespace, pod_prefix)).encode("utf-8")
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        argv = _argv(name)
+        if _is_forward(argv) and marker in argv[4]:
+            _state, started = _started(name)
+            spec = argv[4].decode("utf-8", "replace")
+            if started is not None and alive(int(name), started, spec):
+                found.append((int(name), started, spec))
+    return found
 
 
 def _source():
@@ -81,8 +137,8 @@ def _api(settings):
                                 client_configuration=configuration)
     else:
         config.load_incluster_config(client_configuration=configuration)
-    if settings.get("validate_certs") is False:
-        configuration.verify_ssl = False
+    if settings.get("validate_certs") is not None:
+        configuration.verify_ssl = bool(settings["validate_certs"])
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
@@ -121,7 +177,13 @@ def _connect(api, settings):
 
 
 def serve(settings):
-    """Listen on 127.0.0.1:<local_port> and forward every connection to the pod (runs until killed)."""
+    """Listen on 127.0.0.1:<local_port> and forward every connection to the pod, until stopped.
+
+    SIGTERM ends it cleanly (the client's temporary certificate and key files are removed). At most
+    :data:`MAX_CONNECTIONS` connections are forwarded at once; more wait. When the cluster refuses the
+    credentials (401, 403: an expired token), it exits, so that the forward shows as down and the next
+    start with the service's name starts it again."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     api = _api(settings)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,14 +191,27 @@ def serve(settings):
     listener.listen(64)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 2)  # the starter has read what a failed start printed; nothing more is read
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def forward(conn, remote):
+        try:
+            _pump(conn, remote)
+        finally:
+            slots.release()
+
     while True:
         conn, _addr = listener.accept()
+        slots.acquire()
         try:
             remote = _connect(api, settings)
-        except Exception:  # pylint: disable=broad-except
+        except Exception as exc:  # pylint: disable=broad-except
             conn.close()  # the pod is gone or not reachable: this connection fails, the forward stays
+            slots.release()
+            said = "%s %s" % (getattr(exc, "reason", ""), exc)
+            if getattr(exc, "status", None) in (401, 403) or "status 401" in said or "status 403" in said:
+                sys.exit(3)
             continue
-        threading.Thread(target=_pump, args=(conn, remote), daemon=True).start()
+        threading.Thread(target=forward, args=(conn, remote), daemon=True).start()
 
 
 def wait_listening(proc, errors, listens, local_port, timeout):

@@ -12,6 +12,8 @@ no platform: it asks drivers only what platforms/base.py defines (host ports,
 """
 
 import copy
+import os
+import socket
 import time
 import datetime
 import uuid
@@ -93,12 +95,17 @@ def trusted_connection(entry, cls, options):
         if key not in cls.FILE_CONNECTION:
             if value is not None:  # where the service runs, as recorded when it started
                 connection[key] = value
-        elif value and passed.get(key) != value:
+        elif value and _local_file(passed.get(key)) != _local_file(value):
             option = cls.CONNECTION[key]
             raise TaoInferenceError(
                 "service %s was started with %s %s; pass the same %s to reach it (a registry entry never "
                 "chooses an ssh configuration or key by itself)" % (entry["job_id"], option, value, option))
     return connection
+
+
+def _local_file(path):
+    """A local file option as it is compared (``~`` expanded, absolute); other values as they are."""
+    return os.path.abspath(os.path.expanduser(path)) if isinstance(path, str) and path else path
 
 
 def make_driver(platform, connection, options):
@@ -144,7 +151,8 @@ class ServiceManager(object):
             if keep is not None:
                 probe = readiness.probe(keep["host_url"])
                 if not probe.fatal:
-                    return self._keep(driver, keep, status, probe, wait, wait_timeout, wait_sleep)
+                    return self._keep(self.driver(keep["platform"], keep), keep, status, probe, wait, wait_timeout,
+                                      wait_sleep)
             replace = current + self._orphans(driver, spec.name, current)
         before = replace[0] if replace else {}
         if self.check_mode:
@@ -214,8 +222,10 @@ class ServiceManager(object):
                 "registry" % (entry["job_id"], exc.name if isinstance(exc, procs.Interrupted) else "SIGINT",
                               ", and what it had started was stopped" if (stopped or made) else ""),
                 job_id=entry["job_id"], interrupted=True) from None
-        if isinstance(exc, TaoInferenceError) and (stopped or made) and "It was stopped" not in exc.msg:
-            exc.msg += " It was stopped and removed from the registry."
+        if isinstance(exc, TaoInferenceError):
+            exc.msg = mask(exc.msg, secrets)  # a platform's own message may echo what it was given
+            if (stopped or made) and "It was stopped" not in exc.msg:
+                exc.msg += " It was stopped and removed from the registry."
             exc.args = (exc.msg,)
 
     def _mark_stop_error(self, entry, message):
@@ -277,8 +287,10 @@ class ServiceManager(object):
         for found in driver.find(name):
             job_id = found.labels.get(LABEL_PREFIX + "job_id")
             registry = found.labels.get(LABEL_PREFIX + "registry")
-            if registry is not None and registry != self.registry.path:
-                continue
+            host = found.labels.get(LABEL_PREFIX + "host")
+            if (registry is not None and registry != self.registry.path) or \
+                    (host is not None and host != socket.gethostname()):
+                continue  # another registry's, or the same path on another machine (a shared engine or cluster)
             if trust.is_uuid(job_id) and job_id not in known_ids:
                 orphans.append({"job_id": job_id, "name": found.labels.get(LABEL_PREFIX + "name"),
                                 "platform": driver.name, "orphan": True,
@@ -292,6 +304,7 @@ class ServiceManager(object):
             LABEL_PREFIX + "network_arch": spec.network_arch,
             LABEL_PREFIX + "fingerprint": fingerprint,
             LABEL_PREFIX + "registry": self.registry.path,
+            LABEL_PREFIX + "host": socket.gethostname(),
         }
         if spec.name:
             labels[LABEL_PREFIX + "name"] = spec.name

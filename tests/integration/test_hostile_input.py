@@ -1013,8 +1013,26 @@ def test_int_options_refuse_infinity(world):
                         "failing cleanly (ansible-core check_type_int):\n" + "\n".join(escaped)
 
 
+TOP_UP = (HOSTILE_PLAIN[0], HOSTILE_PLAIN[4], HOSTILE_PLAIN[11], {"$(touch %s)" % CANARY: ["-oProxyCommand=x"]},
+          ["--wrap=touch " + CANARY, None])
+TOP_UP_BASE = {"tao_inference_service": {"network_arch": "cosmos-rl", "model_path": "hf_model://a/b"},
+               "tao_inference_request": {"prompt": "hi", "sampling": {}},
+               "tao_inference_preflight": {"network_arch": "cosmos-rl"}}
+
+
 def test_every_option_got_hostile_values(world):
-    """Each option of each module's spec was given hostile or wrongly typed values many times."""
+    """Each option of each module's spec was given hostile or wrongly typed values many times: the draws
+    above, topped up with fixed hostile values (check mode) for any option the draws reached fewer than
+    five times (each new option thins the draws of the others)."""
+    test = "top-up"
+    for module in MODULES:
+        for option in sorted(SPECS[module]):
+            for value in TOP_UP[:max(0, 5 - WORLD.hostile_options[module][option])]:
+                args = dict(TOP_UP_BASE.get(module, {}), registry_path=CASE + "/registry.json")
+                args[option] = value
+                run_case(test, module, args, True, bad=(option,))
+    if WORLD.per_test[test]:
+        _report(test)
     thin = []
     for module in MODULES:
         for option in SPECS[module]:

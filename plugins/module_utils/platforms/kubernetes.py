@@ -37,6 +37,7 @@ platforms do not need it. Responses are read as plain JSON.
 """
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -53,8 +54,8 @@ from ansible_collections.tao.inference.plugins.module_utils.platforms.base impor
 )
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
-from ansible_collections.tao.inference.plugins.module_utils.ssh import _listens, close_tunnel, tunnel_alive
-from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ, is_uuid
+from ansible_collections.tao.inference.plugins.module_utils.ssh import _listens, close_tunnel
+from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ, is_uuid, kind_problem
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB_ID = "tao.inference/job-id"
@@ -63,6 +64,7 @@ LABEL_ARCH = "tao.inference/network-arch"
 ANNOTATION_REGISTRY = "tao.inference/registry"
 ANNOTATION_FINGERPRINT = "tao.inference/fingerprint"
 ANNOTATION_NAME = "tao.inference/name"
+ANNOTATION_HOST = "tao.inference/host"
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 CONTAINER = "server"
 SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
@@ -71,6 +73,7 @@ _STUCK = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNever
           "CreateContainerError", "CrashLoopBackOff", "RunContainerError")
 _POLL = 0.2  # seconds between looks where watching is not allowed (at most; the first looks come sooner)
 WATCH_SEGMENT = 5  # seconds one watch request lasts before the wait looks around (and watches again)
+WATCH_LINE_LIMIT = 8 * 1024 * 1024  # bytes of one watch event at most
 STOP_WAIT = 30  # seconds a stop waits for the pod to be gone
 _FORWARD_WAIT = 20
 
@@ -80,6 +83,11 @@ _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _CONTEXT = re.compile(r"[A-Za-z0-9_.:@/+-]{1,253}")
 _TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
+
+
+def normalize_path(path):
+    """A kubeconfig path as it is recorded and compared: ``~`` expanded, absolute."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def object_name(job_id):
@@ -164,6 +172,19 @@ def _check_claims(value):
     return result
 
 
+def _check_ranges(value):
+    result = []
+    for item in value or []:
+        try:
+            result.append(str(ipaddress.ip_network(item, strict=False)) if isinstance(item, str) and
+                          item.strip() == item else None)
+        except ValueError:
+            result.append(None)
+        if result[-1] is None:
+            raise TaoInferenceError("source_ranges entry %r is not an address range such as 203.0.113.0/24" % (item,))
+    return result
+
+
 def _quantity(size):
     """A Kubernetes memory quantity for a docker-style size (16g -> 16Gi)."""
     value = parse_size(size)
@@ -206,10 +227,14 @@ class KubernetesDriver(Driver):
         tolerations=dict(type="list", elements="dict"),
         image_pull_secret=dict(type="str", no_log=False),  # a Secret's name, not a secret
         volume_claims=dict(type="list", elements="str"),
+        source_ranges=dict(type="list", elements="str"),
     )
     CONNECTION = {"kubeconfig": "kubeconfig", "context": "context", "namespace": "namespace"}
     FILE_CONNECTION = ("kubeconfig",)
-    CONNECTION_KINDS = {"kubeconfig": "path", "context": context_problem, "namespace": namespace_problem}
+    # ``server``: the API server the service was started on (recorded, never an option): a later run
+    # whose kubeconfig and context reach another cluster refuses to look at or stop it there.
+    CONNECTION_KINDS = {"kubeconfig": "path", "context": context_problem, "namespace": namespace_problem,
+                        "server": "url"}
     ENTRY_FIELDS = {"k8s_service": "id", "k8s_pod": "id", "k8s_service_type": "id", "forward_pid": "pid",
                     "forward_start_time": "digits", "forward_spec": "text"}
     EXECUTION_BACKEND = "local-k8s"
@@ -220,11 +245,21 @@ class KubernetesDriver(Driver):
         secret = params.get("image_pull_secret")
         if secret is not None and not (isinstance(secret, str) and _DNS_SUBDOMAIN.fullmatch(secret)):
             raise TaoInferenceError("image_pull_secret %r is not a Secret name" % (secret,))
+        if params.get("host_port") is not None and (params.get("service_type") or "LoadBalancer") != "ClusterIP":
+            raise TaoInferenceError("host_port is the local port of a ClusterIP service's port forward; with service_type "
+                                    "%s the cluster chooses where the service is reached: remove host_port"
+                                    % (params.get("service_type") or "LoadBalancer"))
         options = {"service_type": params.get("service_type") or "LoadBalancer",
                    "node_selector": _check_node_selector(params.get("node_selector")),
                    "tolerations": _check_tolerations(params.get("tolerations")),
                    "image_pull_secret": secret,
                    "volume_claims": _check_claims(params.get("volume_claims"))}
+        ranges = _check_ranges(params.get("source_ranges"))
+        if ranges:
+            if options["service_type"] != "LoadBalancer":
+                raise TaoInferenceError("source_ranges limits who reaches a LoadBalancer; service_type is %s"
+                                        % options["service_type"])
+            options["source_ranges"] = ranges  # absent when not given, so existing services keep their fingerprint
         if options["service_type"] not in SERVICE_TYPES:
             raise TaoInferenceError("service_type %r is not one of %s"
                                     % (options["service_type"], ", ".join(SERVICE_TYPES)))
@@ -242,17 +277,18 @@ class KubernetesDriver(Driver):
         if kubeconfig is not None and not isinstance(kubeconfig, (str, dict)):
             raise TaoInferenceError("kubeconfig must be a file path or a kubeconfig as a dict")
         if isinstance(kubeconfig, str):
-            kubeconfig = os.path.expanduser(kubeconfig)
+            kubeconfig = normalize_path(kubeconfig)
         timeout = params.get("api_timeout") or 30
         if not 0 < timeout <= 3600:
             raise TaoInferenceError("api_timeout must be more than 0 and at most 3600 seconds, got %s" % timeout)
         return cls(kubeconfig=kubeconfig, context=connection.get("context"), namespace=namespace,
                    validate_certs=params.get("validate_certs"), api_timeout=timeout,
-                   service_type=params.get("service_type") or "LoadBalancer")
+                   service_type=params.get("service_type") or "LoadBalancer", server=connection.get("server"))
 
     def __init__(self, kubeconfig=None, context=None, namespace="default", validate_certs=None, api_timeout=30,
-                 service_type="LoadBalancer"):
+                 service_type="LoadBalancer", server=None):
         self.kubeconfig = kubeconfig
+        self.expected_server = server  # where a recorded service runs; None for a new one
         self.context = context
         self.namespace = namespace
         self.validate_certs = validate_certs
@@ -263,16 +299,31 @@ class KubernetesDriver(Driver):
         self._in_cluster = False
         self._where = "the kubeconfig"
         self._server = "the cluster"
+        self._context = None
         # ClusterIP services get a local port (the forward's) from the registry.
         self.uses_host_port = service_type == "ClusterIP"
 
     # -- the API ---------------------------------------------------------------
     def recorded_connection(self, connection):
+        """Where the service runs: the kubeconfig file (a dict is never recorded: it may hold credentials),
+        the context as resolved (the current one when none was given), the namespace, the API server."""
+        self._ensure_api()
         recorded = dict(connection)
         recorded["namespace"] = self.namespace
-        if not isinstance(recorded.get("kubeconfig"), str):
-            recorded["kubeconfig"] = None  # a kubeconfig given as data may hold credentials: never recorded
+        recorded["kubeconfig"] = self.kubeconfig if isinstance(self.kubeconfig, str) else None
+        context = self.context or self._context
+        recorded["context"] = context if context and not context_problem(context) else None
+        recorded["server"] = self._server if kind_problem("url", self._server) is None else None
         return recorded
+
+    def _ensure_api(self):
+        if self._api is None:
+            self._api = self._connect()
+            if self.expected_server and self.expected_server != self._server:
+                raise TaoInferenceError(
+                    "this service runs on the cluster at %s, but %s%s reaches %s: pass the kubeconfig and context it "
+                    "was started with" % (self.expected_server, self._where,
+                                          " (context %s)" % self._context if self._context else "", self._server))
 
     def _connect(self):
         try:
@@ -289,11 +340,13 @@ class KubernetesDriver(Driver):
                 config.load_kube_config_from_dict(self.kubeconfig, context=self.context,
                                                   client_configuration=configuration)
                 self._where = "the kubeconfig given as data"
+                self._context = self.context or self.kubeconfig.get("current-context")
             elif self.kubeconfig or not self._only_in_cluster():
                 path = self.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
                 config.load_kube_config(config_file=self.kubeconfig, context=self.context,
                                         client_configuration=configuration)
                 self._where = "kubeconfig %s" % path
+                self._context = self.context or config.list_kube_config_contexts(config_file=self.kubeconfig)[1]["name"]
             else:
                 config.load_incluster_config(client_configuration=configuration)
                 self._in_cluster = True
@@ -321,8 +374,7 @@ class KubernetesDriver(Driver):
 
         The client's typed methods build a validator per method on first use, which would cost every
         module run a few tenths of a second; the objects here are plain JSON already."""
-        if self._api is None:
-            self._api = self._connect()
+        self._ensure_api()
         import urllib3  # pylint: disable=import-outside-toplevel
 
         what = what or "%s %s" % (method, path)
@@ -401,10 +453,12 @@ class KubernetesDriver(Driver):
         return self._request("POST", self._path(kind), body=body,
                              what="create %s %s" % (kind[:-1], body["metadata"]["name"]))
 
-    def _delete(self, kind, name, background=False):
+    def _delete(self, kind, name, background=False, uid=None):
         body = {"apiVersion": "v1", "kind": "DeleteOptions"}
         if background:
             body["propagationPolicy"] = "Background"
+        if uid:
+            body["preconditions"] = {"uid": uid}  # that very object, not one made again under its name
         try:
             self._request("DELETE", self._path(kind, name), body=body, what="delete %s %s" % (kind[:-1], name))
             return True
@@ -427,6 +481,8 @@ class KubernetesDriver(Driver):
     def _annotations(launch):
         annotations = {ANNOTATION_REGISTRY: launch.labels.get(LABEL_PREFIX + "registry") or "",
                        ANNOTATION_FINGERPRINT: launch.labels.get(LABEL_PREFIX + "fingerprint") or ""}
+        if launch.labels.get(LABEL_PREFIX + "host"):
+            annotations[ANNOTATION_HOST] = launch.labels[LABEL_PREFIX + "host"]
         if launch.spec.name:
             annotations[ANNOTATION_NAME] = launch.spec.name
         return annotations
@@ -477,7 +533,9 @@ class KubernetesDriver(Driver):
         }
         if spec.num_gpus > 0:
             container["resources"] = {"limits": {"nvidia.com/gpu": str(spec.num_gpus)}}
-        pod = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+        # The server needs no Kubernetes credentials: none are mounted into its pod.
+        pod = {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container],
+               "volumes": volumes}
         if options.get("node_selector"):
             pod["nodeSelector"] = dict(options["node_selector"])
         if options.get("tolerations"):
@@ -498,11 +556,19 @@ class KubernetesDriver(Driver):
         if owner:
             metadata["ownerReferences"] = [owner]
         return {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
-                "spec": {"type": launch.spec.platform_options["service_type"],
-                         "selector": dict((label, name) for label in JOB_NAME_LABELS),
+                "spec": dict(self._service_spec(launch), **{
+                         "selector": {MANAGED_BY: "tao.inference", LABEL_JOB_ID: launch.job_id},
                          "publishNotReadyAddresses": True,
                          "ports": [{"name": "http", "protocol": "TCP", "port": catalog.CONTAINER_PORT,
-                                    "targetPort": catalog.CONTAINER_PORT}]}}
+                                    "targetPort": catalog.CONTAINER_PORT}]})}
+
+    @staticmethod
+    def _service_spec(launch):
+        options = launch.spec.platform_options
+        spec = {"type": options["service_type"]}
+        if options.get("source_ranges") and options["service_type"] == "LoadBalancer":
+            spec["loadBalancerSourceRanges"] = list(options["source_ranges"])
+        return spec
 
     @staticmethod
     def _owner(job):
@@ -580,18 +646,18 @@ class KubernetesDriver(Driver):
         secret = self.secret_object(launch)
         if secret is not None:
             # First, so the pod finds it; the Job owns it once the Job exists (it goes with the Job).
-            created = self._create("secrets", secret)
+            created = self._create_ours("secrets", secret, launch.job_id)
             secret["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
-        job = self._create("jobs", self.job_object(launch))
+        job = self._create_ours("jobs", self.job_object(launch), launch.job_id)
         fields = {"platform_job_id": name, "k8s_service": name, "k8s_service_type": self.service_type}
         launch.on_submitted(fields)
         owner = self._owner(job)
-        if secret is not None:
+        if secret is not None and not created["metadata"].get("ownerReferences"):
             secret["metadata"]["ownerReferences"] = [owner]
             self._request("PUT", self._path("secrets", secret_name(launch.job_id)), body=secret,
                           what="give Secret %s to its Job" % secret_name(launch.job_id))
-        self._create("services", self.service_object(launch, owner))
-        pod = self._wait_running(name, launch, deadline)
+        self._create_ours("services", self.service_object(launch, owner), launch.job_id)
+        pod = self._wait_running(job, launch, deadline)
         fields["k8s_pod"] = pod["metadata"]["name"]
         if self.service_type == "ClusterIP":
             fields.update(self._open_forward(pod["metadata"]["name"], launch.host_port, list(launch.secret_env)))
@@ -601,8 +667,36 @@ class KubernetesDriver(Driver):
             fields["host_url"] = self._service_url(name, pod, deadline, launch)
         return fields
 
-    def _pod_of(self, job_name):
-        pods = self._list("pods", selector="%s=%s" % (JOB_NAME_LABELS[1], job_name))
+    def _create_ours(self, kind, body, job_id):
+        """Create ``body``; when it is there already and ours (a start tried again with another local
+        port, after PortTaken), take the one there."""
+        try:
+            return self._create(kind, body)
+        except KubernetesError as exc:
+            if exc.status != 409:
+                raise
+            found = self._get(kind, body["metadata"]["name"])
+            if found is None or not self._ours(found, job_id):
+                raise
+            return found
+
+    @staticmethod
+    def _selector(job_id):
+        return "%s=tao.inference,%s=%s" % (MANAGED_BY, LABEL_JOB_ID, job_id)
+
+    @staticmethod
+    def _owned_pods(pods, job_uid):
+        """The pods a Job with uid ``job_uid`` made (others may copy its labels, never its uid)."""
+        return [p for p in pods if isinstance(p, dict) and any(
+            ref.get("uid") == job_uid and ref.get("kind") == "Job"
+            for ref in (p.get("metadata") or {}).get("ownerReferences") or [])]
+
+    def _pod_of(self, job_id, job=None):
+        """The newest pod of ``job_id``'s Job (None when it has none, or the Job is gone)."""
+        job = job or self._get("jobs", object_name(job_id))
+        if job is None or not self._ours(job, job_id):
+            return None
+        pods = self._owned_pods(self._list("pods", selector=self._selector(job_id)), job["metadata"].get("uid"))
         pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")] or pods
         return sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")[-1] \
             if pods else None
@@ -702,11 +796,15 @@ class KubernetesDriver(Driver):
         try:
             for chunk in response.stream(16 * 1024):
                 buffer += chunk
+                if len(buffer) > WATCH_LINE_LIMIT:
+                    return None, None  # no event is that large: watch again, from a new list
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if not line.strip():
                         continue
                     event = json.loads(line)
+                    if not isinstance(event, dict) or not isinstance(event.get("object") or {}, dict):
+                        continue
                     item = event.get("object") or {}
                     if event.get("type") == "ERROR":
                         return None, None if item.get("code") == 410 else version
@@ -735,11 +833,14 @@ class KubernetesDriver(Driver):
             sleep = min(sleep * 2, _POLL)
         return None
 
-    def _wait_running(self, job_name, launch, deadline):
+    def _wait_running(self, job, launch, deadline):
         """The Job's pod once it runs with an IP; fails at once when it cannot run."""
+        job_name, job_uid = job["metadata"]["name"], job["metadata"].get("uid")
         last = {}
 
         def check(pod):
+            if not self._owned_pods([pod], job_uid):
+                return None  # labelled like ours, but not made by our Job
             last["pod"] = pod
             problem = self._pod_problem(pod, launch.secret_env)
             if problem:
@@ -764,8 +865,7 @@ class KubernetesDriver(Driver):
             if failed:
                 self._fail(launch, "Job %s cannot create its pod: %s" % (job_name, failed[-1]), None)
 
-        pod = self._watch("pods", check, deadline, selector="%s=%s" % (JOB_NAME_LABELS[1], job_name),
-                          between=job_still_there)
+        pod = self._watch("pods", check, deadline, selector=self._selector(launch.job_id), between=job_still_there)
         if pod is None:
             pod = last.get("pod")
             where = pod["metadata"]["name"] if pod else None
@@ -808,44 +908,64 @@ class KubernetesDriver(Driver):
 
     # -- the local forward (ClusterIP) ------------------------------------------
     def _forward_settings(self, pod, local_port):
-        return {"kubeconfig": self.kubeconfig, "context": self.context, "in_cluster": self._in_cluster,
-                "validate_certs": self.validate_certs, "namespace": self.namespace, "pod": pod,
-                "port": catalog.CONTAINER_PORT, "local_port": local_port}
+        return {"kubeconfig": self.kubeconfig, "context": self.context or self._context,
+                "in_cluster": self._in_cluster, "validate_certs": self.validate_certs, "namespace": self.namespace,
+                "pod": pod, "port": catalog.CONTAINER_PORT, "local_port": local_port}
 
     def _open_forward(self, pod, local_port, secret_names):
-        """Start the forward process (its environment without any secret: it lives as long as the service)."""
+        """Start the forward process (its environment without any secret: it lives as long as the service).
+        Whatever stops it from listening (an error, a timeout, a signal) stops the process too."""
         if not port_is_free(local_port, addresses=["127.0.0.1"]):
             raise PortTaken(local_port)
-        proc, errors = kube_forward.spawn(self._forward_settings(pod, local_port),
-                                          child_environ(secret_names=secret_names))
         spec = kube_forward.forward_spec(local_port, self.namespace, pod, catalog.CONTAINER_PORT)
+        proc = errors = None
         try:
-            failed = kube_forward.wait_listening(proc, errors, _listens, local_port, _FORWARD_WAIT)
+            proc, errors = kube_forward.spawn(self._forward_settings(pod, local_port),
+                                              child_environ(secret_names=secret_names))
+            try:
+                failed = kube_forward.wait_listening(proc, errors, _listens, local_port, _FORWARD_WAIT)
+            except TimeoutError:
+                failed = "it was not listening after %ss" % _FORWARD_WAIT
             if failed is not None:
                 if "Address already in use" in failed:
                     raise PortTaken(local_port)
                 raise TaoInferenceError("the port forward %s failed: %s" % (spec, failed.splitlines()[-1]))
             _state, started = procs.stat_of(proc.pid)
             return {"forward_pid": proc.pid, "forward_start_time": started, "forward_spec": spec}
-        except TimeoutError:
-            raise TaoInferenceError("the port forward %s was not listening after %ss" % (spec, _FORWARD_WAIT))
         except BaseException:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+            if proc is not None:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
             raise
         finally:
-            errors.close()
+            if errors is not None:
+                errors.close()
 
-    @staticmethod
-    def _forward_alive(entry):
-        return bool(entry.get("forward_pid")) and tunnel_alive(entry["forward_pid"], entry.get("forward_start_time"),
-                                                               entry.get("forward_spec") or "")
+    def _forward_of(self, entry):
+        """``(pid, start time, spec)`` of the entry's forward, the spec made from its validated fields (a
+        registry entry never says which process command line counts as ours), or None."""
+        if entry.get("k8s_service_type") != "ClusterIP" or not entry.get("forward_pid") or \
+                not entry.get("k8s_pod") or not isinstance(entry.get("host_port"), int):
+            return None
+        spec = kube_forward.forward_spec(entry["host_port"], self.namespace, entry["k8s_pod"], catalog.CONTAINER_PORT)
+        return entry["forward_pid"], entry.get("forward_start_time"), spec
+
+    def _forward_alive(self, entry):
+        forward = self._forward_of(entry)
+        return forward is not None and kube_forward.alive(*forward)
 
     def _close_forward(self, entry):
-        if not entry.get("forward_pid"):
-            return False
-        return close_tunnel(entry["forward_pid"], entry.get("forward_start_time"), entry.get("forward_spec") or "")
+        """Stop the entry's forward, and any other forward of ours to a pod of its Job (one whose entry was
+        lost): by pid, start time and command line, never by name."""
+        closed = False
+        forward = self._forward_of(entry)
+        if forward is not None and kube_forward.alive(*forward):
+            closed = close_tunnel(*forward)
+        if is_uuid(entry.get("job_id")):
+            for found in kube_forward.find(self.namespace, object_name(entry["job_id"]) + "-"):
+                closed = close_tunnel(*found) or closed
+        return closed
 
     def release(self, entry):
         return self._close_forward(entry)
@@ -854,7 +974,7 @@ class KubernetesDriver(Driver):
         if entry.get("k8s_service_type") != "ClusterIP" or self._forward_alive(entry):
             return {}
         self._close_forward(entry)
-        pod = self._pod_of(object_name(entry["job_id"]))
+        pod = self._pod_of(entry["job_id"])
         if pod is None:
             raise TaoInferenceError("service %s has no pod to forward to" % entry["job_id"])
         fields = self._open_forward(pod["metadata"]["name"], entry["host_port"], entry.get("secret_env") or [])
@@ -868,7 +988,7 @@ class KubernetesDriver(Driver):
         if job is None or not self._ours(job, entry["job_id"]):
             return PlatformStatus(PlatformStatus.MISSING, "no Job %s of tao.inference in namespace %s"
                                   % (name, self.namespace))
-        pod = self._pod_of(name)
+        pod = self._pod_of(entry["job_id"], job)
         extra = {"k8s_namespace": self.namespace}
         if pod is None:
             return PlatformStatus(PlatformStatus.PENDING, "Job %s has no pod yet" % name, extra=extra,
@@ -889,8 +1009,7 @@ class KubernetesDriver(Driver):
         else:
             state = PlatformStatus.PENDING
         broken = None
-        if state == PlatformStatus.RUNNING and entry.get("k8s_service_type") == "ClusterIP" and \
-                entry.get("forward_pid") and not self._forward_alive(entry):
+        if state == PlatformStatus.RUNNING and self._forward_of(entry) is not None and not self._forward_alive(entry):
             broken = "forward_down"
         return PlatformStatus(state, problem or "pod %s %s" % (pod["metadata"]["name"], phase), exit_code,
                               self._labels_of(job), name, extra=extra, broken=broken)
@@ -906,15 +1025,16 @@ class KubernetesDriver(Driver):
         return mask(data[-64 * 1024:].decode("utf-8", "replace"), secrets)
 
     def logs(self, entry, lines=40, secrets=None):
-        pod = entry.get("k8s_pod")
-        if not pod:
-            found = self._pod_of(object_name(entry["job_id"]))
-            pod = found["metadata"]["name"] if found else None
-        return self._pod_logs(pod, lines, secrets) if pod else ""
+        """The log of the Job's own pod (found through the Job, never named by the registry entry)."""
+        try:
+            pod = self._pod_of(entry["job_id"])
+        except TaoInferenceError:
+            return ""
+        return self._pod_logs(pod["metadata"]["name"], lines, secrets) if pod else ""
 
     @staticmethod
     def _ours(document, job_id):
-        labels = (document.get("metadata") or {}).get("labels") or {}
+        labels = (document.get("metadata") or {}).get("labels") or {} if isinstance(document, dict) else {}
         return labels.get(MANAGED_BY) == "tao.inference" and labels.get(LABEL_JOB_ID) == job_id
 
     @staticmethod
@@ -925,42 +1045,47 @@ class KubernetesDriver(Driver):
         result = {LABEL_PREFIX + "managed-by": labels.get(MANAGED_BY), LABEL_PREFIX + "job_id": labels.get(LABEL_JOB_ID),
                   LABEL_PREFIX + "network_arch": labels.get(LABEL_ARCH), "platform_job_id": metadata.get("name")}
         for key, annotation in (("registry", ANNOTATION_REGISTRY), ("fingerprint", ANNOTATION_FINGERPRINT),
-                                ("name", ANNOTATION_NAME)):
+                                ("name", ANNOTATION_NAME), ("host", ANNOTATION_HOST)):
             if annotations.get(annotation):
                 result[LABEL_PREFIX + key] = annotations[annotation]
         return result
 
     def stop(self, entry):
-        """Delete the Job (its pod with it), its Service and its Secret: only objects labelled as ours for
-        this job_id. True when something was there. Waits (a while) until the pod is gone."""
+        """Delete the Job (its pod with it), its Service and its Secret, each by the name the job_id gives
+        it, only when it carries our labels for this job_id, and only that very object (its uid as a
+        precondition). True when something was there. Waits (a while) until the pod is gone."""
         job_id = entry["job_id"]
         if not is_uuid(job_id):
             return False
-        name = object_name(job_id)
-        found = False
-        selector = "%s=tao.inference,%s=%s" % (MANAGED_BY, LABEL_JOB_ID, job_id)
         self._close_forward(entry)
-        for kind in ("jobs", "services", "secrets"):
-            for item in self._list(kind, selector=selector):
-                found = self._delete(kind, item["metadata"]["name"], background=(kind == "jobs")) or found
-        # A pod the Job left (its Job deleted without a policy elsewhere) goes too.
+        found = False
+        job = self._get("jobs", object_name(job_id))
+        for kind, name in (("jobs", object_name(job_id)), ("services", object_name(job_id)),
+                           ("secrets", secret_name(job_id))):
+            item = job if kind == "jobs" else self._get(kind, name)
+            if item is not None and self._ours(item, job_id):
+                found = self._delete(kind, name, background=(kind == "jobs"),
+                                     uid=item["metadata"].get("uid")) or found
+        # Its pods go with the Job; one left behind (its Job deleted elsewhere without a policy) goes too.
         deadline = time.monotonic() + STOP_WAIT
         while True:
-            pods = self._list("pods", selector="%s=%s" % (JOB_NAME_LABELS[1], name))
-            pods = [p for p in pods if self._ours(p, job_id)]
+            pods = [p for p in self._list("pods", selector=self._selector(job_id)) if self._ours(p, job_id)]
+            if job is not None:
+                pods = self._owned_pods(pods, job["metadata"].get("uid")) or pods
             if not pods:
                 return found
             for pod in pods:
                 if not (pod.get("metadata") or {}).get("deletionTimestamp"):
-                    found = self._delete("pods", pod["metadata"]["name"]) or found
+                    found = self._delete("pods", pod["metadata"]["name"], uid=pod["metadata"].get("uid")) or found
             if time.monotonic() >= deadline:
                 return True  # being deleted: the cluster finishes it
             time.sleep(0.25)
 
     def find(self, name=None):
-        selector = "%s=tao.inference" % MANAGED_BY
         found = []
-        for job in self._list("jobs", selector=selector):
+        for job in self._list("jobs", selector="%s=tao.inference" % MANAGED_BY):
+            if not isinstance(job, dict):
+                continue
             labels = self._labels_of(job)
             if name is not None and labels.get(LABEL_PREFIX + "name") != name:
                 continue

@@ -42,6 +42,7 @@ def test_the_job_is_pinned():
             "metadata": {"labels": LABELS, "annotations": ANNOTATIONS},
             "spec": {
                 "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
                 "containers": [{
                     "name": "server", "image": spec.image,
                     "command": ["/bin/bash", "-c", "python -m server --port 8080"],
@@ -96,7 +97,7 @@ def test_the_service_selects_the_jobs_pod(service_type):
         "metadata": {"name": NAME, "namespace": "tao", "labels": LABELS, "annotations": ANNOTATIONS,
                      "ownerReferences": [owner]},
         "spec": {"type": service_type,
-                 "selector": {"batch.kubernetes.io/job-name": NAME, "job-name": NAME},
+                 "selector": {"app.kubernetes.io/managed-by": "tao.inference", "tao.inference/job-id": JOB_ID},
                  "publishNotReadyAddresses": True,
                  "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080}]},
     }
@@ -116,6 +117,10 @@ def test_the_service_selects_the_jobs_pod(service_type):
     ({"volume_claims": ["claim:relative"]}, "volume_claims"),
     ({"volume_claims": ["Claim:/x"]}, "volume_claims"),
     ({"volume_claims": ["claim:/x:rx"]}, "volume_claims"),
+    ({"source_ranges": ["10.0.0.0/33"]}, "source_ranges"),
+    ({"source_ranges": ["10.0.0.0/8\n"]}, "source_ranges"),
+    ({"source_ranges": ["10.0.0.0/8"], "service_type": "NodePort"}, "limits who reaches a LoadBalancer"),
+    ({"host_port": 18080}, "host_port is the local port of a ClusterIP"),
 ])
 def test_bad_kubernetes_options_are_refused(params, message):
     with pytest.raises(TaoInferenceError) as err:
@@ -142,10 +147,12 @@ def test_another_platforms_option_is_refused_by_name():
     assert "partition is an option of platform slurm, not of kubernetes" in err.value.msg
 
 
-def test_a_kubeconfig_given_as_data_is_never_recorded():
+def test_a_kubeconfig_given_as_data_is_never_recorded(monkeypatch):
     driver = KubernetesDriver(kubeconfig={"users": [{"user": {"token": CANARY}}]}, namespace="tao")
+    monkeypatch.setattr(driver, "_ensure_api", lambda: None)
+    driver._server, driver._context = "https://10.0.0.1:6443", "prod"
     recorded = driver.recorded_connection({"kubeconfig": driver.kubeconfig, "context": None, "namespace": "tao"})
-    assert recorded == {"kubeconfig": None, "context": None, "namespace": "tao"}
+    assert recorded == {"kubeconfig": None, "context": "prod", "namespace": "tao", "server": "https://10.0.0.1:6443"}
 
 
 def test_the_forward_is_only_for_cluster_ip():
@@ -180,3 +187,55 @@ def test_a_pod_still_on_its_way_is_no_problem():
 def test_problems_are_masked():
     pod = _pod(containers=[{"name": "server", "state": {"terminated": {"exitCode": 1, "message": "token " + CANARY}}}])
     assert CANARY not in KubernetesDriver()._pod_problem(pod, {"HF_TOKEN": CANARY})
+
+
+def test_a_load_balancer_can_be_limited_to_source_ranges():
+    spec = k8s_spec(source_ranges=["203.0.113.7/24"])
+    service = KubernetesDriver(namespace="tao").service_object(launch_of(spec))
+    assert service["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert "loadBalancerSourceRanges" not in KubernetesDriver().service_object(launch_of(k8s_spec()))["spec"]
+
+
+def test_a_forward_is_known_by_its_exact_command_line_not_by_the_registry(monkeypatch):
+    """An entry's forward is looked for with a command line made from its validated fields: a planted
+    entry naming another process of this user (whatever its forward_spec says) never matches it."""
+    import subprocess
+    import sys
+
+    from ansible_collections.tao.inference.plugins.module_utils import kube_forward, procs
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "300"])
+    try:
+        _state, started = procs.stat_of(sleeper.pid)
+        entry = {"job_id": JOB_ID, "k8s_service_type": "ClusterIP", "forward_pid": sleeper.pid,
+                 "forward_start_time": started, "forward_spec": "300", "k8s_pod": NAME + "-abcde", "host_port": 18080}
+        driver = KubernetesDriver(namespace="tao")
+        monkeypatch.setattr(kube_forward, "find", lambda namespace, prefix: [])
+        assert not driver._forward_alive(entry)
+        assert driver.release(entry) is False
+        assert sleeper.poll() is None
+        assert not kube_forward.alive(sleeper.pid, started, "")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_kubeconfig_path_is_recorded_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    driver = KubernetesDriver.from_options({"kubeconfig": "~/kube.yml", "namespace": "tao"}, {})
+    assert driver.kubeconfig == str(tmp_path / "kube.yml")
+
+
+def test_a_service_is_never_looked_for_on_another_cluster(monkeypatch):
+    """The registry records the API server; a run whose kubeconfig and context reach another one refuses to
+    read or stop the service there (it would find nothing, and tidy away an entry whose Job still runs)."""
+    driver = KubernetesDriver.from_options({"namespace": "tao", "server": "https://10.0.0.1:6443"}, {})
+
+    def connect():
+        driver._server, driver._context, driver._where = "https://10.9.9.9:6443", "other", "kubeconfig /k"
+        return object()
+
+    monkeypatch.setattr(driver, "_connect", connect)
+    with pytest.raises(TaoInferenceError) as err:
+        driver.status({"job_id": JOB_ID})
+    assert "runs on the cluster at https://10.0.0.1:6443" in err.value.msg and "10.9.9.9" in err.value.msg
