@@ -56,6 +56,7 @@ units: venv link ## Unit tests (no Docker needed)
 integration: venv emulator-image link ## Integration tests through ansible-playbook on the real Docker engine and Slurm
 	scripts/ensure-slurm.sh
 	scripts/ensure-sshd.sh
+	scripts/ensure-brev.sh
 	scripts/ensure-kubernetes.sh
 	$(BIN)/pytest -q tests/integration
 
@@ -82,6 +83,7 @@ test: venv emulator-image real-server-image link ## Every test: checks, sanity, 
 	scripts/ensure-host.sh --tests
 	scripts/ensure-slurm.sh
 	scripts/ensure-sshd.sh
+	scripts/ensure-brev.sh
 	scripts/ensure-kubernetes.sh
 	$(BIN)/python scripts/gen-catalog.py --check
 	$(MAKE) --no-print-directory syntax docs build lint sanity
