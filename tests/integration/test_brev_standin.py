@@ -365,3 +365,21 @@ def test_down_leaves_nothing(tmp_path):
     again = made.ensure("--down")
     assert again.returncode == 0
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_exec_runs_the_last_argument_and_retries_a_failure_once(logged_in, tmp_path):
+    logged_in.ok("create", "ex1", "--type", "g5.xlarge")
+    first = logged_in.ok("exec", "ex1", "echo hello from $(hostname)")  # before any refresh: the retry refreshes
+    assert first.stdout.endswith("ex1\n") and "hello from" in first.stdout
+    assert "Connection failed, checking instance status..." in first.stderr
+    marker = tmp_path / "runs"
+    failing = logged_in.brev("exec", "ex1", "echo run >> %s; exit 3" % marker)
+    assert (failing.returncode, failing.stderr.splitlines()[-1]) == (1, "exit status 3")
+    assert marker.read_text() == "run\nrun\n"  # the real CLI runs a failing command again
+    logged_in.ok("stop", "ex1")
+    wait_for(lambda: logged_in.status("ex1") == "STOPPED", what="STOPPED")
+    restarted = logged_in.ok("exec", "ex1", "--host", "echo back")
+    assert restarted.stdout == "back\nex1\n" and logged_in.status("ex1") == "RUNNING"
+    unknown = logged_in.brev("exec", "nope", "true")
+    assert unknown.returncode == 1 and 'could not look up instance "nope"' in unknown.stderr
+    assert logged_in.brev("exec").stderr == "requires at least 1 arg(s), only received 0\n"

@@ -5,7 +5,9 @@ Texts, exit codes and quirks follow the real CLI's source (brevdev/brev-cli, pkg
 import json
 import os
 import re
+import shlex
 import stat
+import subprocess
 import sys
 import time
 
@@ -17,7 +19,7 @@ VERSION = "v0.6.322"
 LOGIN_PROMPT = "You are currently logged out, would you like to log in? [Y/n]: "
 DEVICE_LOGIN = "device login is not available in the test platform: use brev login --token"
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
-NOT_PROVIDED = ("exec", "shell", "open", "copy", "cp", "port-forward", "search", "gpu-search", "org", "set", "ssh-key",
+NOT_PROVIDED = ("shell", "open", "copy", "cp", "port-forward", "search", "gpu-search", "org", "set", "ssh-key",
                 "reset", "recreate", "notebook", "ollama", "hello", "status", "invite", "scale", "register")
 HELP = """
       brev client for managing instances (test platform stand-in)
@@ -28,6 +30,7 @@ Usage:
 Commands:
   create      Create GPU instances with automatic retry
   delete      Delete an instance
+  exec        Execute a command on instance(s)
   login       Log into Brev
   logout      Log out of Brev
   ls          List instances within active org
@@ -640,6 +643,110 @@ class Cli:
             out("".join(name + "\n" for name in deleted))
         return 0
 
+    # --- exec -------------------------------------------------------------------------------------
+
+    def exec_(self, args):
+        """``brev exec [instance...] <command> [--host]``: the command (ONE last argument) over ssh."""
+        values, positional = parse(args, [Flag("host", kind="bool")])
+        if values["help"]:
+            out("Execute a command on one or more instances non-interactively\n\nUsage:\n  brev exec [instance...] <command>\n")
+            return 0
+        if not positional:
+            raise CliError("requires at least 1 arg(s), only received 0")
+        command = positional[-1]
+        extra, stdin_piped = stdin_names()
+        del stdin_piped
+        names = positional[:-1] + extra
+        if not names:
+            raise CliError("instance name required: provide as argument or pipe from another command")
+        if command.startswith("@"):
+            try:
+                with open(command[1:], encoding="utf-8") as handle:
+                    command = handle.read()
+            except OSError as exc:
+                raise CliError("open %s: %s" % (command[1:], (exc.strerror or str(exc)).lower())) from None
+        if not command:
+            raise CliError("command is required")
+        problems = []
+        for name in names:
+            if len(names) > 1:
+                err("\n=== %s ===\n" % name)
+            try:
+                self.exec_one(name, values["host"], command)
+            except CliError as exc:
+                if len(names) > 1:
+                    err("Error on %s: %s\n" % (name, exc))
+                    problems.append(str(exc))
+                    continue
+                raise
+            if piped(1):
+                out(name + "\n")
+        if problems:
+            raise CliError(multierror(problems))
+        return 0
+
+    def user_ssh_config(self):
+        """The stand-in home's ``~/.ssh/config`` (what ``ssh`` reads on a Brev user's machine)."""
+        path = os.path.join(self.settings.home, ".ssh", "config")
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            hosts.write_file(path, "", 0o600)
+        return path
+
+    def run_ssh(self, alias, command, connect_timeout):
+        """runSSHWithTimeout: ``ssh -T -o ConnectTimeout=N -o LogLevel=ERROR <alias> '<command>'``, output inherited."""
+        line = "ssh -F %s -T -o ConnectTimeout=%d -o LogLevel=ERROR %s '%s'" % (
+            shlex.quote(self.user_ssh_config()), connect_timeout, shlex.quote(alias), command.replace("'", "'\\''"))
+        sys.stdout.flush()
+        return subprocess.run(["bash", "-c", line], stdin=subprocess.DEVNULL, check=False).returncode
+
+    def wait_ssh(self, alias):
+        """WaitForSSHToBeAvailable: ``ssh <alias> echo`` until it answers (40 tries)."""
+        last = ""
+        for attempt in range(41):
+            proc = subprocess.run(["ssh", "-F", self.user_ssh_config(), "-o", "ConnectTimeout=10", alias, "echo", " "],
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+            if proc.returncode == 0:
+                return
+            lines = proc.stdout.splitlines() + proc.stderr.splitlines()
+            last = lines[-1] if lines else ""
+            if attempt == 40 or not any(word in last for word in ("Connection refused", "Operation timed out", "Connection timed out",
+                                                                  "Connection closed", "No route to host")):
+                break
+            time.sleep(self.settings.poll_seconds)
+        raise CliError("\n" + last)
+
+    def exec_one(self, name, host, command):
+        """runExecCommand: try once; on failure look the instance up, start it if STOPPED, refresh, try again."""
+        alias = name + "-host" if host else name
+        code = self.run_ssh(alias, command, 5)
+        if code == 0:
+            return
+        err("Connection failed, checking instance status...\n")
+        self.require_login()
+        with self.store.locked() as state:
+            found = store.find(state, name)
+            instance = dict(found[0]) if found else None
+            if instance and instance["status"] == "STOPPED":
+                store.set_status(self.settings, found[0], "STARTING", self.settings.start_seconds)
+        if instance is None:
+            raise CliError('ssh connection failed and could not look up instance "%s": exit status %d\n'
+                           "Please check your instances with: brev ls" % (name, code))
+        if instance["status"] not in ("STOPPED", "RUNNING"):
+            raise CliError('instance "%s" is in state "%s" \u2014 please check with: brev ls' % (name, instance["status"]))
+        if instance["status"] == "STOPPED":
+            self.wait_running(instance["id"], timeout=600)
+        with self.store.locked() as state:
+            hosts.write_ssh_config(self.settings, [item for item in state["instances"] if item["status"] == "RUNNING"])
+        alias = instance["name"] + "-host" if host else instance["name"]
+        try:
+            self.wait_ssh(alias)
+        except CliError as exc:
+            raise CliError('could not connect to instance "%s": %s\nPlease check with: brev ls' % (name, exc)) from None
+        code = self.run_ssh(alias, command, 10)
+        if code:
+            raise CliError("exit status %d" % code)
+
     # --- refresh ----------------------------------------------------------------------------------
 
     def refresh(self, args):
@@ -678,7 +785,7 @@ def main(argv):
     """Run one ``brev`` command; returns the exit code."""
     cli = Cli(Settings())
     commands = {"ls": cli.ls, "list": cli.ls, "create": cli.create, "provision": cli.create, "start": cli.start,
-                "stop": cli.stop, "delete": cli.delete, "refresh": cli.refresh, "login": cli.login, "logout": cli.logout}
+                "stop": cli.stop, "delete": cli.delete, "exec": cli.exec_, "refresh": cli.refresh, "login": cli.login, "logout": cli.logout}
     try:
         index = command_index(argv)
         if index is None:
