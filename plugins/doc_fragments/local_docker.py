@@ -41,7 +41,7 @@ options:
     type: path
   pull:
     description:
-      - When to pull the image. V(missing) pulls only images the Docker host does not have.
+      - When to pull the image (C(platform=local-docker) and C(platform=brev)). V(missing) pulls only images the Docker host does not have.
     type: str
     choices: [missing, always, never]
     default: missing

@@ -23,6 +23,7 @@ extends_documentation_fragment:
   - tao.inference.local_docker
   - tao.inference.slurm
   - tao.inference.kubernetes
+  - tao.inference.brev
 attributes:
   check_mode:
     description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing; nothing is released.

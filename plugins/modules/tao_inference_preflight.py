@@ -21,6 +21,7 @@ extends_documentation_fragment:
   - tao.inference.local_docker
   - tao.inference.slurm
   - tao.inference.kubernetes
+  - tao.inference.brev
 attributes:
   check_mode:
     description: Changes nothing in any mode.
@@ -36,7 +37,7 @@ options:
     description:
       - The platform to check.
     type: str
-    choices: [local-docker, slurm, kubernetes]
+    choices: [local-docker, slurm, kubernetes, brev]
     default: local-docker
   network_arch:
     description:

@@ -31,6 +31,7 @@ extends_documentation_fragment:
   - tao.inference.local_docker
   - tao.inference.slurm
   - tao.inference.kubernetes
+  - tao.inference.brev
 attributes:
   check_mode:
     description: Predicts C(changed); starts, stops and writes nothing.
@@ -82,9 +83,9 @@ options:
     description:
       - Where the service runs. V(local-docker) is a Docker engine (this machine's, or O(docker_host)),
         V(slurm) a batch job through a cluster's login host, V(kubernetes) a Job and a Service in a
-        cluster. Brev and DGX Cloud Lepton are not in this release.
+        cluster, V(brev) a container on an NVIDIA Brev instance (through its Docker engine over SSH).
     type: str
-    choices: [local-docker, slurm, kubernetes]
+    choices: [local-docker, slurm, kubernetes, brev]
     default: local-docker
   num_gpus:
     description:

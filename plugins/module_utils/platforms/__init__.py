@@ -28,10 +28,16 @@ def _kubernetes():
     return KubernetesDriver
 
 
+def _brev():
+    from ansible_collections.tao.inference.plugins.module_utils.platforms.brev import BrevDriver
+    return BrevDriver
+
+
 DRIVERS = {
     "local-docker": _local_docker,
     "slurm": _slurm,
     "kubernetes": _kubernetes,
+    "brev": _brev,
 }
 
 

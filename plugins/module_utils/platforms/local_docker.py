@@ -109,8 +109,11 @@ class LocalDockerDriver(Driver):
                    cert_path=params.get("docker_cert_path"))
 
     def __init__(self, docker_host=None, timeout=60, pull="missing", ssh_key_path=None, ssh_config=None,
-                 engine_factory=DockerEngine, tls=None, tls_verify=None, cert_path=None):
+                 engine_factory=DockerEngine, tls=None, tls_verify=None, cert_path=None, bind_address=None):
         self.docker_host = docker_host
+        # Where the port is published: the spec's bind_address, unless a platform that drives this engine
+        # for its own hosts (brev) says where.
+        self.bind_address = bind_address
         self.timeout = timeout
         self.pull = pull
         self.ssh_key_path = ssh_key_path
@@ -188,7 +191,8 @@ class LocalDockerDriver(Driver):
         if not self.host.startswith("ssh://"):
             return None
         target = self._ssh_target()
-        return target.argv("docker", "system", "dial-stdio", extra=NO_MULTIPLEXING)
+        # -T: a byte stream, whatever the ssh configuration says of terminals (Brev's asks for one).
+        return target.argv("docker", "system", "dial-stdio", extra=NO_MULTIPLEXING + ["-T"])
 
     def recorded_connection(self, connection):
         recorded = dict(connection)
@@ -220,6 +224,9 @@ class LocalDockerDriver(Driver):
         return self._host_cache
 
     # -- interface ---------------------------------------------------------
+    def _bind(self, spec):
+        return self.bind_address or _bind(spec)
+
     def port_scope(self, spec):
         # Every service published on this machine shares its ports.
         return "docker:%s" % self._host_name() if self.remote else "local"
@@ -227,7 +234,7 @@ class LocalDockerDriver(Driver):
     def port_is_free(self, spec, port):
         if self.remote:
             return True  # the engine itself refuses a taken port; start() retries
-        return port_is_free(port, addresses=sorted(set(["0.0.0.0", "127.0.0.1", _bind(spec)])))
+        return port_is_free(port, addresses=sorted(set(["0.0.0.0", "127.0.0.1", self._bind(spec)])))
 
     def _info(self):
         if self._info_cache is None:
@@ -241,10 +248,10 @@ class LocalDockerDriver(Driver):
             raise TaoInferenceError("Docker could not %s: %s" % (what, exc))
 
     def preflight(self, spec, report=True):
-        if self.remote and _bind(spec).startswith("127."):
+        if self.remote and self._bind(spec).startswith("127."):
             raise TaoInferenceError(
                 "docker_host %s is another machine: a port bound to %s there cannot be reached from "
-                "here; set bind_address to 0.0.0.0 or the host's address" % (self.host, _bind(spec))
+                "here; set bind_address to 0.0.0.0 or the host's address" % (self.host, self._bind(spec))
             )
         engine = self.engine  # reachable, or a clear error
         if spec.num_gpus <= 0 and not report:
@@ -316,7 +323,8 @@ class LocalDockerDriver(Driver):
             "Init": True,
             "ShmSize": parse_size(spec.shm_size),
             "PortBindings": {"%d/tcp" % catalog.CONTAINER_PORT: [
-                {"HostIp": _bind(spec), "HostPort": str(launch.host_port)}]},
+                # No host port: the engine picks a free one (see published_port).
+                {"HostIp": self._bind(spec), "HostPort": str(launch.host_port) if launch.host_port else ""}]},
         }
         if spec.volumes:
             host_config["Binds"] = list(spec.volumes)
@@ -351,12 +359,24 @@ class LocalDockerDriver(Driver):
             raise TaoInferenceError(
                 "Docker could not start the container: %s" % mask(str(exc), launch.secret_env)
             ) from None
+        port = launch.host_port or self.published_port(ident)
         return {
-            "host_url": "http://%s:%d" % (_url_host(self._host_name()), launch.host_port),
+            "host_url": "http://%s:%d" % (_url_host(self._host_name()), port),
             "docker_url": "http://%s:%d" % (launch.job_id, catalog.CONTAINER_PORT),
             "host_port": launch.host_port,
             "container_id": ident[:12],
         }
+
+    def published_port(self, job_id):
+        """The host port the engine published the service's port on (it chose it when none was asked)."""
+        document = self._call(self.engine.container_inspect, "inspect container %s" % job_id, job_id) or {}
+        bindings = ((document.get("NetworkSettings") or {}).get("Ports") or {}).get(
+            "%d/tcp" % catalog.CONTAINER_PORT) or []
+        for binding in bindings:
+            port = str(binding.get("HostPort") or "")
+            if port.isdigit() and 0 < int(port) < 65536:
+                return int(port)
+        raise TaoInferenceError("container %s publishes no port for %d" % (job_id, catalog.CONTAINER_PORT))
 
     def _inspect(self, entry):
         return self._call(self.engine.container_inspect, "inspect container %s" % entry["job_id"], entry["job_id"])

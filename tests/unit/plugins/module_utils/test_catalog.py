@@ -28,4 +28,5 @@ def test_every_platform_has_an_execution_backend():
     from ansible_collections.tao.inference.plugins.module_utils import platforms
 
     backends = dict((name, platforms.driver_class(name).EXECUTION_BACKEND) for name in platforms.names())
-    assert backends == {"local-docker": "local-docker", "slurm": "slurm", "kubernetes": "local-k8s"}
+    assert backends == {"local-docker": "local-docker", "slurm": "slurm", "kubernetes": "local-k8s",
+                        "brev": "local-docker"}

@@ -1,0 +1,389 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""brev: the service runs as a container on an NVIDIA Brev instance, through the instance's Docker engine.
+
+The instance is ``brev_instance`` (a name or id; a RUNNING one is used as it is, a STARTING one is
+waited for, a STOPPED one is started only with ``brev_start_stopped``), or, without it, one the
+collection creates (``brev create --detached`` with ``brev_instance_type`` / ``brev_gpu_name``) and
+deletes again on ``state: absent``: only an instance it created itself, as its registry entry records.
+
+The container itself is the local-docker driver's: the same Engine API client and the same container
+description, reached over SSH (``ssh://<instance>``, through Brev's SSH configuration, which
+``brev refresh`` writes). One engine driver, two ways in.
+
+Where it is reached:
+
+* ``brev_expose: tunnel`` (default): the port is published on the instance's loopback and a local
+  ``ssh -N -L 127.0.0.1:<port>:127.0.0.1:<port> <instance>`` makes it ``http://localhost:<port>``; the
+  tunnel is tracked by pid and start time like a Slurm tunnel;
+* ``brev_expose: direct``: the port is published on the instance's address (``ssh -G <instance>``, or
+  ``brev_bind_address``) and ``host_url`` is that address. Ports are allocated per instance.
+
+The ``brev`` CLI runs with stdin closed (it would otherwise ask to log in) and an environment without
+secrets. It takes a login token only on its command line (``brev login --token``), where every local
+user can read it, so the collection never logs in with one: it says how to log in when the CLI is not.
+"""
+
+import json
+import re
+import subprocess
+import time
+
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Driver, PlatformStatus, PortTaken
+from ansible_collections.tao.inference.plugins.module_utils.platforms.local_docker import LocalDockerDriver
+from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
+from ansible_collections.tao.inference.plugins.module_utils.ssh import (
+    SSH_OPTIONS, SSHTarget, close_tunnel, forward_spec, open_tunnel, tunnel_alive,
+)
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, child_environ
+
+INSTANCE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
+_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}(,[A-Za-z0-9][A-Za-z0-9._:-]{0,127}){0,15}")
+_GPU = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
+EXPOSE = ("tunnel", "direct")
+# Instance states: the ones that end in RUNNING by themselves, and the ones that will not.
+ON_THE_WAY = ("STARTING", "DEPLOYING", "CREATING")
+CLI_TIMEOUT = 120  # seconds one brev command may take (create --detached, delete and ls return at once)
+_LOGGED_OUT = "logged out"
+
+
+def instance_problem(value):
+    return None if isinstance(value, str) and INSTANCE.fullmatch(value) else \
+        "is not a Brev instance name or id (letters, digits, '.', '_', '-'; at most 63; not starting with '-')"
+
+
+class BrevDriver(Driver):
+    """Driver for a Brev instance's Docker engine (the local-docker engine driver over SSH)."""
+
+    name = "brev"
+    OPTIONS = dict(
+        brev_instance=dict(type="str"),
+        brev_instance_type=dict(type="str"),
+        brev_gpu_name=dict(type="str"),
+        brev_expose=dict(type="str", choices=list(EXPOSE), default="tunnel"),
+        brev_bind_address=dict(type="str"),
+        brev_start_stopped=dict(type="bool", default=False),
+        pull=LocalDockerDriver.OPTIONS["pull"],
+        **SSH_OPTIONS
+    )
+    CONNECTION = {"instance": "brev_instance", "ssh_config": "ssh_config", "key_path": "ssh_key_path"}
+    FILE_CONNECTION = ("ssh_config", "key_path")
+    CONNECTION_KINDS = {"instance": instance_problem, "ssh_config": "path", "key_path": "path"}
+    ENTRY_FIELDS = {"brev_instance_id": "id", "brev_created": lambda v: None if isinstance(v, bool) else "not a bool",
+                    "brev_address": "host", "container_id": "hex", "docker_url": "url", "tunnel_pid": "pid",
+                    "tunnel_start_time": "digits", "brev_port": "port", "brev_expose": lambda v: None if v in EXPOSE else "unknown"}
+    EXECUTION_BACKEND = "local-docker"
+    uses_host_port = True
+
+    @classmethod
+    def spec_options(cls, params, environ):
+        """What shapes the service: the instance (or what an instance made for it is), how it is reached."""
+        options = {"expose": params.get("brev_expose") or "tunnel"}
+        for key, option, pattern in (("instance", "brev_instance", INSTANCE), ("instance_type", "brev_instance_type",
+                                                                             _TYPE), ("gpu_name", "brev_gpu_name", _GPU)):
+            value = params.get(option)
+            if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
+                raise TaoInferenceError("%s %r is not valid (letters, digits and . _ - only; it must not start "
+                                        "with '-')" % (option, value))
+            if value is not None:
+                options[key] = value
+        if options.get("instance") and (options.get("instance_type") or options.get("gpu_name")):
+            raise TaoInferenceError("brev_instance_type and brev_gpu_name choose the instance the collection creates; "
+                                    "with brev_instance %s an existing instance is used: give one or the other"
+                                    % options["instance"])
+        bind = params.get("brev_bind_address")
+        if bind is not None:
+            if options["expose"] != "direct":
+                raise TaoInferenceError("brev_bind_address is where brev_expose direct publishes the port; with "
+                                        "brev_expose tunnel the port is on the instance's loopback")
+            options["bind_address"] = check_host(bind, "brev_bind_address")
+        return options
+
+    @classmethod
+    def from_options(cls, connection, params):
+        instance = connection.get("instance")
+        if instance is not None and instance_problem(instance):
+            raise TaoInferenceError("brev_instance %r %s" % (instance, instance_problem(instance)))
+        return cls(instance=instance, ssh_config=connection.get("ssh_config"), key_path=connection.get("key_path"),
+                   pull=params.get("pull") or "missing", start_stopped=bool(params.get("brev_start_stopped")),
+                   expose=params.get("brev_expose") or "tunnel", bind_address=params.get("brev_bind_address"))
+
+    def __init__(self, instance=None, ssh_config=None, key_path=None, pull="missing", start_stopped=False,
+                 expose="tunnel", bind_address=None, runner=subprocess.run):
+        self.instance = instance
+        self.ssh_config = ssh_config
+        self.key_path = key_path
+        self.pull = pull
+        self.start_stopped = start_stopped
+        self.expose = expose
+        self.bind_address = bind_address
+        self._run = runner
+        self._engines = {}
+        self._new_name = None
+        self._made = False  # this run created the instance (a start tried again must not create it twice)
+
+    # -- the brev CLI ----------------------------------------------------------------
+    def _brev(self, *words, **kwargs):
+        """Run ``brev words...`` (stdin closed, no secret in its environment); its stdout."""
+        check = kwargs.get("check", True)
+        try:
+            proc = self._run(["brev"] + list(words), stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=kwargs.get("timeout", CLI_TIMEOUT), check=False, env=child_environ())
+        except OSError as exc:
+            raise TaoInferenceError("cannot run the brev CLI (%s): install it (https://docs.nvidia.com/brev/) and log "
+                                    "in with `brev login`" % exc)
+        except subprocess.TimeoutExpired:
+            raise TaoInferenceError("`brev %s` did not finish within %ss" % (words[0], kwargs.get("timeout", CLI_TIMEOUT)))
+        out = proc.stdout.decode("utf-8", "replace")
+        err = " ".join(proc.stderr.decode("utf-8", "replace").split())
+        if proc.returncode != 0 and check:
+            if "logged out" in out or "declined to login" in err or err == "EOF":
+                raise TaoInferenceError(
+                    "the brev CLI is not logged in on this host: log in once with `brev login` (the CLI takes a token "
+                    "only on its command line, `brev login --token`, where other local users can read it, so this "
+                    "collection never runs it with BREV_API_TOKEN)")
+            raise TaoInferenceError("`brev %s` failed (exit %d): %s" % (" ".join(words), proc.returncode,
+                                                                        err[-500:] or "no message"))
+        return out if check else (proc.returncode, out, err)
+
+    def instances(self):
+        """The instances ``brev ls --json`` lists (a list of dicts)."""
+        out = self._brev("ls", "--json")
+        try:
+            document = json.loads(out)
+        except ValueError:
+            raise TaoInferenceError("`brev ls --json` did not print JSON: %s" % out.strip()[:300])
+        found = (document or {}).get("workspaces") if isinstance(document, dict) else None
+        return [w for w in found or [] if isinstance(w, dict)]
+
+    def _find(self, name):
+        for item in self.instances():
+            if name in (item.get("name"), item.get("id")):
+                return item
+        return None
+
+    def _wait_running(self, name, deadline, created):
+        """The instance once it is RUNNING (STARTING/DEPLOYING are waited for, STOPPED is started only with
+        brev_start_stopped, the others are refused), then ``brev refresh`` (its SSH configuration)."""
+        sleep, started = 0.2, False
+        while True:
+            item = self._find(name)
+            if item is None:
+                listed = ", ".join(sorted(i.get("name") or "?" for i in self.instances())) or "none"
+                raise TaoInferenceError("Brev instance %s does not exist (instances: %s)" % (name, listed))
+            status = item.get("status")
+            if status == "RUNNING":
+                self._brev("refresh")
+                return item
+            if status == "STOPPED" and not created and not started:
+                if not self.start_stopped:
+                    raise TaoInferenceError("Brev instance %s is STOPPED: start it (`brev start %s`) or set "
+                                            "brev_start_stopped: true to let the collection start it" % (name, name))
+                self._brev("start", item.get("id") or name, "--detached")
+                started = True
+            elif status not in ON_THE_WAY and not (status in ("STOPPED", "STOPPING") and started):
+                raise TaoInferenceError("Brev instance %s is %s, not RUNNING; the service cannot start there%s"
+                                        % (name, status, " (it is being deleted)" if status == "DELETING" else ""))
+            if time.monotonic() >= deadline:
+                raise TaoInferenceError("Brev instance %s was not RUNNING within wait_timeout (it is %s)"
+                                        % (name, status))
+            time.sleep(min(sleep, max(0.0, deadline - time.monotonic())))
+            sleep = min(sleep * 2, 2.0)
+
+    # -- the engine on the instance ------------------------------------------------------
+    def _target(self, name):
+        return SSHTarget(name, key_path=self.key_path, config=self.ssh_config, what="the Brev instance")
+
+    def _address(self, name):
+        """The instance's address, as Brev's SSH configuration gives it (``ssh -G``): never localhost."""
+        return self._target(name).resolved_host()
+
+    def _engine(self, name, bind=None):
+        if name not in self._engines:
+            self._engines[name] = LocalDockerDriver(docker_host="ssh://%s" % name, pull=self.pull,
+                                                    ssh_key_path=self.key_path, ssh_config=self.ssh_config)
+        engine = self._engines[name]
+        engine.bind_address = bind
+        return engine
+
+    def _instance_of(self, spec):
+        return spec.platform_options.get("instance") or self.instance
+
+    def recorded_connection(self, connection):
+        recorded = dict(connection)
+        if not recorded.get("instance"):
+            # The instance this start will create: named now, so that the entry written before the start
+            # already says where it runs.
+            self._new_name = self._new_name or "tao-%s" % time.strftime("%Y%m%d%H%M%S") + "-%04x" % (
+                int(time.monotonic() * 1000) & 0xFFFF)
+            recorded["instance"] = self._new_name
+        return recorded
+
+    # -- interface -------------------------------------------------------------------
+    def port_scope(self, spec):
+        # A tunnel listens on this machine; a direct port is the instance's own.
+        name = self._instance_of(spec) or self._new_name or "new"
+        return "local" if spec.platform_options["expose"] == "tunnel" else "brev:%s" % name
+
+    def port_is_free(self, spec, port):
+        if spec.platform_options["expose"] == "tunnel":
+            return port_is_free(port, addresses=["127.0.0.1"])
+        return True  # the instance's engine refuses a taken port; the start then tries another
+
+    def preflight(self, spec, report=True):
+        """The CLI answers and is logged in; an instance given is RUNNING (or will be) and its Docker engine
+        answers. Changes nothing."""
+        instances = self.instances()
+        name = self._instance_of(spec)
+        facts = {"instances": sorted(i.get("name") for i in instances if i.get("name"))}
+        if name is None:
+            facts["instance"] = None
+            return facts
+        item = next((i for i in instances if name in (i.get("name"), i.get("id"))), None)
+        if item is None:
+            raise TaoInferenceError("Brev instance %s does not exist (instances: %s)"
+                                    % (name, ", ".join(facts["instances"]) or "none"))
+        facts.update(instance=item.get("name"), instance_status=item.get("status"),
+                     instance_type=item.get("instance_type"), gpu=item.get("gpu"))
+        if item.get("status") == "STOPPED" and not self.start_stopped:
+            raise TaoInferenceError("Brev instance %s is STOPPED: start it (`brev start %s`) or set brev_start_stopped: "
+                                    "true" % (name, name))
+        if report and item.get("status") == "RUNNING":
+            self._brev("refresh")
+            engine = self._engine(item.get("name"))
+            info = engine._call(engine.engine.info, "read the engine's info")  # pylint: disable=protected-access
+            facts["engine"] = "Docker %s (API %s) on %s" % (info.get("ServerVersion"), engine.engine.api_version,
+                                                            item.get("name"))
+            facts["runtimes"] = sorted(info.get("Runtimes") or {})
+            facts["address"] = self._address(item.get("name"))
+        return facts
+
+    def start(self, launch):
+        deadline = time.monotonic() + launch.timeout
+        spec, options = launch.spec, launch.spec.platform_options
+        name = self._instance_of(spec)
+        created = name is None
+        if created:
+            name = self._new_name or self.recorded_connection({})["instance"]
+            self.instance = name  # from now on this driver reaches (and a failed start removes) that instance
+        if created and not self._made:
+            words = ["create", name, "--detached"]
+            if options.get("instance_type"):
+                words += ["--type", options["instance_type"]]
+            if options.get("gpu_name"):
+                words += ["--gpu-name", options["gpu_name"]]
+            launch.on_submitted({"brev_created": True, "brev_expose": options["expose"]})
+            self._made = True
+            self._brev(*words, timeout=max(CLI_TIMEOUT, launch.timeout))
+        item = self._wait_running(name, deadline, created)
+        name = item.get("name") or name
+        fields = {"brev_instance_id": item.get("id"), "brev_created": created, "brev_expose": options["expose"]}
+        launch.on_submitted(fields)
+        address = self._address(name)
+        fields["brev_address"] = address
+        tunnel = options["expose"] == "tunnel"
+        bind = "127.0.0.1" if tunnel else options.get("bind_address") or address
+        engine = self._engine(name, bind)
+        engine.prepare(spec)
+        if tunnel:
+            # On the instance's loopback, at a port its engine picks; the local end is host_port.
+            local_port, launch.host_port = launch.host_port, None
+            try:
+                started = engine.start(launch)
+            finally:
+                launch.host_port = local_port
+            remote_port = engine.published_port(launch.job_id)
+        else:
+            started = engine.start(launch)
+            remote_port = launch.host_port
+        fields.update(container_id=started["container_id"], docker_url=started["docker_url"],
+                      host_port=launch.host_port, brev_port=remote_port)
+        if tunnel:
+            try:
+                pid, start_time = open_tunnel(self._target(name), launch.host_port, "127.0.0.1", remote_port)
+            except TaoInferenceError as exc:
+                engine.stop({"job_id": launch.job_id})
+                if "already in use" in exc.msg:
+                    raise PortTaken(launch.host_port)
+                raise
+            fields.update(tunnel_pid=pid, tunnel_start_time=start_time,
+                          host_url="http://localhost:%d" % launch.host_port)
+        else:
+            fields["host_url"] = "http://%s:%d" % ("[%s]" % address if ":" in address else address, launch.host_port)
+        return fields
+
+    def _tunnel(self, entry):
+        if entry.get("brev_expose") != "tunnel" or not entry.get("tunnel_pid") or \
+                not isinstance(entry.get("host_port"), int) or not isinstance(entry.get("brev_port"), int):
+            return None
+        return entry["tunnel_pid"], entry.get("tunnel_start_time"), \
+            forward_spec(entry["host_port"], "127.0.0.1", entry.get("brev_port") or 0)
+
+    def status(self, entry):
+        name = self.instance  # as the entry recorded it (service.trusted_connection)
+        item = self._find(name) if name else None
+        if item is None:
+            return PlatformStatus(PlatformStatus.MISSING, "Brev instance %s is gone" % name)
+        extra = {"brev_instance": item.get("name"), "brev_status": item.get("status")}
+        if item.get("status") != "RUNNING":
+            state = PlatformStatus.PENDING if item.get("status") in ON_THE_WAY else PlatformStatus.EXITED
+            return PlatformStatus(state, "Brev instance %s is %s" % (name, item.get("status")), extra=extra)
+        status = self._engine(item.get("name")).status(entry)
+        status.extra.update(extra)
+        tunnel = self._tunnel(entry)
+        if status.running and tunnel is not None and not tunnel_alive(*tunnel):
+            status.broken = "tunnel_down"
+        return status
+
+    def logs(self, entry, lines=40, secrets=None):
+        name = self.instance  # as the entry recorded it (service.trusted_connection)
+        try:
+            return self._engine(name).logs(entry, lines, secrets) if name else ""
+        except TaoInferenceError:
+            return ""
+
+    def release(self, entry):
+        tunnel = self._tunnel(entry)
+        return bool(tunnel) and close_tunnel(*tunnel)
+
+    def repair(self, entry):
+        tunnel = self._tunnel(entry)
+        if tunnel is None or tunnel_alive(*tunnel):
+            return {}
+        name = self.instance  # as the entry recorded it (service.trusted_connection)
+        pid, start_time = open_tunnel(self._target(name), entry["host_port"], "127.0.0.1", entry["brev_port"])
+        return {"tunnel_pid": pid, "tunnel_start_time": start_time}
+
+    def stop(self, entry):
+        """Remove the container (only ours), close the tunnel, and delete the instance if the collection
+        created it for this service."""
+        name = self.instance  # as the entry recorded it (service.trusted_connection)
+        stopped = self.release(entry)
+        item = self._find(name) if name else None
+        created = entry.get("brev_created") is True
+        if item is not None and item.get("status") == "RUNNING":
+            self._brev("refresh")
+            stopped = self._engine(item.get("name")).stop(entry) or stopped
+        elif item is not None and not created and item.get("status") != "DELETING":
+            raise TaoInferenceError("Brev instance %s is %s, so the service's container on it cannot be removed: start "
+                                    "the instance (`brev start %s`) and stop the service again"
+                                    % (name, item.get("status"), name))
+        if item is not None and created and item.get("status") != "DELETING":
+            self._brev("delete", item.get("id") or name)
+            stopped = True
+        return stopped
+
+    def find(self, name=None):
+        if not self.instance:
+            return []
+        item = self._find(self.instance)
+        if item is None or item.get("status") != "RUNNING":
+            return []
+        self._brev("refresh")
+        return self._engine(item.get("name")).find(name)
+
+    def close(self):
+        for engine in self._engines.values():
+            engine.close()
+
