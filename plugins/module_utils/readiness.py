@@ -6,16 +6,28 @@ Two answer shapes are understood: the real server's
 ``503 {"status": "not_ready", "reason": R}`` (it never answers 202), and the
 shape the service's documentation describes, ``202/503 {"error": {"type": T}}``.
 Fatal reasons end the wait at once.
+
+A service whose endpoint asks for a token (a platform's own gateway in front of it)
+records in its registry entry *which* token it takes and a binding of that token to its
+URL (:func:`endpoint_auth`), never the token. Requests and probes take the token from
+this run (:func:`endpoint_headers`) and send it only when the binding proves that the
+token's holder started the service at that very URL: an entry planted or edited in the
+registry cannot make a run send its token anywhere else.
 """
 
+import hashlib
+import hmac
+import ipaddress
 import json
+import re
 import socket
 import time
 
 import http.client as http_client
 from urllib.parse import urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
 READY = "ready"
 WAITING = "waiting"
@@ -72,6 +84,10 @@ def classify(http_status, body):
     message = _text(data.get("message") or error.get("message") or "", 500)
     if http_status == 200 and data.get("status", READY) == READY and not error:
         return Probe(READY, READY, message, http_status)
+    if http_status in (401, 403):
+        # A gateway in front of the service refused the credentials: waiting will not change that.
+        return Probe(FATAL, "unauthorized", message or "the endpoint refused the request's credentials (HTTP %d)"
+                     % http_status, http_status)
     if reason in FATAL_TYPES:
         return Probe(FATAL, reason, message, http_status)
     if reason in RETRY_TYPES or http_status in (202, 503):
@@ -79,13 +95,14 @@ def classify(http_status, body):
     return Probe(WAITING, "http_%s" % http_status, message or "unexpected answer", http_status)
 
 
-def probe(base_url, timeout=2.0):
-    """GET the readiness route once. Network trouble means "keep waiting"."""
+def probe(base_url, timeout=2.0, headers=None):
+    """GET the readiness route once (with ``headers``, e.g. from :func:`endpoint_headers`).
+    Network trouble means "keep waiting"."""
     parts = urlsplit(base_url)
     conn_class = http_client.HTTPSConnection if parts.scheme == "https" else http_client.HTTPConnection
     conn = conn_class(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout=timeout)
     try:
-        conn.request("GET", parts.path.rstrip("/") + catalog.REQUEST["endpoints"]["readiness"])
+        conn.request("GET", parts.path.rstrip("/") + catalog.REQUEST["endpoints"]["readiness"], headers=headers or {})
         response = conn.getresponse()
         raw = response.read(MAX_BODY + 1)
         status = response.status
@@ -122,7 +139,7 @@ class Deadline(object):
 
 
 def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
-               probe_fn=probe, sleep=time.sleep, clock=time.monotonic, alive_every=0.25):
+               probe_fn=probe, sleep=time.sleep, clock=time.monotonic, alive_every=0.25, headers=None):
     """Poll until ready, fatal, or ``timeout`` seconds pass; return the last Probe.
 
     Polls start 10 ms apart and grow by a fifth each time up to ``sleep_max``
@@ -132,14 +149,18 @@ def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
     stop at once; it asks the platform, so it runs at most every ``alive_every``
     seconds while the service does not answer ready.
     ``on_change(probe, elapsed)`` is called whenever the reason changes.
+    ``headers`` go with every probe (the endpoint's token, see :func:`endpoint_headers`).
     """
+    def send(url, timeout):
+        return probe_fn(url, timeout=timeout, headers=headers) if headers else probe_fn(url, timeout=timeout)
+
     deadline = Deadline(timeout, clock)
     sleep_max = max(0.01, sleep_max)  # a zero or negative wait_sleep would spin
     delay = min(0.01, sleep_max)
     last = None
     last_alive = deadline.start
     while True:
-        current = probe_fn(base_url, timeout=max(0.5, min(5.0, deadline.remaining() or 0.5)))
+        current = send(base_url, timeout=max(0.5, min(5.0, deadline.remaining() or 0.5)))
         if not current.ready and not current.fatal and alive is not None and (
                 clock() - last_alive >= alive_every or deadline.expired):
             last_alive = clock()
@@ -153,3 +174,82 @@ def wait_ready(base_url, timeout, sleep_max=0.5, alive=None, on_change=None,
             return current
         sleep(max(0.0, min(delay, deadline.remaining())))
         delay = min(delay * 1.2, sleep_max)
+
+
+# -- the endpoint's token ----------------------------------------------------------------
+AUTH_SCHEME = "bearer"
+_BINDING_ROUNDS = 50000  # ~10 ms: cheap once per task, slow for guessing a weak token from a stolen registry
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SOURCE = re.compile(r"[A-Z][A-Z0-9_]{0,62}")
+
+
+def token_binding(token, job_id, host_url, source):
+    """A proof that ``token`` (from ``source``) was meant for the service ``job_id`` at ``host_url``:
+    a PBKDF2-HMAC-SHA256 of the token over those three. It reveals nothing usable about the token."""
+    salt = ("tao.inference endpoint token v1\0%s\0%s\0%s" % (job_id, host_url, source)).encode("utf-8")
+    return hashlib.pbkdf2_hmac("sha256", token.encode("utf-8"), salt, _BINDING_ROUNDS).hex()
+
+
+def endpoint_auth(job_id, host_url, source, token):
+    """The registry field of a service whose endpoint takes ``token`` (read from ``source``: an
+    environment variable name, or the option that falls back to it) as a bearer token."""
+    return {"scheme": AUTH_SCHEME, "source": source, "binding": token_binding(token, job_id, host_url, source)}
+
+
+def endpoint_auth_problem(value):
+    """Why ``value`` is not an ``endpoint_auth`` registry field, or None (a registry kind check)."""
+    if not isinstance(value, dict) or set(value) != set(("scheme", "source", "binding")):
+        return "is not an object with scheme, source and binding"
+    if value["scheme"] != AUTH_SCHEME:
+        return "scheme is not %s" % AUTH_SCHEME
+    if not isinstance(value["source"], str) or not _SOURCE.fullmatch(value["source"]):
+        return "source is not a variable name"
+    if not isinstance(value["binding"], str) or not _HEX64.fullmatch(value["binding"]):
+        return "binding is not a hex digest"
+    return None
+
+
+def _loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_headers(entry, environ, options=None):
+    """The headers requests to ``entry``'s service carry: ``{}`` when its endpoint takes no token,
+    else ``Authorization: Bearer <token>``, the token taken from this run (``options``, then
+    ``environ``) under the name the platform's driver declares (``ENDPOINT_TOKENS``: source name ->
+    option). Refuses (and sends nothing) when the entry's binding does not prove that this token was
+    given to this service at this URL, or when the token would cross the network in clear."""
+    auth = entry.get("endpoint_auth")
+    if not auth:
+        return {}
+    job_id, url = entry.get("job_id"), entry.get("host_url") or ""
+    problem = endpoint_auth_problem(auth)
+    if problem:
+        raise TaoInferenceError("the registry entry of service %s has an endpoint_auth that %s; the token is not sent"
+                                % (job_id, problem), job_id=job_id)
+    sources = getattr(platforms.driver_class(entry.get("platform")), "ENDPOINT_TOKENS", {})
+    source = auth["source"]
+    if source not in sources:
+        raise TaoInferenceError(
+            "the registry entry of service %s asks for the token in %s, which platform %s never gives an endpoint; "
+            "nothing is sent (was the entry edited?)" % (job_id, source, entry.get("platform")), job_id=job_id)
+    token = (options or {}).get(sources[source]) or environ.get(source)
+    if not token:
+        raise TaoInferenceError(
+            "service %s (%s) answers only requests that carry the token it was started with, from %s: export %s "
+            "(or give %s) and run again" % (job_id, url, source, source, sources[source]), job_id=job_id)
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not _loopback(parts.hostname or ""):
+        raise TaoInferenceError("service %s is at %s: its token would cross the network in clear over http; it is "
+                                "not sent" % (job_id, url), job_id=job_id)
+    if not hmac.compare_digest(token_binding(token, job_id, url, source), auth["binding"]):
+        raise TaoInferenceError(
+            "the token in %s is not the one service %s was started with at %s, so it is not sent there. Use the "
+            "token the service was started with; if you did not start it, its registry entry may have been planted "
+            "or edited: remove it" % (source, job_id, url), job_id=job_id)
+    return {"Authorization": "Bearer " + token}

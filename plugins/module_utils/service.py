@@ -149,7 +149,7 @@ class ServiceManager(object):
             self._refuse_concurrent_start(current)
             keep, status = self._reusable(current, fingerprint)
             if keep is not None:
-                probe = readiness.probe(keep["host_url"])
+                probe = self._probe(keep)
                 if not probe.fatal:
                     return self._keep(self.driver(keep["platform"], keep), keep, status, probe, wait, wait_timeout,
                                       wait_sleep)
@@ -279,6 +279,18 @@ class ServiceManager(object):
         """Values of the entry's secret variables, as this run's environment has them (for masking)."""
         return dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
 
+    def _endpoint_headers(self, entry):
+        """What requests to ``entry``'s service carry (its endpoint's token, from this run's options or
+        environment, when the binding in the entry allows it; see readiness.endpoint_headers)."""
+        return readiness.endpoint_headers(entry, self.environ, self.options)
+
+    def _probe(self, entry, **kwargs):
+        """One readiness probe of ``entry``'s service (with its endpoint's token when it takes one)."""
+        headers = self._endpoint_headers(entry)
+        if headers:
+            kwargs["headers"] = headers
+        return readiness.probe(entry["host_url"], **kwargs)
+
     def _orphans(self, driver, name, known):
         """Platform objects carrying ``name`` (any name when None) that this registry lost track of.
         Objects that name another registry belong to someone else (a shared engine) and are left alone."""
@@ -403,7 +415,11 @@ class ServiceManager(object):
         def on_change(probe, elapsed):
             history.append({"elapsed": round(elapsed, 3), "reason": probe.reason})
 
-        probe = readiness.wait_ready(entry["host_url"], timeout, sleep_max, alive=alive, on_change=on_change)
+        headers = self._endpoint_headers(entry)
+        if headers:  # a server that echoes the header must not show the token in a message
+            secrets = dict(secrets, **{"(endpoint token)": headers["Authorization"].split(" ", 1)[1]})
+        probe = readiness.wait_ready(entry["host_url"], timeout, sleep_max, alive=alive, on_change=on_change,
+                                     **({"headers": headers} if headers else {}))
         if probe.ready:
             result = mask_probe(probe, secrets)
             result["history"] = history
@@ -516,7 +532,10 @@ class ServiceManager(object):
                         "and job_id %s, or start it again by name" % entry["job_id"])
             probe = None
             if item["running"] and entry.get("host_url"):
-                probe = readiness.probe(entry["host_url"], timeout=probe_timeout)
+                try:
+                    probe = self._probe(entry, timeout=probe_timeout)
+                except TaoInferenceError as exc:  # the token is not there (or not this one): nothing is sent
+                    probe = readiness.Probe(readiness.WAITING, "unauthenticated", exc.msg)
             item["readiness"] = mask_probe(probe, self._secrets_of(entry))
             item["ready"] = bool(probe and probe.ready)
             if (probe is not None and probe.fatal) or entry["job_id"] in gone:

@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
 from ansible_collections.tao.inference.plugins.module_utils.chat import batch
 from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
 from ansible_collections.tao.inference.plugins.module_utils.chat.routing import resolve_target
@@ -50,16 +50,20 @@ def ask(state, params, check_mode=False, tmpdir=None, warn=None):
     if params["network_arch"] and params["network_arch"] != arch:
         raise TaoInferenceError("job %s runs %s, not %s" % (entry["job_id"], arch, params["network_arch"]))
     result = {"changed": False, "job_id": entry["job_id"], "network_arch": arch, "host_url": entry["host_url"]}
+    # The endpoint's token when its platform asks for one: from this run's environment, and only to the
+    # URL its registry entry binds it to (checked in check mode too).
+    headers = readiness.endpoint_headers(entry, os.environ)
     send_it = send_batch if is_batch(params) else send_one
-    return send_it(params, catalog.chat_url_of(entry), arch, result, check_mode, tmpdir, warn or (lambda text: None))
+    return send_it(params, catalog.chat_url_of(entry), arch, result, check_mode, tmpdir, warn or (lambda text: None),
+                   headers)
 
 
 def _timeout(params):
     return max(float(params["timeout"]), 1.0)
 
 
-def send_one(params, url, arch, result, check_mode, tmpdir, warn):
-    """One request: the answer in the result (or saved under output_dir)."""
+def send_one(params, url, arch, result, check_mode, tmpdir, warn, headers=None):
+    """One request: the answer in the result (or saved under output_dir); ``headers`` go with it."""
     messages = build_messages(arch, params["prompt"], params["system_prompt"], params["media"], params["messages"])
     body, applied, warnings = build_body(arch, messages, params["sampling"])
     for warning in warnings:
@@ -71,7 +75,7 @@ def send_one(params, url, arch, result, check_mode, tmpdir, warn):
         prepare_outputs(output_dir=params["output_dir"])
     timeout = _timeout(params)
     started = time.monotonic()
-    with httpx.Client(timeout=timeout) as client:
+    with httpx.Client(timeout=timeout, headers=headers) as client:
         retry = Retry(url, params["wait_timeout"])
         status, data = send(client, retry, json.dumps(body).encode("utf-8"), timeout)
     content = content_of(data)
@@ -90,8 +94,8 @@ def send_one(params, url, arch, result, check_mode, tmpdir, warn):
     return result
 
 
-def send_batch(params, url, arch, result, check_mode, tmpdir, warn):
-    """A batch: every result in input order, and the summary."""
+def send_batch(params, url, arch, result, check_mode, tmpdir, warn, headers=None):
+    """A batch: every result in input order, and the summary; ``headers`` go with every request."""
     requests, base_dir = params["requests"], None
     if params["requests_file"]:
         requests = batch.load_requests_file(params["requests_file"])
@@ -102,7 +106,7 @@ def send_batch(params, url, arch, result, check_mode, tmpdir, warn):
         return_content_max=params["return_content_max"], output_path=params["output_path"],
         output_dir=params["output_dir"], fail_on_item_error=params["fail_on_item_error"],
         system_prompt=params["system_prompt"], base_dir=base_dir, tmpdir=tmpdir)
-    outcome = batch.run(url, arch, requests, params["sampling"], options, check_mode=check_mode)
+    outcome = batch.run(url, arch, requests, params["sampling"], options, check_mode=check_mode, headers=headers)
     for warning in outcome["warnings"]:
         warn(warning)
     result.update(changed=outcome["changed"], sampling_applied=outcome["sampling_applied"],

@@ -216,17 +216,18 @@ def _failure(item, error, attempts, elapsed):
 class Engine(object):
     """Sends checked items to ``url`` from ``concurrency`` threads sharing one connection pool."""
 
-    def __init__(self, url, store, options):
+    def __init__(self, url, store, options, headers=None):
         self.url = url
         self.store = store
         self.options = options
+        self.headers = headers  # e.g. the endpoint's token
         self.deadline = readiness.Deadline(options.deadline) if options.deadline else None
         self.fatal = None  # the first "model did not load" error: items not sent yet are not sent
 
     def run(self, items):
         limits = httpx.Limits(max_connections=self.options.concurrency,
                               max_keepalive_connections=self.options.concurrency)
-        with httpx.Client(limits=limits) as client:
+        with httpx.Client(limits=limits, headers=self.headers) as client:
             with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
                 futures = [pool.submit(self._one, client, item) for item in items]
                 return [future.result() for future in futures]
@@ -329,11 +330,11 @@ def _shown(record, limit):
     return shown
 
 
-def run(url, network_arch, requests, sampling, options, check_mode=False, opener=open):
+def run(url, network_arch, requests, sampling, options, check_mode=False, opener=open, headers=None):
     """Check every request, then (unless ``check_mode``) send them all.
 
     Returns ``{"results", "summary", "warnings", "changed", "sampling_applied"}``
-    (the last for the task-level ``sampling`` alone). With
+    (the last for the task-level ``sampling`` alone). ``headers`` go with every request. With
     ``options.fail_on_item_error``, a failed item raises once every item is done
     (the error carries the results and the summary).
     """
@@ -348,7 +349,7 @@ def run(url, network_arch, requests, sampling, options, check_mode=False, opener
             return {"results": [], "summary": {"total": len(items)}, "warnings": warnings, "changed": False,
                     "sampling_applied": applied}
         prepare_outputs(options.output_dir, options.output_path)
-        records = Engine(url, store, options).run(items)
+        records = Engine(url, store, options, headers).run(items)
         elapsed = time.monotonic() - started
     summary = summarize(records, elapsed, options.concurrency)
     if options.output_path:

@@ -89,6 +89,10 @@ class Retry(object):
         if retry:
             msg = "the service was still not ready after %.0f s (%s: %s); wait for readiness or raise " \
                   "wait_timeout" % (self.retry_timeout, err_type, err_msg)
+        elif status_code in (401, 403):
+            msg = "the service's endpoint refused the request's credentials (HTTP %d: %s); it takes the token it was " \
+                  "started with (see the service's endpoint_auth), from this run's environment" % (
+                      status_code, err_msg or err_type or "no message")
         elif err_type in FATAL_TYPES:
             msg = "the service cannot answer: %s (%s). Its model did not load; read the container log, fix the " \
                   "model, and start the service again" % (err_type, err_msg)
