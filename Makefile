@@ -15,7 +15,7 @@ export ANSIBLE_LOCALHOST_WARNING := 0
 export ANSIBLE_INVENTORY_UNPARSED_WARNING := 0
 PLAYBOOK := $(BIN)/ansible-playbook
 MODULES := tao_inference_service tao_inference_request tao_inference_info tao_inference_preflight
-ROLES := local_docker slurm kubernetes inference_service
+ROLES := local_docker slurm kubernetes brev inference_service
 
 .PHONY: help venv host emulator-image catalog link demo test units integration sanity lint \
         build docs syntax bench clean real-server-image demo-real
@@ -95,6 +95,7 @@ bench: venv emulator-image real-server-image link ## Benchmarks under bench/ (ea
 	$(BIN)/python bench/real_server.py
 	scripts/ensure-kubernetes.sh >/dev/null
 	$(BIN)/python bench/kubernetes_start.py
+	$(BIN)/python bench/brev_start.py
 
 clean: ## Remove the virtualenv and build outputs
 	rm -rf $(VENV) .build tests/output

@@ -196,3 +196,16 @@ def test_a_dead_tunnel_is_reported_and_reopened_and_secrets_stay_out(brev):
     assert again.rc == 0 and result["repaired"] == ["tunnel_down"] and result["job_id"] == service["job_id"]
     play(brev, stop_task(brev, "brev-tunnel"))
     assert brev.entries() == {} and not containers_of(service["job_id"])
+
+
+def test_the_preflight_role_reports_the_instance_and_refuses_gpus_it_lacks(brev):
+    name = "tao-t-%s" % uuid.uuid4().hex[:6]
+    brev.cli.running(name)
+    role = play(brev, "- name: Preflight role\n  ansible.builtin.include_role:\n    name: tao.inference.brev\n"
+                      "  vars:\n    brev_instance: %s\n    brev_ssh_config: %s\n    brev_image: %s\n"
+                      "    brev_num_gpus: 0\n" % (name, SSH_CONFIG, IMAGE))
+    assert role.rc == 0, role.output[-3000:]
+    assert "Brev instance %s is RUNNING (g6.xlarge, GPU L4); Docker" % name in role.stdout
+    gpus = play(brev, "- name: Preflight\n  tao.inference.tao_inference_preflight:\n    network_arch: cosmos-rl\n"
+                      "    image: %s\n    num_gpus: 1\n    brev_instance: %s\n%s" % (IMAGE, name, brev.connection))
+    assert "needs the NVIDIA container runtime" in gpus.task("Preflight")["result"]["msg"]

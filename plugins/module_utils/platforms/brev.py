@@ -45,6 +45,7 @@ EXPOSE = ("tunnel", "direct")
 # Instance states: the ones that end in RUNNING by themselves, and the ones that will not.
 ON_THE_WAY = ("STARTING", "DEPLOYING", "CREATING")
 CLI_TIMEOUT = 120  # seconds one brev command may take (create --detached, delete and ls return at once)
+LISTING_TTL = 5  # seconds a `brev ls` answer is reused while the service's container is watched
 _LOGGED_OUT = "logged out"
 
 
@@ -122,6 +123,7 @@ class BrevDriver(Driver):
         self._engines = {}
         self._new_name = None
         self._made = False  # this run created the instance (a start tried again must not create it twice)
+        self._listed = None
 
     # -- the brev CLI ----------------------------------------------------------------
     def _brev(self, *words, **kwargs):
@@ -157,8 +159,12 @@ class BrevDriver(Driver):
         found = (document or {}).get("workspaces") if isinstance(document, dict) else None
         return [w for w in found or [] if isinstance(w, dict)]
 
-    def _find(self, name):
-        for item in self.instances():
+    def _find(self, name, fresh=True):
+        """The instance ``name`` (name or id) as ``brev ls`` lists it, or None. ``fresh=False`` takes a listing
+        of the last few seconds (the readiness wait looks at the instance on every probe)."""
+        if fresh or self._listed is None or time.monotonic() - self._listed[0] > LISTING_TTL:
+            self._listed = (time.monotonic(), self.instances())
+        for item in self._listed[1]:
             if name in (item.get("name"), item.get("id")):
                 return item
         return None
@@ -166,9 +172,10 @@ class BrevDriver(Driver):
     def _wait_running(self, name, deadline, created):
         """The instance once it is RUNNING (STARTING/DEPLOYING are waited for, STOPPED is started only with
         brev_start_stopped, the others are refused), then ``brev refresh`` (its SSH configuration)."""
-        sleep, started = 0.2, False
+        sleep, started, first = 0.2, False, not created
         while True:
-            item = self._find(name)
+            item = self._find(name, fresh=not first)  # the preflight's listing of a moment ago, the first time
+            first = False
             if item is None:
                 listed = ", ".join(sorted(i.get("name") or "?" for i in self.instances())) or "none"
                 raise TaoInferenceError("Brev instance %s does not exist (instances: %s)" % (name, listed))
@@ -240,6 +247,7 @@ class BrevDriver(Driver):
         if name is None:
             facts["instance"] = None
             return facts
+        self._listed = (time.monotonic(), instances)
         item = next((i for i in instances if name in (i.get("name"), i.get("id"))), None)
         if item is None:
             raise TaoInferenceError("Brev instance %s does not exist (instances: %s)"
@@ -249,7 +257,7 @@ class BrevDriver(Driver):
         if item.get("status") == "STOPPED" and not self.start_stopped:
             raise TaoInferenceError("Brev instance %s is STOPPED: start it (`brev start %s`) or set brev_start_stopped: "
                                     "true" % (name, name))
-        if report and item.get("status") == "RUNNING":
+        if (report or spec.num_gpus > 0) and item.get("status") == "RUNNING":
             self._brev("refresh")
             engine = self._engine(item.get("name"))
             info = engine._call(engine.engine.info, "read the engine's info")  # pylint: disable=protected-access
@@ -257,6 +265,10 @@ class BrevDriver(Driver):
                                                             item.get("name"))
             facts["runtimes"] = sorted(info.get("Runtimes") or {})
             facts["address"] = self._address(item.get("name"))
+            if spec.num_gpus > 0 and "nvidia" not in facts["runtimes"]:
+                raise TaoInferenceError("num_gpus=%d needs the NVIDIA container runtime, but the Docker engine on Brev "
+                                        "instance %s has none (runtimes: %s); choose a GPU instance, or num_gpus: 0"
+                                        % (spec.num_gpus, item.get("name"), ", ".join(facts["runtimes"]) or "none"))
         return facts
 
     def start(self, launch):
@@ -322,7 +334,7 @@ class BrevDriver(Driver):
 
     def status(self, entry):
         name = self.instance  # as the entry recorded it (service.trusted_connection)
-        item = self._find(name) if name else None
+        item = self._find(name, fresh=False) if name else None
         if item is None:
             return PlatformStatus(PlatformStatus.MISSING, "Brev instance %s is gone" % name)
         extra = {"brev_instance": item.get("name"), "brev_status": item.get("status")}
