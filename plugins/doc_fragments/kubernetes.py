@@ -44,6 +44,9 @@ options:
         Kubernetes API), a process of its own that the collection tracks by pid and stops with the service.
         When it died (or exited because the cluster refused its credentials), C(tao_inference_info) reports
         it and the next start with the same C(name) starts it again. Every local user can connect to it.
+        It runs with an environment without secrets (no variable whose name looks like a credential), so a
+        kubeconfig C(exec) plugin that needs one (C(AWS_SECRET_ACCESS_KEY)...) cannot renew its token there;
+        use a token or certificate kubeconfig, or a plugin that reads its own files, with V(ClusterIP).
       - The service has no authentication of its own; anyone who reaches a LoadBalancer or NodePort
         address can use it.
     type: str
