@@ -44,6 +44,12 @@ down() {
       done
     fi
   done
+  # Hosts of TAO_BREV_HOSTS=netns instances: their dockerd, namespace, veth and data.
+  if [ -f "$dir/state.json" ] && [ -x "$dir/bin/brev" ]; then
+    python=$(sed -n 's/^exec "\([^"]*\)" -I .*/\1/p' "$dir/bin/brev")
+    TAO_BREV_DIR=$dir "${python:-python3}" -I -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from brev_standin.netns import main; main(sys.argv[1:])' \
+      "$root/tests/brev" destroy-all || log "could not remove every instance network namespace"
+  fi
   rm -rf "$dir"
 }
 

@@ -7,6 +7,7 @@ at once, and ``--down`` leaving nothing. Every test uses its own platform folder
 shared one in .build/brev (the driver's tests) is never touched.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import uuid
 
 import pytest
 
-from .conftest import ROOT
+from .conftest import IMAGE, ROOT
 
 SCRIPT = os.path.join(ROOT, "scripts", "ensure-brev.sh")
 PROMPT = "You are currently logged out, would you like to log in? [Y/n]: "
@@ -53,6 +54,13 @@ def our_processes(folder):
         if folder in line and state != "Z" and int(entry) != os.getpid():
             found.append((int(entry), line))
     return found
+
+
+def namespaces_of(folder):
+    """The network namespaces of the platform in ``folder`` (TAO_BREV_HOSTS=netns)."""
+    proc = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    prefix = "brev-%s-" % hashlib.sha1(folder.encode("utf-8")).hexdigest()[:4]
+    return [line.split()[0] for line in proc.stdout.splitlines() if line.startswith(prefix)]
 
 
 class Platform:
@@ -116,6 +124,7 @@ def platform_fixture(tmp_path):
     assert down.returncode == 0, down.stderr
     assert not os.path.exists(folder)
     assert wait_for(lambda: not our_processes(folder), 5, "no process of the platform") is True
+    assert not namespaces_of(folder)
 
 
 @pytest.fixture(name="logged_in")
@@ -383,3 +392,46 @@ def test_exec_runs_the_last_argument_and_retries_a_failure_once(logged_in, tmp_p
     unknown = logged_in.brev("exec", "nope", "true")
     assert unknown.returncode == 1 and 'could not look up instance "nope"' in unknown.stderr
     assert logged_in.brev("exec").stderr == "requires at least 1 arg(s), only received 0\n"
+
+
+def test_netns_hosts_have_their_own_engine_address_and_loopback(platform):
+    """TAO_BREV_HOSTS=netns: each instance a namespace with its own dockerd and sshd, the emulator image loaded."""
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False)
+    if probe.returncode or os.geteuid() != 0:
+        pytest.skip("network namespaces need root and iproute2")
+    platform.env.update(TAO_BREV_HOSTS="netns", TAO_BREV_NETNS_NET="10.%d" % (200 + os.getpid() % 50), TAO_BREV_IMAGES=IMAGE)
+    platform.ok("login", "--token", "t")
+    platform.ok("create", "ns1", "--type", "g5.xlarge")
+    platform.ok("create", "ns2", "--type", "g5.xlarge")
+    platform.ok("refresh")
+    address = {name: dict(line.split(" ", 1) for line in platform.ssh("-G", name).stdout.splitlines() if " " in line)["hostname"]
+               for name in ("ns1", "ns2")}
+    assert address["ns1"] != address["ns2"] and address["ns1"].startswith(platform.env["TAO_BREV_NETNS_NET"] + ".")
+    env = dict(os.environ, PATH=os.path.join(platform.dir, "ssh-bin") + os.pathsep + os.environ["PATH"])
+
+    def docker_on(host, *args):
+        return subprocess.run(["docker", "-H", "ssh://" + host] + list(args), capture_output=True, text=True, timeout=120,
+                              check=False, env=env, stdin=subprocess.DEVNULL)
+
+    job = json.dumps({"job_id": "brev", "specs": {"model_path": "hf_model://a/b"}, "neural_network_name": "tao-dataservices"})
+    command = "python -m nvidia_tao_core.microservices.handlers.huggingface_inference_microservice_server --port 8080 --job '%s'" % job
+    run = docker_on("ns1", "run", "-d", "--init", "--name", "svc", "-p", address["ns1"] + ":8080:8080", "-p", "127.0.0.1:8081:8080",
+                    IMAGE, "sh", "-c", command)
+    assert run.returncode == 0, run.stderr
+    assert docker_on("ns2", "ps", "-aq").stdout == ""  # another engine
+    assert "svc" not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                                       check=False).stdout.split()  # not this machine's engine either
+    health = "http://%s:8080/api/v1/health/liveness" % address["ns1"]
+    assert wait_for(lambda: subprocess.run(["curl", "-sf", "-m", "2", health], capture_output=True, check=False).returncode == 0,
+                    30, "the service on the instance's address")
+    loopback = platform.ssh("ns1", "docker inspect -f '{{.State.Running}}' svc && exec 3<>/dev/tcp/127.0.0.1/8081 && echo open")
+    assert loopback.stdout.split() == ["true", "open"], loopback.stderr  # the instance's own loopback
+    assert subprocess.run(["curl", "-sf", "-m", "2", "http://127.0.0.1:8081/"], capture_output=True, check=False).returncode != 0
+    platform.ok("stop", "ns1")
+    wait_for(lambda: platform.status("ns1") == "STOPPED", 30, "STOPPED")
+    platform.ok("start", "ns1")
+    assert docker_on("ns1", "ps", "-a", "--format", "{{.Names}} {{.State}}").stdout.split() == ["svc", "exited"]  # the VM stopped
+    assert len(namespaces_of(platform.dir)) == 2
+    platform.ok("delete", "ns1")
+    wait_for(lambda: platform.status("ns1") is None, 30, "gone")
+    assert len(namespaces_of(platform.dir)) == 1  # ns2's, until --down (the fixture checks that none is left)

@@ -86,6 +86,9 @@ class Settings:
         except ValueError:
             self.ssh_port = 22
         self.sshd = env.get("TAO_BREV_SSHD") or "/usr/sbin/sshd"
+        self.hosts = "netns" if env.get("TAO_BREV_HOSTS") == "netns" else "loopback"
+        self.netns_net = (env.get("TAO_BREV_NETNS_NET") or "10.213").strip(".")
+        self.images = _env_list("TAO_BREV_IMAGES", "tao-inference-emulator:latest")
 
     def path(self, *parts):
         """A path under the state folder."""

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from . import hosts, store
+from . import hosts, netns, store
 from .catalog import BY_NAME, CATALOG, DEFAULT_MIN_CAPABILITY, DEFAULT_MIN_TOTAL_VRAM, Settings
 from .flags import CliError, Flag, parse
 
@@ -238,7 +238,11 @@ class Cli:
         with self.store.locked() as state:
             if store.find(state, name):
                 raise CliError("duplicate workspace with name %s" % name)
-            address = hosts.allocate_address(self.settings, {item["address"] for item in state["instances"]})
+            taken = {item["address"] for item in state["instances"]}
+            if self.settings.hosts == "netns":
+                address = netns.allocate_address(self.settings, taken)
+            else:
+                address = hosts.allocate_address(self.settings, taken)
             taken = {item["id"] for item in state["instances"]}
             new = store.new_id()
             while new in taken:
@@ -246,9 +250,11 @@ class Cli:
             instance = {
                 "id": new, "name": name, "instance_type": type_name, "address": address,
                 "status": self.settings.create_status, "since": now, "until": now + self.settings.start_seconds,
-                "build_status": "PENDING", "status_message": "", "created_at": store.iso(now),
+                "build_status": "PENDING", "status_message": "", "created_at": store.iso(now), "hosts": self.settings.hosts,
             }
             state["instances"].append(instance)
+            if instance["hosts"] == "netns":
+                netns.spawn(self.settings, instance, "up")
             return dict(instance)
 
     def api_get(self, instance_id):

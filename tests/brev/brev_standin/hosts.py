@@ -4,10 +4,13 @@ and Brev's SSH config as the real CLI writes it (pkg/ssh/sshconfigurer.go, SSHCo
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
+
+from . import netns
 
 SSH_USER = "root"
 
@@ -150,14 +153,20 @@ def start_sshd(settings, instance):
     hostdir = _host_dir(settings, instance)
     os.makedirs(hostdir, mode=0o700, exist_ok=True)
     config = os.path.join(hostdir, "sshd_config")
-    write_file(config, SSHD_CONFIG.format(name=instance["name"], id=instance["id"], port=settings.ssh_port,
-                                          address=instance["address"], keys=keys, hostdir=hostdir), 0o600)
+    text = SSHD_CONFIG.format(name=instance["name"], id=instance["id"], port=settings.ssh_port, address=instance["address"],
+                              keys=keys, hostdir=hostdir)
+    prefix = []
+    if instance.get("hosts") == "netns":
+        parts = netns.names(settings, instance)
+        text += "SetEnv DOCKER_HOST=unix://%s\n" % parts["sock"]
+        prefix = ["nsenter", "--net=/run/netns/" + parts["netns"]]
+    write_file(config, text, 0o600)
     try:
         os.unlink(os.path.join(hostdir, "sshd.pid"))
     except FileNotFoundError:
         pass
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    subprocess.run([settings.sshd, "-f", config, "-E", os.path.join(hostdir, "sshd.log")], check=False,
+    subprocess.run(prefix + [settings.sshd, "-f", config, "-E", os.path.join(hostdir, "sshd.log")], check=False,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -198,16 +207,7 @@ def stop_sshd(settings, instance):
 def remove_host(settings, instance):
     """Stop the sshd and forget the host's files."""
     stop_sshd(settings, instance)
-    hostdir = _host_dir(settings, instance)
-    for name in ("sshd_config", "sshd.pid", "sshd.log"):
-        try:
-            os.unlink(os.path.join(hostdir, name))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(hostdir)
-    except OSError:
-        pass
+    shutil.rmtree(_host_dir(settings, instance), ignore_errors=True)
 
 
 def control_dir(settings):

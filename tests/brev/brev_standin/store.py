@@ -10,7 +10,7 @@ import secrets
 import string
 import time
 
-from . import hosts
+from . import hosts, netns
 
 TRANSITIONAL = ("STARTING", "DEPLOYING", "STOPPING", "DELETING")
 
@@ -69,17 +69,28 @@ def advance(settings, state, now=None):
     kept = []
     for instance in state["instances"]:
         status = instance["status"]
+        own_host = instance.get("hosts") == "netns"
+        helper = netns.state_of(settings, instance) if own_host else "ready"
         if status in ("STARTING", "DEPLOYING") and now >= instance["until"]:
             if instance["instance_type"] in settings.fail_types:
                 instance.update(status="FAILURE", since=instance["until"], until=0, status_message="instance failed to start")
-            else:
-                instance.update(status="RUNNING", since=instance["until"], until=0, build_status="COMPLETED", status_message="")
-        elif status == "STOPPING" and now >= instance["until"]:
+            elif helper.startswith("failed"):
+                instance.update(status="FAILURE", since=now, until=0, status_message="the test host did not start: " + helper[8:])
+            elif helper == "ready":
+                instance.update(status="RUNNING", since=max(instance["until"], instance["since"]), until=0,
+                                build_status="COMPLETED", status_message="")
+        elif status == "STOPPING" and now >= instance["until"] and helper != "busy":
             instance.update(status="STOPPED", since=instance["until"], until=0)
-        elif status == "DELETING" and now >= instance["until"]:
+        elif status == "DELETING" and now >= instance["until"] and helper != "busy":
             hosts.remove_host(settings, instance)
             continue
-        if instance["status"] == "RUNNING":
+        if instance["status"] == "RUNNING" and own_host:
+            if not netns.netns_exists(settings, instance) or netns.dockerd_pid(settings, instance) is None:
+                if helper != "busy":  # the host went away (this machine restarted): it boots again
+                    netns.spawn(settings, instance, "up")
+                continue
+            hosts.start_sshd(settings, instance)
+        elif instance["status"] == "RUNNING":
             if not hosts.sshd_pid(settings, instance) and not hosts.bindable(instance["address"], settings.ssh_port):
                 # Someone else took the address while the instance was down: it comes back on a new one.
                 taken = {item["address"] for item in state["instances"]}
@@ -104,3 +115,7 @@ def set_status(settings, instance, status, seconds, now=None):
     instance["until"] = now + seconds if status in TRANSITIONAL else 0
     if status != "RUNNING":
         hosts.stop_sshd(settings, instance)
+    if instance.get("hosts") == "netns":
+        action = {"STARTING": "up", "DEPLOYING": "up", "STOPPING": "down", "DELETING": "destroy"}.get(status)
+        if action:
+            netns.spawn(settings, instance, action)
