@@ -314,12 +314,28 @@ def test_ssh_config_reaches_each_instance_and_docker_answers(logged_in):
     strict = logged_in.ssh("-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + os.path.join(logged_in.dir, "known_hosts"),
                            "-o", "ControlMaster=no", "ssh2", "true")
     assert strict.returncode == 0, strict.stderr
+    banner = "import socket, sys; print(socket.create_connection(('127.0.0.1', int(sys.argv[1])), 5).recv(8).decode())"
+    for opt_out, port in (([], 17001 + os.getpid() % 1000), (["-o", "ControlMaster=no", "-o", "ControlPath=none"], 18001 + os.getpid() % 1000)):
+        forward = subprocess.Popen(["ssh", "-F", os.path.join(logged_in.dir, "ssh_config"), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+                                   + opt_out + ["-N", "-L", "127.0.0.1:%d:%s:22" % (port, addresses["ssh2"]), "ssh2"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        exited = forward.poll()
+        seen = wait_for(lambda local=port: subprocess.run(["python3", "-c", banner, str(local)], capture_output=True, text=True,
+                                                          check=False).stdout, 10, "the forward")
+        assert seen.startswith("SSH-2.0")
+        if opt_out:
+            assert exited is None  # the ssh process owns its forward
+            forward.terminate()
+            forward.wait(5)
+        else:
+            assert exited == 0  # the real config hands the forward to a background ControlPersist master
     env = dict(os.environ, PATH=os.path.join(logged_in.dir, "ssh-bin") + os.pathsep + os.environ["PATH"])
     docker = subprocess.run(["docker", "-H", "ssh://ssh1", "version", "--format", "{{.Server.Version}}"], capture_output=True,
                             text=True, timeout=60, check=False, env=env, stdin=subprocess.DEVNULL)
     assert docker.returncode == 0 and docker.stdout.strip(), docker.stderr
     before = len(our_processes(masters))
-    assert before == 2  # the real config's ControlPersist masters (ssh1, ssh2-host)
+    assert before == 2  # the real config's ControlPersist masters: ssh1's, and one for ssh2 and ssh2-host (same %C)
     logged_in.ok("stop", "ssh1")
     refused = logged_in.ssh("-o", "ControlMaster=no", "-o", "ConnectTimeout=5", "ssh1", "true")
     assert refused.returncode == 255 and "refused" in refused.stderr
