@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -54,6 +55,15 @@ def our_processes(folder):
         if folder in line and state != "Z" and int(entry) != os.getpid():
             found.append((int(entry), line))
     return found
+
+
+def http_ok(url):
+    """Whether ``url`` answers 200 within 2 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def namespaces_of(folder):
@@ -431,22 +441,22 @@ def test_netns_hosts_have_their_own_engine_address_and_loopback(platform):
 
     job = json.dumps({"job_id": "brev", "specs": {"model_path": "hf_model://a/b"}, "neural_network_name": "tao-dataservices"})
     command = "python -m nvidia_tao_core.microservices.handlers.huggingface_inference_microservice_server --port 8080 --job '%s'" % job
-    run = docker_on("ns1", "run", "-d", "--init", "--name", "svc", "-p", address["ns1"] + ":8080:8080", "-p", "127.0.0.1:8081:8080",
+    svc = "brevsvc-" + uuid.uuid4().hex[:8]
+    run = docker_on("ns1", "run", "-d", "--init", "--name", svc, "-p", address["ns1"] + ":8080:8080", "-p", "127.0.0.1:8081:8080",
                     IMAGE, "sh", "-c", command)
     assert run.returncode == 0, run.stderr
     assert docker_on("ns2", "ps", "-aq").stdout == ""  # another engine
-    assert "svc" not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+    assert svc not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
                                        check=False).stdout.split()  # not this machine's engine either
     health = "http://%s:8080/api/v1/health/liveness" % address["ns1"]
-    assert wait_for(lambda: subprocess.run(["curl", "-sf", "-m", "2", health], capture_output=True, check=False).returncode == 0,
-                    30, "the service on the instance's address")
-    loopback = platform.ssh("ns1", "docker inspect -f '{{.State.Running}}' svc && exec 3<>/dev/tcp/127.0.0.1/8081 && echo open")
+    assert wait_for(lambda: http_ok(health), 30, "the service on the instance's address")
+    loopback = platform.ssh("ns1", "docker inspect -f '{{.State.Running}}' %s && exec 3<>/dev/tcp/127.0.0.1/8081 && echo open" % svc)
     assert loopback.stdout.split() == ["true", "open"], loopback.stderr  # the instance's own loopback
-    assert subprocess.run(["curl", "-sf", "-m", "2", "http://127.0.0.1:8081/"], capture_output=True, check=False).returncode != 0
+    assert not http_ok("http://127.0.0.1:8081/api/v1/health/liveness")  # not this machine's loopback
     platform.ok("stop", "ns1")
     wait_for(lambda: platform.status("ns1") == "STOPPED", 30, "STOPPED")
     platform.ok("start", "ns1")
-    assert docker_on("ns1", "ps", "-a", "--format", "{{.Names}} {{.State}}").stdout.split() == ["svc", "exited"]  # the VM stopped
+    assert docker_on("ns1", "ps", "-a", "--format", "{{.Names}} {{.State}}").stdout.split() == [svc, "exited"]  # the VM stopped
     assert len(namespaces_of(platform.dir)) == 2
     platform.ok("delete", "ns1")
     wait_for(lambda: platform.status("ns1") is None, 30, "gone")
