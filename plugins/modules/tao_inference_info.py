@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - tao.inference.slurm
   - tao.inference.kubernetes
   - tao.inference.brev
+  - tao.inference.lepton
 attributes:
   check_mode:
     description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing; nothing is released.

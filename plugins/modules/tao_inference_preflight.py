@@ -12,6 +12,9 @@ description:
     1 or more; for slurm, SSH to the login host works in batch mode, C(sinfo) answers and the
     partition exists - and that the service registry is readable; reports the resolved image
     and, for local-docker, whether the Docker host already has it.
+  - For lepton, the workspace answers to the token and is not paused, the dedicated node group and the
+    resource shape exist, the shape gives O(num_gpus) GPUs, the quota has room for the replicas and the
+    image pull secret is there; it reports the node group's free GPUs.
   - Fails with a message that says what to install or change.
 author:
   - tao.inference maintainers (@tao-inference)
@@ -22,6 +25,7 @@ extends_documentation_fragment:
   - tao.inference.slurm
   - tao.inference.kubernetes
   - tao.inference.brev
+  - tao.inference.lepton
 attributes:
   check_mode:
     description: Changes nothing in any mode.
@@ -37,7 +41,7 @@ options:
     description:
       - The platform to check.
     type: str
-    choices: [local-docker, slurm, kubernetes, brev]
+    choices: [local-docker, slurm, kubernetes, brev, lepton]
     default: local-docker
   network_arch:
     description:
@@ -137,6 +141,40 @@ runtimes:
   returned: platform=local-docker
   type: list
   elements: str
+workspace_id:
+  description: The Lepton workspace checked (O(lepton_workspace_id) or C(LEPTON_WORKSPACE_ID)).
+  returned: platform=lepton
+  type: str
+workspace_url:
+  description: The workspace's API URL the token was sent to.
+  returned: platform=lepton
+  type: str
+workspace_name:
+  description: The workspace's name, as its API reports it.
+  returned: platform=lepton
+  type: str
+workspace_state:
+  description: The workspace's state (C(normal); a paused workspace fails the check).
+  returned: platform=lepton
+  type: str
+quota:
+  description: The workspace's resource quota, C(limit) and C(used) (C(cpu), C(memory) in MiB, C(accelerator_num)).
+    The check fails when the service's replicas would not fit.
+  returned: platform=lepton
+  type: dict
+resource_shapes:
+  description: The resource shapes the workspace (or O(dedicated_node_group)) offers.
+  returned: platform=lepton
+  type: list
+  elements: str
+dedicated_node_group:
+  description: The node group found (C(name), C(id)), its C(nodes) and the C(free_gpus) of each node.
+  returned: platform=lepton and O(dedicated_node_group) is given
+  type: dict
+lepton_image_pull_secret:
+  description: The registry credential found in the workspace (O(lepton_image_pull_secret)).
+  returned: platform=lepton and O(lepton_image_pull_secret) is given
+  type: str
 """
 
 import os

@@ -32,6 +32,7 @@ extends_documentation_fragment:
   - tao.inference.slurm
   - tao.inference.kubernetes
   - tao.inference.brev
+  - tao.inference.lepton
 attributes:
   check_mode:
     description: Predicts C(changed); starts, stops and writes nothing.
@@ -83,9 +84,10 @@ options:
     description:
       - Where the service runs. V(local-docker) is a Docker engine (this machine's, or O(docker_host)),
         V(slurm) a batch job through a cluster's login host, V(kubernetes) a Job and a Service in a
-        cluster, V(brev) a container on an NVIDIA Brev instance (through its Docker engine over SSH).
+        cluster, V(brev) a container on an NVIDIA Brev instance (through its Docker engine over SSH),
+        V(lepton) an endpoint (a deployment) in a DGX Cloud Lepton workspace, reached at its own URL.
     type: str
-    choices: [local-docker, slurm, kubernetes, brev]
+    choices: [local-docker, slurm, kubernetes, brev, lepton]
     default: local-docker
   num_gpus:
     description:
@@ -281,6 +283,25 @@ platform_job_id:
   description: The platform's own id (the Slurm job id, the Kubernetes Job name), or null.
   returned: state=present
   type: str
+lepton_deployment:
+  description: O(platform=lepton) only. The deployment (endpoint) that runs the service.
+  returned: state=present and O(platform=lepton)
+  type: str
+lepton_workspace:
+  description: O(platform=lepton) only. The workspace it runs in; it is looked at and stopped only there.
+  returned: state=present and O(platform=lepton)
+  type: str
+lepton_api:
+  description: O(platform=lepton) only. The workspace API URL it was started through.
+  returned: state=present and O(platform=lepton)
+  type: str
+endpoint_auth:
+  description:
+    - Where the endpoint's token comes from (C(source), an environment variable such as C(LEPTON_WORKSPACE_TOKEN))
+      and C(binding), a one-way proof that binds that token to RV(host_url) (never the token). Requests send the
+      token only where the binding holds.
+  returned: state=present and the endpoint takes a token
+  type: dict
 slurm_node:
   description: O(platform=slurm) only. The node the job runs on.
   returned: state=present and O(platform=slurm)

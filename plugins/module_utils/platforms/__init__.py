@@ -33,11 +33,17 @@ def _brev():
     return BrevDriver
 
 
+def _lepton():
+    from ansible_collections.tao.inference.plugins.module_utils.platforms.lepton import LeptonDriver
+    return LeptonDriver
+
+
 DRIVERS = {
     "local-docker": _local_docker,
     "slurm": _slurm,
     "kubernetes": _kubernetes,
     "brev": _brev,
+    "lepton": _lepton,
 }
 
 

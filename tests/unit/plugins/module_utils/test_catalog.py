@@ -29,4 +29,4 @@ def test_every_platform_has_an_execution_backend():
 
     backends = dict((name, platforms.driver_class(name).EXECUTION_BACKEND) for name in platforms.names())
     assert backends == {"local-docker": "local-docker", "slurm": "slurm", "kubernetes": "local-k8s",
-                        "brev": "local-docker"}
+                        "brev": "local-docker", "lepton": "lepton"}
