@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 
 
 def stat_of(pid):
@@ -28,6 +29,27 @@ def alive(pid, start_time):
         return False
     state, started = stat_of(pid)
     return state is not None and state not in ("Z", "X") and str(started) == str(start_time)
+
+
+def terminate(pid, start_time, timeout=5):
+    """SIGTERM the process ``pid`` that started at ``start_time`` (the caller checked it is the one it
+    means), SIGKILL it after ``timeout`` seconds; True when it was running."""
+    pid = int(pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, started = stat_of(pid)
+        if state is None or state in ("Z", "X") or str(started) != str(start_time):
+            return True
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    return True
 
 
 def this_process():

@@ -12,7 +12,6 @@ another process that happens to reuse the pid.
 
 import os
 import shlex
-import signal
 import subprocess
 import tempfile
 import time
@@ -31,7 +30,9 @@ SSH_OPTIONS = dict(
 
 # Options every long-lived ssh process gets: a user's ControlMaster/ControlPath settings would
 # otherwise hand the forward to a shared master process that this collection cannot track.
-NO_MULTIPLEXING = ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+NO_MULTIPLEXING = ["-o", "ControlMaster=no", "-o", "ControlPath=none",
+                   # ... and a host's configuration (Brev's forwards the agent) never lends it the user's keys.
+                   "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "AddKeysToAgent=no"]
 
 
 class SSHTarget(object):
@@ -127,10 +128,13 @@ def _proc_cmdline(pid):
 
 
 def tunnel_alive(pid, start_time, spec):
-    """True when ``pid`` is still our ssh forward (not a zombie, not a reused pid)."""
-    if not procs.alive(pid, start_time):
+    """True when ``pid`` is still our ssh forward: not a zombie, not a reused pid, an ``ssh -N`` whose
+    ``-L`` is exactly ``spec`` (another process that merely mentions it is not)."""
+    if not spec or not procs.alive(pid, start_time):
         return False
-    return spec.encode("utf-8") in _proc_cmdline(int(pid))
+    argv = _proc_cmdline(int(pid))
+    return bool(argv) and os.path.basename(argv[0]) == b"ssh" and b"-N" in argv and \
+        any(argv[i] == b"-L" and argv[i + 1] == spec.encode("utf-8") for i in range(len(argv) - 1))
 
 
 def _listening_inodes(port):
@@ -236,19 +240,4 @@ def close_tunnel(pid, start_time, spec, timeout=5):
     """Stop exactly our tunnel process; True if it was running."""
     if not tunnel_alive(pid, start_time, spec) or not _own(pid):
         return False
-    pid = int(pid)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state, started = procs.stat_of(pid)
-        if state is None or state in ("Z", "X") or str(started) != str(start_time):
-            return True
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    return True
+    return procs.terminate(pid, start_time, timeout)

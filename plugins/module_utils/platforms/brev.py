@@ -28,6 +28,7 @@ import json
 import re
 import subprocess
 import time
+import uuid
 
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Driver, PlatformStatus, PortTaken
@@ -39,6 +40,7 @@ from ansible_collections.tao.inference.plugins.module_utils.ssh import (
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, child_environ
 
 INSTANCE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
+MADE = re.compile(r"tao-[0-9a-f]{16}")  # the names of instances the collection creates
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}(,[A-Za-z0-9][A-Za-z0-9._:-]{0,127}){0,15}")
 _GPU = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 EXPOSE = ("tunnel", "direct")
@@ -123,6 +125,7 @@ class BrevDriver(Driver):
         self._engines = {}
         self._new_name = None
         self._made = False  # this run created the instance (a start tried again must not create it twice)
+        self.secret_names = ()  # the service's secret_env names: never in the CLI's environment either
         self._listed = None
 
     # -- the brev CLI ----------------------------------------------------------------
@@ -131,7 +134,8 @@ class BrevDriver(Driver):
         check = kwargs.get("check", True)
         try:
             proc = self._run(["brev"] + list(words), stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=kwargs.get("timeout", CLI_TIMEOUT), check=False, env=child_environ())
+                             timeout=kwargs.get("timeout", CLI_TIMEOUT), check=False,
+                             env=child_environ(secret_names=self.secret_names))
         except OSError as exc:
             raise TaoInferenceError("cannot run the brev CLI (%s): install it (https://docs.nvidia.com/brev/) and log "
                                     "in with `brev login`" % exc)
@@ -222,16 +226,18 @@ class BrevDriver(Driver):
         if not recorded.get("instance"):
             # The instance this start will create: named now, so that the entry written before the start
             # already says where it runs.
-            self._new_name = self._new_name or "tao-%s" % time.strftime("%Y%m%d%H%M%S") + "-%04x" % (
-                int(time.monotonic() * 1000) & 0xFFFF)
+            self._new_name = self._new_name or "tao-%s" % uuid.uuid4().hex[:16]
             recorded["instance"] = self._new_name
         return recorded
 
     # -- interface -------------------------------------------------------------------
     def port_scope(self, spec):
         # A tunnel listens on this machine; a direct port is the instance's own.
-        name = self._instance_of(spec) or self._new_name or "new"
-        return "local" if spec.platform_options["expose"] == "tunnel" else "brev:%s" % name
+        if spec.platform_options["expose"] == "tunnel":
+            return "local"
+        given = self._instance_of(spec)
+        item = self._find(given, fresh=False) if given else None
+        return "brev:%s" % ((item or {}).get("name") or given or self._new_name or "new")  # by name, not id
 
     def port_is_free(self, spec, port):
         if spec.platform_options["expose"] == "tunnel":
@@ -274,8 +280,9 @@ class BrevDriver(Driver):
     def start(self, launch):
         deadline = time.monotonic() + launch.timeout
         spec, options = launch.spec, launch.spec.platform_options
+        self.secret_names = tuple(launch.secret_env)
         name = self._instance_of(spec)
-        created = name is None
+        created = name is None or self._made  # a start tried again (another port) keeps what it made
         if created:
             name = self._new_name or self.recorded_connection({})["instance"]
             self.instance = name  # from now on this driver reaches (and a failed start removes) that instance
@@ -287,7 +294,18 @@ class BrevDriver(Driver):
                 words += ["--gpu-name", options["gpu_name"]]
             launch.on_submitted({"brev_created": True, "brev_expose": options["expose"]})
             self._made = True
-            self._brev(*words, timeout=max(CLI_TIMEOUT, launch.timeout))
+            try:
+                self._brev(*words, timeout=max(CLI_TIMEOUT, launch.timeout))
+            except TaoInferenceError as exc:
+                if "already exists" in exc.msg:  # someone else's instance: never this service's to delete
+                    self._made = False
+                    launch.on_submitted({"brev_created": False})
+                    raise TaoInferenceError("a Brev instance named %s exists already: it is not one this start made, "
+                                            "so it is left alone; start again" % name)
+                raise
+            made = self._find(name)
+            if made is not None:
+                launch.on_submitted({"brev_instance_id": made.get("id")})
         item = self._wait_running(name, deadline, created)
         name = item.get("name") or name
         fields = {"brev_instance_id": item.get("id"), "brev_created": created, "brev_expose": options["expose"]}
@@ -338,9 +356,12 @@ class BrevDriver(Driver):
         if item is None:
             return PlatformStatus(PlatformStatus.MISSING, "Brev instance %s is gone" % name)
         extra = {"brev_instance": item.get("name"), "brev_status": item.get("status")}
-        if item.get("status") != "RUNNING":
-            state = PlatformStatus.PENDING if item.get("status") in ON_THE_WAY else PlatformStatus.EXITED
-            return PlatformStatus(state, "Brev instance %s is %s" % (name, item.get("status")), extra=extra)
+        if item.get("status") not in ("RUNNING", "UNHEALTHY"):  # UNHEALTHY: running, with a health warning
+            # An instance made for the service is never taken for gone while it exists: only state=absent
+            # deletes it (a prune that dropped its entry would leave it running, unrecorded).
+            pending = item.get("status") in ON_THE_WAY or self._made_here(entry, item)
+            return PlatformStatus(PlatformStatus.PENDING if pending else PlatformStatus.EXITED,
+                                  "Brev instance %s is %s" % (name, item.get("status")), extra=extra)
         status = self._engine(item.get("name")).status(entry)
         status.extra.update(extra)
         tunnel = self._tunnel(entry)
@@ -348,9 +369,15 @@ class BrevDriver(Driver):
             status.broken = "tunnel_down"
         return status
 
+    def _listed_name(self, fresh=False):
+        """The instance's name as ``brev ls`` lists it (the entry may record its id), or None when it is not
+        listed: nothing is ever reached by a name the listing does not have."""
+        item = self._find(self.instance, fresh=fresh) if self.instance else None
+        return item.get("name") if item is not None and item.get("status") in ("RUNNING", "UNHEALTHY") else None
+
     def logs(self, entry, lines=40, secrets=None):
-        name = self.instance  # as the entry recorded it (service.trusted_connection)
         try:
+            name = self._listed_name()
             return self._engine(name).logs(entry, lines, secrets) if name else ""
         except TaoInferenceError:
             return ""
@@ -363,25 +390,45 @@ class BrevDriver(Driver):
         tunnel = self._tunnel(entry)
         if tunnel is None or tunnel_alive(*tunnel):
             return {}
-        name = self.instance  # as the entry recorded it (service.trusted_connection)
+        name = self._listed_name(fresh=True)
+        if name is None:
+            raise TaoInferenceError("Brev instance %s is not RUNNING: its tunnel cannot be re-opened" % self.instance)
         pid, start_time = open_tunnel(self._target(name), entry["host_port"], "127.0.0.1", entry["brev_port"])
         return {"tunnel_pid": pid, "tunnel_start_time": start_time}
 
+    def _made_here(self, entry, item):
+        """True when ``item`` is the instance the collection created for ``entry``'s service: the entry says
+        it made one, under this very name (recorded where it runs), with the id it recorded (or, when the
+        start was cut off before the id was recorded, a name of the kind it gives)."""
+        if entry.get("brev_created") is not True or item is None:
+            return False
+        recorded = (entry.get("connection") or {}).get("instance")
+        if recorded not in (item.get("name"), item.get("id")):
+            return False
+        if entry.get("brev_instance_id"):
+            return entry["brev_instance_id"] == item.get("id")
+        return MADE.fullmatch(item.get("name") or "") is not None
+
     def stop(self, entry):
         """Remove the container (only ours), close the tunnel, and delete the instance if the collection
-        created it for this service."""
+        created it for this service (see :meth:`_made_here`); deleting it removes the container too."""
         name = self.instance  # as the entry recorded it (service.trusted_connection)
+        self.secret_names = tuple(entry.get("secret_env") or ())
         stopped = self.release(entry)
         item = self._find(name) if name else None
-        created = entry.get("brev_created") is True
-        if item is not None and item.get("status") == "RUNNING":
-            self._brev("refresh")
-            stopped = self._engine(item.get("name")).stop(entry) or stopped
-        elif item is not None and not created and item.get("status") != "DELETING":
+        made = self._made_here(entry, item)
+        status = (item or {}).get("status")
+        if status in ("RUNNING", "UNHEALTHY"):
+            try:
+                self._brev("refresh")
+                stopped = self._engine(item.get("name")).stop(entry) or stopped
+            except TaoInferenceError:
+                if not made:
+                    raise
+        elif item is not None and not made and status != "DELETING":
             raise TaoInferenceError("Brev instance %s is %s, so the service's container on it cannot be removed: start "
-                                    "the instance (`brev start %s`) and stop the service again"
-                                    % (name, item.get("status"), name))
-        if item is not None and created and item.get("status") != "DELETING":
+                                    "the instance (`brev start %s`) and stop the service again" % (name, status, name))
+        if made and status != "DELETING":
             self._brev("delete", item.get("id") or name)
             stopped = True
         return stopped

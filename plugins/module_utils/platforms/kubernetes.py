@@ -54,7 +54,7 @@ from ansible_collections.tao.inference.plugins.module_utils.platforms.base impor
 )
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
-from ansible_collections.tao.inference.plugins.module_utils.ssh import _listens, close_tunnel
+from ansible_collections.tao.inference.plugins.module_utils.ssh import _listens
 from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ, is_uuid, kind_problem
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -961,10 +961,10 @@ class KubernetesDriver(Driver):
         closed = False
         forward = self._forward_of(entry)
         if forward is not None and kube_forward.alive(*forward):
-            closed = close_tunnel(*forward)
+            closed = procs.terminate(forward[0], forward[1])
         if is_uuid(entry.get("job_id")):
             for found in kube_forward.find(self.namespace, object_name(entry["job_id"]) + "-"):
-                closed = close_tunnel(*found) or closed
+                closed = procs.terminate(found[0], found[1]) or closed
         return closed
 
     def release(self, entry):

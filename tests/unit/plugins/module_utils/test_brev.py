@@ -95,3 +95,30 @@ def test_the_tunnel_is_known_by_fields_the_registry_validated_not_by_text():
     assert BrevDriver()._tunnel(entry) == (4242, "77", "127.0.0.1:18080:127.0.0.1:32771")
     assert BrevDriver()._tunnel(dict(entry, brev_port="32771;x")) is None
     assert BrevDriver()._tunnel(dict(entry, brev_expose="direct")) is None
+
+
+@pytest.mark.parametrize("entry", [
+    {"brev_created": True, "connection": {"instance": "my-dev-box"}, "brev_instance_id": "zzz999zzz"},
+    {"brev_created": True, "connection": {"instance": "my-dev-box"}},
+    {"brev_created": True, "connection": {}},
+])
+def test_a_planted_or_mismatched_entry_never_deletes_an_instance(entry):
+    """``brev_created`` alone deletes nothing: the instance must be the one recorded, by id (or, for a start
+    cut off before the id was recorded, carry a name of the kind the collection gives)."""
+    listing = '{"workspaces": [{"name": "my-dev-box", "id": "abc123def", "status": "RUNNING"}]}'
+    cli = FakeCLI({"ls": (0, listing, "")})
+    driver = BrevDriver(instance="my-dev-box", runner=cli)
+    driver._engine = lambda name, bind=None: type("Engine", (), {"stop": lambda self, e: False})()
+    driver.stop(dict(entry, job_id=JOB_ID))
+    assert all(argv[1] != "delete" for argv, _kwargs in cli.calls)
+
+
+def test_the_instance_it_made_is_deleted_by_its_recorded_id():
+    listing = '{"workspaces": [{"name": "tao-0123456789abcdef", "id": "abc123def", "status": "RUNNING"}]}'
+    cli = FakeCLI({"ls": (0, listing, "")})
+    driver = BrevDriver(instance="tao-0123456789abcdef", runner=cli)
+    driver._engine = lambda name, bind=None: type("Engine", (), {"stop": lambda self, e: True})()
+    entry = {"job_id": JOB_ID, "brev_created": True, "brev_instance_id": "abc123def",
+             "connection": {"instance": "tao-0123456789abcdef"}}
+    assert driver.stop(entry) is True
+    assert ["brev", "delete", "abc123def"] in [argv for argv, _kwargs in cli.calls]
