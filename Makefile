@@ -15,7 +15,7 @@ export ANSIBLE_LOCALHOST_WARNING := 0
 export ANSIBLE_INVENTORY_UNPARSED_WARNING := 0
 PLAYBOOK := $(BIN)/ansible-playbook
 MODULES := tao_inference_service tao_inference_request tao_inference_info tao_inference_preflight
-ROLES := local_docker slurm kubernetes brev inference_service
+ROLES := local_docker slurm kubernetes brev lepton inference_service
 
 .PHONY: help venv host emulator-image catalog link demo test units integration sanity lint \
         build docs syntax bench clean real-server-image demo-real
@@ -58,6 +58,7 @@ integration: venv emulator-image link ## Integration tests through ansible-playb
 	scripts/ensure-sshd.sh
 	scripts/ensure-brev.sh
 	scripts/ensure-kubernetes.sh
+	scripts/ensure-lepton.sh
 	$(BIN)/pytest -q tests/integration
 
 sanity: venv ## ansible-test sanity (empty ignore files)
@@ -85,6 +86,7 @@ test: venv emulator-image real-server-image link ## Every test: checks, sanity, 
 	scripts/ensure-sshd.sh
 	scripts/ensure-brev.sh
 	scripts/ensure-kubernetes.sh
+	scripts/ensure-lepton.sh
 	$(BIN)/python scripts/gen-catalog.py --check
 	$(MAKE) --no-print-directory syntax docs build lint sanity
 	$(BIN)/pytest -q tests/unit tests/integration
@@ -96,6 +98,8 @@ bench: venv emulator-image real-server-image link ## Benchmarks under bench/ (ea
 	scripts/ensure-kubernetes.sh >/dev/null
 	$(BIN)/python bench/kubernetes_start.py
 	$(BIN)/python bench/brev_start.py
+	scripts/ensure-lepton.sh >/dev/null
+	$(BIN)/python bench/lepton_start.py
 
 clean: ## Remove the virtualenv and build outputs
 	rm -rf $(VENV) .build tests/output
