@@ -347,7 +347,11 @@ def test_the_script_reuses_a_running_stand_in_and_down_removes_what_it_made(tmp_
                           headers={"Authorization": "Bearer " + env["LEPTON_WORKSPACE_TOKEN"]})
     assert client.post("/deployments", json=deployment("downtest")).status_code == 200
     label = "label=tao.lepton-standin=%s" % own["TAO_LEPTON_DIR"]
-    wait_for(lambda: docker("ps", "-aq", "--filter", label).stdout.split(), 30, "the container")
+
+    def running():
+        return docker("ps", "-aq", "--filter", label).stdout.split()
+
+    wait_for(running, 30, "the container")
     down = ensure("--down", env=own)
     assert down.returncode == 0, down.stderr
     assert docker("ps", "-aq", "--filter", label).stdout.split() == []
