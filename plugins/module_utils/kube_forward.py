@@ -183,7 +183,10 @@ def serve(settings):
     :data:`MAX_CONNECTIONS` connections are forwarded at once; more wait. When the cluster refuses the
     credentials (401, 403: an expired token), it exits, so that the forward shows as down and the next
     start with the service's name starts it again."""
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    def stopped(_signum, _frame):
+        raise SystemExit(0)  # a process of its own, not a module: interpreter exit runs the client's clean-up
+
+    signal.signal(signal.SIGTERM, stopped)
     api = _api(settings)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -209,7 +212,7 @@ def serve(settings):
             slots.release()
             said = "%s %s" % (getattr(exc, "reason", ""), exc)
             if getattr(exc, "status", None) in (401, 403) or "status 401" in said or "status 403" in said:
-                sys.exit(3)
+                raise SystemExit(3)
             continue
         threading.Thread(target=forward, args=(conn, remote), daemon=True).start()
 

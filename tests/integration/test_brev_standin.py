@@ -446,8 +446,9 @@ def test_netns_hosts_have_their_own_engine_address_and_loopback(platform):
                     IMAGE, "sh", "-c", command)
     assert run.returncode == 0, run.stderr
     assert docker_on("ns2", "ps", "-aq").stdout == ""  # another engine
-    assert svc not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
-                                       check=False).stdout.split()  # not this machine's engine either
+    local = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                           check=False).stdout.split()
+    assert svc not in local  # not this machine's engine either
     health = "http://%s:8080/api/v1/health/liveness" % address["ns1"]
     assert wait_for(lambda: http_ok(health), 30, "the service on the instance's address")
     loopback = platform.ssh("ns1", "docker inspect -f '{{.State.Running}}' %s && exec 3<>/dev/tcp/127.0.0.1/8081 && echo open" % svc)

@@ -83,8 +83,9 @@ class BrevDriver(Driver):
     def spec_options(cls, params, environ):
         """What shapes the service: the instance (or what an instance made for it is), how it is reached."""
         options = {"expose": params.get("brev_expose") or "tunnel"}
-        for key, option, pattern in (("instance", "brev_instance", INSTANCE), ("instance_type", "brev_instance_type",
-                                                                             _TYPE), ("gpu_name", "brev_gpu_name", _GPU)):
+        checks = (("instance", "brev_instance", INSTANCE), ("instance_type", "brev_instance_type", _TYPE),
+                  ("gpu_name", "brev_gpu_name", _GPU))
+        for key, option, pattern in checks:
             value = params.get(option)
             if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
                 raise TaoInferenceError("%s %r is not valid (letters, digits and . _ - only; it must not start "
@@ -445,4 +446,3 @@ class BrevDriver(Driver):
     def close(self):
         for engine in self._engines.values():
             engine.close()
-

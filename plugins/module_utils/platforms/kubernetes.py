@@ -555,12 +555,12 @@ class KubernetesDriver(Driver):
         metadata = self._metadata(launch, name)
         if owner:
             metadata["ownerReferences"] = [owner]
-        return {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
-                "spec": dict(self._service_spec(launch), **{
-                         "selector": {MANAGED_BY: "tao.inference", LABEL_JOB_ID: launch.job_id},
-                         "publishNotReadyAddresses": True,
-                         "ports": [{"name": "http", "protocol": "TCP", "port": catalog.CONTAINER_PORT,
-                                    "targetPort": catalog.CONTAINER_PORT}]})}
+        spec = self._service_spec(launch)
+        spec.update({"selector": {MANAGED_BY: "tao.inference", LABEL_JOB_ID: launch.job_id},
+                     "publishNotReadyAddresses": True,
+                     "ports": [{"name": "http", "protocol": "TCP", "port": catalog.CONTAINER_PORT,
+                                "targetPort": catalog.CONTAINER_PORT}]})
+        return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
     @staticmethod
     def _service_spec(launch):
