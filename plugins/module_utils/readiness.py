@@ -250,6 +250,7 @@ def endpoint_headers(entry, environ, options=None):
     if not hmac.compare_digest(token_binding(token, job_id, url, source), auth["binding"]):
         raise TaoInferenceError(
             "the token in %s is not the one service %s was started with at %s, so it is not sent there. Use the "
-            "token the service was started with; if you did not start it, its registry entry may have been planted "
-            "or edited: remove it" % (source, job_id, url), job_id=job_id)
+            "token the service was started with (if the token has changed since, stop the service and start it "
+            "again); if you did not start it, its registry entry may have been planted or edited: remove it"
+            % (source, job_id, url), job_id=job_id)
     return {"Authorization": "Bearer " + token}

@@ -9,6 +9,7 @@ checks that nothing of them is left: deployments, secrets, containers.
 
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -450,4 +451,64 @@ def test_the_start_and_stop_playbooks_and_the_preflight_role(lep):
     stop = lep.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
         "name": name, "platform": "lepton", "platform_options": options}, env=lep.lepton_env)
     assert stop.rc == 0, stop.output[-3000:]
+    assert_nothing_left(lep)
+
+
+def test_check_mode_predicts_and_makes_nothing(lep):
+    name = "lep-check-%s" % RUN
+    run = lep.play(start_task(name, extra="secret_env: [HF_TOKEN]"), args=["--check", "--diff"],
+                   env=dict(lep.lepton_env, HF_TOKEN=CANARY))
+    assert run.rc == 0 and run.task("Start")["status"] == "changed", run.output[-2000:]
+    assert CANARY not in run.output
+    assert [d for d in lep.workspace.get("/deployments") if d["metadata"]["name"] == name] == []
+    assert_nothing_left(lep)
+
+
+def own_module_pids(root):
+    """Pids of the tao_inference_service module processes that descend from ``root`` (this test's run only:
+    others may be running their own)."""
+    parents, modules = {}, []
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % pid) as handle:
+                parents[int(pid)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                if b"AnsiballZ_tao_inference_service" in handle.read():
+                    modules.append(int(pid))
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def descends(pid):
+        seen = set()
+        while pid and pid not in seen:
+            if pid == root:
+                return True
+            seen.add(pid)
+            pid = parents.get(pid)
+        return False
+
+    return [pid for pid in modules if descends(pid)]
+
+
+def test_an_interrupted_start_removes_the_deployment_and_its_secrets(lep):
+    name = "lep-int-%s" % RUN
+    task = start_task(name, extra='secret_env: [HF_TOKEN]\nenv:\n  TAO_EMULATOR_LOAD_SECONDS: "60"')
+    proc = lep.spawn(task, env=dict(lep.lepton_env, HF_TOKEN=CANARY))
+    try:
+        assert wait_for(lambda: any(d["metadata"]["name"] == name and d["status"]["state"] == "Ready"
+                                    for d in lep.workspace.get("/deployments")), 60, 0.1), "the start never got going"
+        for entry in lep.entries().values():
+            lep.job_ids.add(entry["job_id"])
+        pids = own_module_pids(proc.pid)
+        assert pids
+        began = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        run = lep.finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    msg = run.task("Start")["result"]["msg"]
+    assert "interrupted (SIGTERM)" in msg and "nothing of it is left" in msg, msg
+    assert time.monotonic() - began < 30
     assert_nothing_left(lep)
