@@ -287,6 +287,11 @@ class LeptonDriver(Driver):
         if not workspace:
             raise TaoInferenceError("platform lepton needs the workspace: give lepton_workspace_id or export %s"
                                     % ENV_ID)
+        if isinstance(workspace, str) and ":" in workspace:  # never shown: it may hold a token
+            raise TaoInferenceError(
+                "the workspace id (lepton_workspace_id or %s) holds a ':': a credential string <id>:<token>, as "
+                "'lep login -c' takes? Give the id alone there and the token in %s (or lepton_workspace_token)"
+                % (ENV_ID, ENV_TOKEN))
         problem = workspace_problem(workspace)
         if problem:
             raise TaoInferenceError("lepton_workspace_id %r %s" % (workspace, problem))

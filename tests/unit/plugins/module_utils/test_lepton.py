@@ -182,6 +182,13 @@ def test_bad_workspaces_are_refused(connection, message):
     assert message in err.value.msg
 
 
+def test_a_credential_string_in_the_workspace_id_is_refused_without_showing_it(monkeypatch):
+    monkeypatch.setenv("LEPTON_WORKSPACE_ID", "ws1:" + TOKEN)
+    with pytest.raises(TaoInferenceError) as err:
+        LeptonDriver.from_options({}, {})
+    assert "a credential string <id>:<token>" in err.value.msg and TOKEN not in err.value.msg
+
+
 def test_exported_lepton_variables_are_no_options_of_another_platform(monkeypatch):
     monkeypatch.setenv("LEPTON_WORKSPACE_ID", "ws1")
     monkeypatch.setenv("LEPTON_WORKSPACE_TOKEN", TOKEN)
