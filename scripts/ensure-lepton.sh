@@ -17,7 +17,7 @@
 #   TAO_LEPTON_NODE_GROUP    the dedicated node group's name (default tao-test-ng)
 #   TAO_LEPTON_NODES         nodes in it (default 1)
 #   TAO_LEPTON_GPUS          GPUs per node (default 2; accounted, never attached)
-#   TAO_LEPTON_QUOTA_GPUS    the workspace's accelerator quota (default 4)
+#   TAO_LEPTON_QUOTA_GPUS    the workspace's accelerator quota (default 8)
 #   TAO_LEPTON_BACKOFF_CAP   cap on restart and image-pull back-off, seconds (default 10)
 #   TAO_LEPTON_BASE_PYTHON   interpreter the virtualenv is made from (default python3)
 #   TAO_LEPTON_VENV          the virtualenv (default DIR/venv; a second stand-in may share the first's)
@@ -120,7 +120,7 @@ workspace=${TAO_LEPTON_WORKSPACE:-taotestws}
 node_group=${TAO_LEPTON_NODE_GROUP:-tao-test-ng}
 nodes=${TAO_LEPTON_NODES:-1}
 gpus=${TAO_LEPTON_GPUS:-2}
-quota=${TAO_LEPTON_QUOTA_GPUS:-4}
+quota=${TAO_LEPTON_QUOTA_GPUS:-8}
 backoff_cap=${TAO_LEPTON_BACKOFF_CAP:-10}
 want() { printf 'workspace=%s node_group=%s nodes=%s gpus=%s quota=%s backoff_cap=%s sources=%s venv=%s\n' \
   "$workspace" "$node_group" "$nodes" "$gpus" "$quota" "$backoff_cap" "$sources" "$want_venv"; }

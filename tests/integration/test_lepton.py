@@ -87,6 +87,10 @@ def registry_of(labels):
     return base64.b32decode(chunks.upper() + "=" * (-len(chunks) % 8)).decode()
 
 
+def quota_gpus(lep):
+    return lep.workspace.get("/workspace")["resource_quota"]["limit"]["accelerator_num"]
+
+
 def containers(name):
     return docker("ps", "-aq", "--filter", "label=tao.lepton-standin.deployment=%s" % name).stdout.split()
 
@@ -309,8 +313,9 @@ def test_capacity_and_quota_refusals_end_the_start_at_once(lep):
     assert time.monotonic() - began < 30
     assert "cannot run: NoCapacity" in msg and "Insufficient nvidia.com/gpu" in msg, msg
     assert "Recent events:" in msg and "FailedScheduling" in msg and "stopped and removed" in msg
-    quota = lep.play(start_task(name, shape="gpu.8xh100-sxm", gpus=8, extra="dedicated_node_group: tao-test-ng"),
-                     env=lep.lepton_env)
+    replicas = int(quota_gpus(lep) // 8) + 1  # one replica more than the quota holds
+    quota = lep.play(start_task(name, shape="gpu.8xh100-sxm", gpus=8, extra="dedicated_node_group: tao-test-ng\n"
+                                "lepton_replicas: %d" % replicas), env=lep.lepton_env)
     msg = quota.task("Start")["result"]["msg"]
     assert "the quota of workspace" in msg and "is used up" in msg and "QuotaExceeded" in msg, msg
     assert_nothing_left(lep)
@@ -444,10 +449,13 @@ def test_the_start_and_stop_playbooks_and_the_preflight_role(lep):
                     "    lepton_num_gpus: 2\n    lepton_image: %s\n" % IMAGE, env=lep.lepton_env)
     assert role.rc == 0, role.output[-3000:]
     assert "node group tao-test-ng (ng-" in role.stdout and "free GPUs per node [2]" in role.stdout
+    replicas = int(quota_gpus(lep) // 2) + 1
     too_big = lep.play("- name: Preflight role\n  ansible.builtin.include_role:\n    name: tao.inference.lepton\n"
                        "  vars:\n    lepton_resource_shape: gpu.2xh100-sxm\n    lepton_dedicated_node_group: tao-test-ng\n"
-                       "    lepton_num_gpus: 2\n    lepton_replicas: 3\n    lepton_image: %s\n" % IMAGE, env=lep.lepton_env)
-    assert too_big.rc != 0 and "quota of workspace" in too_big.output and "too small for 3 replica(s)" in too_big.output
+                       "    lepton_num_gpus: 2\n    lepton_replicas: %d\n    lepton_image: %s\n" % (replicas, IMAGE),
+                       env=lep.lepton_env)
+    assert too_big.rc != 0 and "quota of workspace" in too_big.output
+    assert "too small for %d replica(s)" % replicas in too_big.output
     stop = lep.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
         "name": name, "platform": "lepton", "platform_options": options}, env=lep.lepton_env)
     assert stop.rc == 0, stop.output[-3000:]

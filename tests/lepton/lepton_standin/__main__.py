@@ -41,7 +41,7 @@ def parse_args(argv: object = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=_env_number("TAO_LEPTON_NODES", "1"))
     parser.add_argument("--gpus", type=int, default=_env_number("TAO_LEPTON_GPUS", "2"),
                         help="GPUs each node of the node group has (accounted, never attached)")
-    parser.add_argument("--quota-gpus", type=int, default=_env_number("TAO_LEPTON_QUOTA_GPUS", "4"),
+    parser.add_argument("--quota-gpus", type=int, default=_env_number("TAO_LEPTON_QUOTA_GPUS", "8"),
                         help="the workspace's accelerator quota")
     parser.add_argument("--backoff-cap", type=float, default=_env_number("TAO_LEPTON_BACKOFF_CAP", "10", float))
     parser.add_argument("--pid-file", help="write the server's pid here")
