@@ -232,7 +232,7 @@ def endpoint_headers(entry, environ, options=None):
     if problem:
         raise TaoInferenceError("the registry entry of service %s has an endpoint_auth that %s; the token is not sent"
                                 % (job_id, problem), job_id=job_id)
-    sources = getattr(platforms.driver_class(entry.get("platform")), "ENDPOINT_TOKENS", {})
+    sources = platforms.driver_class(entry.get("platform")).ENDPOINT_TOKENS
     source = auth["source"]
     if source not in sources:
         raise TaoInferenceError(

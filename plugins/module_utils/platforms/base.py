@@ -19,6 +19,8 @@ What a driver class declares::
     CONNECTION_KINDS, ENTRY_FIELDS       how the connection and the entry fields it records are checked
                                          when a registry entry is read back (it is untrusted data)
     EXECUTION_BACKEND                    the value of TAO_EXECUTION_BACKEND the server is given
+    ENDPOINT_TOKENS                      {environment variable: option} holding the token a service's
+                                         endpoint asks for ({} when its endpoints take none)
     uses_host_port                       True when services get a host port from the registry
     spec_options(params, environ)        -> dict: the validated options that shape the job (they go
                                             into the spec and its fingerprint)
@@ -125,6 +127,7 @@ class Driver(object, metaclass=abc.ABCMeta):
     CONNECTION_KINDS = {}   # {connection key: kind (see trust.kind_problem)}: how a recorded one is checked
     ENTRY_FIELDS = {}       # {entry field: kind}: the fields start() adds, checked when read back
     EXECUTION_BACKEND = None  # what the server is told it runs on (TAO_EXECUTION_BACKEND)
+    ENDPOINT_TOKENS = {}  # {environment variable: option}: where the token an endpoint asks for comes from
     uses_host_port = False
 
     @classmethod
