@@ -28,7 +28,7 @@ import subprocess
 import http.client as http_client
 from urllib.parse import quote, urlencode, urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ, ssh_environ
+from ansible_collections.tao.inference.plugins.module_utils.trust import child_environ, is_loopback, ssh_environ
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Newest API version this client is written against; an older engine's own version is used as is.
@@ -202,18 +202,6 @@ class Endpoint(object):
             return False
         url = urlsplit(self.host)
         return url.scheme.lower() in _TCP_SCHEMES and not is_loopback(url.hostname or "")
-
-
-def is_loopback(name):
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if name.lower() == "localhost":
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _parse(host):

@@ -17,7 +17,6 @@ registry cannot make a run send its token anywhere else.
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 import socket
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.trust import is_loopback, is_token
 
 READY = "ready"
 WAITING = "waiting"
@@ -209,15 +209,6 @@ def endpoint_auth_problem(value):
     return None
 
 
-def _loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def endpoint_headers(entry, environ, options=None):
     """The headers requests to ``entry``'s service carry: ``{}`` when its endpoint takes no token,
     else ``Authorization: Bearer <token>``, the token taken from this run (``options``, then
@@ -239,12 +230,15 @@ def endpoint_headers(entry, environ, options=None):
             "the registry entry of service %s asks for the token in %s, which platform %s never gives an endpoint; "
             "nothing is sent (was the entry edited?)" % (job_id, source, entry.get("platform")), job_id=job_id)
     token = (options or {}).get(sources[source]) or environ.get(source)
+    if token and not is_token(token):
+        raise TaoInferenceError("the token in %s holds a character a token never has (a space, a newline...): strip "
+                                "it; the value is not shown and nothing is sent" % source, job_id=job_id)
     if not token:
         raise TaoInferenceError(
             "service %s (%s) answers only requests that carry the token it was started with, from %s: export %s "
             "(or give %s) and run again" % (job_id, url, source, source, sources[source]), job_id=job_id)
     parts = urlsplit(url)
-    if parts.scheme != "https" and not _loopback(parts.hostname or ""):
+    if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
         raise TaoInferenceError("service %s is at %s: its token would cross the network in clear over http; it is "
                                 "not sent" % (job_id, url), job_id=job_id)
     if not hmac.compare_digest(token_binding(token, job_id, url, source), auth["binding"]):

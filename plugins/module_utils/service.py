@@ -209,7 +209,11 @@ class ServiceManager(object):
         made = bool(entry.get("platform_job_id") or entry.get("host_url"))
         try:
             stopped = driver.stop(entry)
-        except TaoInferenceError as stop_exc:
+        except Exception as stop_exc:  # pylint: disable=broad-except
+            # Whatever the platform answered, its job id must not be lost with the entry.
+            if not isinstance(stop_exc, TaoInferenceError):
+                stop_exc = TaoInferenceError("the platform gave an answer that could not be read (%s)"
+                                             % type(stop_exc).__name__)
             self._mark_stop_error(entry, mask(stop_exc.msg, secrets))
             raise TaoInferenceError(
                 "%s; then stopping it failed too: %s. The registry keeps service %s so that `state: absent` "
@@ -293,8 +297,10 @@ class ServiceManager(object):
 
     def _orphans(self, driver, name, known):
         """Platform objects carrying ``name`` (any name when None) that this registry lost track of.
-        Objects that name another registry belong to someone else (a shared engine) and are left alone."""
-        known_ids = set(e["job_id"] for e in known)
+        Objects that name another registry belong to someone else (a shared engine) and are left alone, and
+        so does an object claiming the job_id of any service the registry holds (a copy of its labels must
+        not make a stop of one name reach another service)."""
+        known_ids = set(e["job_id"] for e in known) | set(self.registry.read().entries())
         orphans = []
         for found in driver.find(name):
             job_id = found.labels.get(LABEL_PREFIX + "job_id")
@@ -514,6 +520,8 @@ class ServiceManager(object):
                 driver = self.driver(entry["platform"], entry)
                 status = driver.status(entry)
                 item["platform_status"] = status.as_dict()
+                # A platform's detail may quote the server's last words (a termination message).
+                item["platform_status"]["detail"] = mask(item["platform_status"]["detail"], self._secrets_of(entry))
                 item["running"] = status.running
                 if status.gone:
                     gone.append(entry["job_id"])

@@ -34,6 +34,26 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 DIGITS = _DIGITS = re.compile(r"[0-9]{1,12}")
 
 
+_TOKEN = re.compile(r"[\x21-\x7e]{1,8192}")
+
+
+def is_token(value):
+    """True for a credential that can go in an HTTP header as it is: printable ASCII, no space, no newline."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+
+
+def is_loopback(name):
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if not isinstance(name, str):
+        return False
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def is_uuid(value):
     return isinstance(value, str) and UUID.fullmatch(value) is not None
 

@@ -52,7 +52,7 @@ from ansible_collections.tao.inference.plugins.module_utils.platforms.base impor
     LABEL_PREFIX, Driver, PlatformStatus, mask,
 )
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
-from ansible_collections.tao.inference.plugins.module_utils.trust import check_http_url, is_uuid
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_http_url, is_loopback, is_token, is_uuid
 
 GATEWAY = "https://gateway.dgxc-lepton.nvidia.com"
 API_PATH = "/api/v2/workspaces/"
@@ -134,15 +134,6 @@ def workspace_problem(value):
         "is not a Lepton workspace id (lower-case letters, digits and '-')"
 
 
-def _loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def api_url_problem(value):
     """Why ``value`` is not a workspace API URL the token may be sent to, or None."""
     try:
@@ -150,7 +141,7 @@ def api_url_problem(value):
     except TaoInferenceError:
         return "is not an http(s)://host[:port]/path URL"
     parts = urlsplit(value)
-    if parts.scheme != "https" and not _loopback(parts.hostname or ""):
+    if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
         return "is plain http to another machine: the workspace token would cross the network in clear"
     return None
 
@@ -307,8 +298,15 @@ class LeptonDriver(Driver):
         if not 0 < timeout <= 3600:
             raise TaoInferenceError("lepton_api_timeout must be more than 0 and at most 3600 seconds, got %s" % timeout)
         validate = params.get("lepton_validate_certs")
-        return cls(workspace, url, params.get("lepton_workspace_token") or os.environ.get(ENV_TOKEN),
-                   endpoint_token=params.get("lepton_endpoint_token") or os.environ.get(ENV_ENDPOINT_TOKEN),
+        token = params.get("lepton_workspace_token") or os.environ.get(ENV_TOKEN)
+        endpoint_token = params.get("lepton_endpoint_token") or os.environ.get(ENV_ENDPOINT_TOKEN)
+        for what, value in (("lepton_workspace_token (%s)" % ENV_TOKEN, token),
+                            ("lepton_endpoint_token (%s)" % ENV_ENDPOINT_TOKEN, endpoint_token)):
+            if value is not None and not is_token(value):
+                raise TaoInferenceError("%s holds a character a token never has (a space, a newline or another "
+                                        "control character, e.g. from a file read as it is): strip it; the value "
+                                        "is not shown" % what)
+        return cls(workspace, url, token, endpoint_token=endpoint_token,
                    api_timeout=timeout, validate_certs=True if validate is None else bool(validate))
 
     def __init__(self, workspace, url, token, endpoint_token=None, api_timeout=30, validate_certs=True):
@@ -941,7 +939,9 @@ class LeptonDriver(Driver):
         for item in self._list("/usersecrets", "list secrets"):
             secret = item.get("name") if isinstance(item, dict) else None
             tags = item.get("tags") if isinstance(item, dict) else None
-            if isinstance(secret, str) and secret.startswith(prefix) and (tags is None or SECRET_TAG in tags):
+            # The prefix holds the whole job_id; where Lepton lists tags, ours must be among them too.
+            if isinstance(secret, str) and secret.startswith(prefix) and \
+                    (tags is None or (isinstance(tags, list) and SECRET_TAG in tags)):
                 try:
                     self._request("DELETE", "/usersecrets/%s" % quote(secret, safe=""), "delete secret %s" % secret)
                     stopped = True
@@ -951,9 +951,16 @@ class LeptonDriver(Driver):
         deadline = time.monotonic() + STOP_WAIT
         delay = 0.02
         for found in names:
-            while self._ours(self._deployment(found), job_id):
+            while True:
+                current = self._deployment(found)
+                if not self._ours(current, job_id):
+                    break
                 if time.monotonic() >= deadline:
-                    return True  # being deleted: Lepton finishes it
+                    state = ((current.get("status") or {}) if isinstance(current.get("status"), dict) else {}).get("state")
+                    if state == "Deleting":
+                        return True  # being deleted: Lepton finishes it
+                    raise LeptonError("deployment %s is still there (%s) after it was deleted; delete it in the workspace "
+                                      "and stop the service again" % (found, state or "no state"))
                 time.sleep(delay)
                 delay = min(delay * 1.2, _POLL_MAX)
         return stopped

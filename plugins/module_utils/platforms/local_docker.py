@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.docker_engine import (
-    DockerEngine, EngineConfigError, EngineError, UnsupportedEngine, is_loopback, resolve_endpoint,
+    DockerEngine, EngineConfigError, EngineError, UnsupportedEngine, resolve_endpoint,
 )
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
@@ -24,7 +24,7 @@ from ansible_collections.tao.inference.plugins.module_utils.platforms.base impor
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
 from ansible_collections.tao.inference.plugins.module_utils.ssh import NO_MULTIPLEXING, SSH_OPTIONS, SSHTarget
-from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, check_path, check_user
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, check_path, check_user, is_loopback
 
 _PORT_TAKEN = ("port is already allocated", "address already in use", "bind for")
 

@@ -514,3 +514,14 @@ def test_preflight_checks_the_node_group_the_shape_and_the_gpus(api):
         api.driver.preflight(lepton_spec(resource_shape=None), report=False)
     assert "needs resource_shape" in err.value.msg and "gpu.1xh100-sxm" in err.value.msg
     assert api.driver.preflight(lepton_spec(), report=False)["resource_shapes"] == ["cpu.small", "gpu.1xh100-sxm"]
+
+
+@pytest.mark.parametrize("option", ["lepton_workspace_token", "lepton_endpoint_token"])
+def test_a_token_with_a_newline_is_refused_without_being_shown(option, monkeypatch):
+    """A token read from a file with its newline would end up, escaped, in an HTTP error message."""
+    for name in ("LEPTON_WORKSPACE_TOKEN", "LEPTON_ENDPOINT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    params = {"lepton_workspace_token": "good-token", option: "SECRETTOKENabc123\n"}
+    with pytest.raises(TaoInferenceError) as err:
+        LeptonDriver.from_options({"workspace_id": "ws1"}, params)
+    assert "SECRETTOKENabc123" not in err.value.msg and "newline" in err.value.msg

@@ -69,3 +69,28 @@ def test_one_deadline_covers_the_platform_and_readiness(world, monkeypatch):  # 
     monkeypatch.setattr(readiness, "wait_ready", wait_ready)
     manager.present(make_spec(num_gpus=0, name="svc"), wait_timeout=100)
     assert seen == {"platform_budget": 100.0, "readiness_budget": 60.0}
+
+
+def test_a_stop_that_breaks_on_an_odd_answer_keeps_the_entry(world, monkeypatch):  # noqa: F811
+    """A platform answer the driver cannot read while a failed start is cleaned up (a KeyError, not an
+    error of ours) must not lose the service's entry: it stays, with stop_error."""
+    manager, driver, registry = world
+
+    def broken_stop(entry):
+        raise KeyError("metadata")
+
+    monkeypatch.setattr(readiness, "wait_ready", lambda *a, **k: readiness.Probe(readiness.FATAL, "model_load_failed"))
+    monkeypatch.setattr(driver, "stop", broken_stop)
+    with pytest.raises(TaoInferenceError) as err:
+        manager.present(make_spec(num_gpus=0, name="svc"), wait_timeout=5)
+    assert "could not be read (KeyError)" in err.value.msg
+    (entry,) = registry.read().entries().values()
+    assert "could not be read" in entry["stop_error"]
+
+
+def test_an_object_claiming_another_registered_service_is_no_orphan(world):  # noqa: F811
+    manager, driver, registry = world
+    other = manager.present(make_spec(num_gpus=0, name="other"))["service"]["job_id"]
+    copied = dict(driver.objects[other], **{"tao.inference.name": "svc"})  # its labels, another name
+    driver.objects["copy"] = copied
+    assert manager._orphans(driver, "svc", []) == []

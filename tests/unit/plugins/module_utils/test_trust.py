@@ -86,3 +86,11 @@ def test_ssh_children_get_only_what_ssh_needs():
     environ = {"PATH": "/bin", "HOME": "/root", "SSH_AUTH_SOCK": "/s", "LC_ALL": "C", "MYCORP_LOGIN": "x",
                "DOCKER_HOST": "tcp://x", "HF_TOKEN": "x"}
     assert sorted(trust.ssh_environ(environ)) == ["HOME", "LC_ALL", "PATH", "SSH_AUTH_SOCK"]
+
+
+def test_tokens_are_printable_ascii_only():
+    from ansible_collections.tao.inference.plugins.module_utils.trust import is_token
+
+    assert is_token("abc-DEF_123.~+/=")
+    for bad in ("", "abc\n", "a b", "tok\r", "t\x00", "t\u00e9", None, 5):
+        assert not is_token(bad)
