@@ -16,6 +16,7 @@ from ansible_collections.tao.inference.plugins.module_utils.chat import batch
 from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
 from ansible_collections.tao.inference.plugins.module_utils.chat.routing import resolve_target
 from ansible_collections.tao.inference.plugins.module_utils.chat.saving import prepare_outputs, save_answer
+from ansible_collections.tao.inference.plugins.module_utils.chat import sending
 from ansible_collections.tao.inference.plugins.module_utils.chat.sending import (
     Retry, content_of, finish_reason_of, send,
 )
@@ -75,7 +76,7 @@ def send_one(params, url, arch, result, check_mode, tmpdir, warn, headers=None):
         prepare_outputs(output_dir=params["output_dir"])
     timeout = _timeout(params)
     started = time.monotonic()
-    with httpx.Client(timeout=timeout, headers=headers) as client:
+    with httpx.Client(timeout=timeout, headers=headers, trust_env=sending.proxies_allowed(url, headers)) as client:
         retry = Retry(url, params["wait_timeout"])
         status, data = send(client, retry, json.dumps(body).encode("utf-8"), timeout)
     content = content_of(data)

@@ -31,7 +31,7 @@ from ansible_collections.tao.inference.plugins.module_utils.chat.messages import
 from ansible_collections.tao.inference.plugins.module_utils.chat.sampling import apply_sampling
 from ansible_collections.tao.inference.plugins.module_utils.chat.saving import prepare_outputs, save_answer, write_jsonl
 from ansible_collections.tao.inference.plugins.module_utils.chat.sending import (
-    FATAL_TYPES, Retry, content_of, finish_reason_of, send,
+    FATAL_TYPES, Retry, content_of, finish_reason_of, proxies_allowed, send,
 )
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
@@ -227,7 +227,8 @@ class Engine(object):
     def run(self, items):
         limits = httpx.Limits(max_connections=self.options.concurrency,
                               max_keepalive_connections=self.options.concurrency)
-        with httpx.Client(limits=limits, headers=self.headers) as client:
+        with httpx.Client(limits=limits, headers=self.headers,
+                          trust_env=proxies_allowed(self.url, self.headers)) as client:
             with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
                 futures = [pool.submit(self._one, client, item) for item in items]
                 return [future.result() for future in futures]

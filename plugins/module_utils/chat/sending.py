@@ -27,6 +27,12 @@ FATAL_TYPES = readiness.FATAL_TYPES
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+def proxies_allowed(url, headers):
+    """Whether a request may go through a proxy the environment names (HTTP_PROXY...): not when it
+    carries a token over plain http, where the proxy would read the token in clear."""
+    return not (headers and str(url).lower().startswith("http://"))
+
+
 def _error_of(response_json):
     error = response_json.get("error") if isinstance(response_json, dict) else None
     if isinstance(error, dict):

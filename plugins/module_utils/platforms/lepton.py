@@ -344,7 +344,9 @@ class LeptonDriver(Driver):
             parts = urlsplit(self.url)
             if "dgxc" in (parts.hostname or ""):  # what the leptonai client sends to DGX Cloud gateways
                 headers["Origin"] = "%s://%s" % (parts.scheme, parts.netloc)
+            # A proxy from the environment would see the token of a plain-http (loopback) URL in clear.
             self._http = httpx.Client(headers=headers, verify=self.validate_certs, follow_redirects=False,
+                                      trust_env=parts.scheme == "https",
                                       timeout=httpx.Timeout(self.api_timeout, connect=min(self.api_timeout, 30)))
         return self._http
 
@@ -673,6 +675,8 @@ class LeptonDriver(Driver):
         body = self.deployment_body(launch, self._node_group_id(group) if group else None)
         name = body["metadata"]["name"]
         fields = {"lepton_deployment": name, "lepton_workspace": self.workspace, "lepton_api": self.url}
+        # Recorded before anything is made: a start cut off after the secrets still says where they are.
+        launch.on_submitted(dict(fields))
         secrets = self.secret_items(launch)
         if secrets:
             self._request("POST", "/usersecrets", "create the secrets of service %s (%s)"

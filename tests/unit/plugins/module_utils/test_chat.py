@@ -241,3 +241,12 @@ def test_the_send_loop_takes_the_batch_hooks():
     with pytest.raises(TaoInferenceError, match="did not answer .* within 5.0 s") as err:
         send(FakeClient(httpx.ReadTimeout("slow")), Retry("http://svc/v1/chat/completions", 60), b"{}", 5.0)
     assert err.value.details["error_type"] == "timeout"
+
+
+def test_a_token_over_plain_http_never_goes_through_a_proxy():
+    from ansible_collections.tao.inference.plugins.module_utils.chat.sending import proxies_allowed
+
+    token = {"Authorization": "Bearer t"}
+    assert not proxies_allowed("http://127.0.0.1:8080/v1/chat/completions", token)
+    assert proxies_allowed("https://svc.example/v1/chat/completions", token)
+    assert proxies_allowed("http://127.0.0.1:8080/v1/chat/completions", {})

@@ -357,7 +357,9 @@ def test_a_start_makes_the_secrets_then_the_deployment_and_binds_the_token(api):
     posted = [b for m, p, b, _h in api.requests if (m, p) == ("POST", "/deployments")][0]
     assert posted["spec"]["resource_requirement"]["affinity"] == {"allowed_dedicated_node_groups": [NG_ID]}
     assert fields["host_url"] == "https://svc.lepton.example" and fields["platform_job_id"] == "svc"
-    assert launch.submitted[0]["platform_job_id"] == "svc"
+    # Where it runs is recorded before anything is made, the server's id as soon as it has one.
+    assert launch.submitted[0] == {"lepton_deployment": "svc", "lepton_workspace": "ws1", "lepton_api": URL}
+    assert launch.submitted[1]["platform_job_id"] == "svc"
     entry_ = dict(fields, job_id=JOB_ID, platform="lepton")
     assert readiness.endpoint_headers(entry_, {"LEPTON_WORKSPACE_TOKEN": TOKEN}) == {"Authorization": "Bearer " + TOKEN}
     assert TOKEN not in json.dumps(fields) and CANARY not in json.dumps(fields)
