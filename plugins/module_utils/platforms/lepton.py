@@ -76,6 +76,7 @@ LABEL_REGISTRY = "tao.inference/registry-%d"
 LABEL_REGISTRY_SHA = "tao.inference/registry-sha256"
 REGISTRY_CHUNKS = 8
 SECRET_TAG = "tao.inference"
+ANSWER_LIMIT = 16 * 1024 * 1024  # bytes of one API answer at most (a list of every deployment fits)
 
 PORT = catalog.CONTAINER_PORT
 _TERMINAL = ("NoCapacity", "ConfigError", "SystemError")
@@ -359,7 +360,7 @@ class LeptonDriver(Driver):
         tries = 3 if method in ("GET", "DELETE") else 1
         for attempt in range(tries):
             try:
-                response = client.request(method, self.url + path, json=body, params=params)
+                response = self._bounded(client, method, self.url + path, body, params, what)
             except httpx.HTTPError as exc:
                 if attempt + 1 < tries:
                     time.sleep(0.2 * 2 ** attempt)
@@ -379,6 +380,22 @@ class LeptonDriver(Driver):
         except ValueError:
             raise LeptonError("the Lepton API at %s answered with something that is not JSON when asked to %s"
                               % (self.url, what), response.status_code)
+
+    def _bounded(self, client, method, url, body, params, what):
+        """The answer to one request, its body read up to :data:`ANSWER_LIMIT` bytes (a broken gateway's
+        endless answer must not exhaust the module's memory)."""
+        import httpx  # pylint: disable=import-outside-toplevel
+
+        with client.stream(method, url, json=body, params=params) as response:
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > ANSWER_LIMIT:
+                    raise LeptonError("the Lepton API at %s answered more than %d bytes when asked to %s; nothing of "
+                                      "it was used" % (self.url, ANSWER_LIMIT, what), response.status_code)
+                chunks.append(chunk)
+            return httpx.Response(response.status_code, headers=response.headers, content=b"".join(chunks),
+                                  request=response.request)
 
     def _error(self, response, what, workspace_route=False):
         status = response.status_code

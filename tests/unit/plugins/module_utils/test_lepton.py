@@ -527,3 +527,10 @@ def test_a_token_with_a_newline_is_refused_without_being_shown(option, monkeypat
     with pytest.raises(TaoInferenceError) as err:
         LeptonDriver.from_options({"workspace_id": "ws1"}, params)
     assert "SECRETTOKENabc123" not in err.value.msg and "newline" in err.value.msg
+
+
+def test_an_answer_larger_than_the_limit_is_refused_unread(api, monkeypatch):
+    monkeypatch.setattr(lepton, "ANSWER_LIMIT", 1)
+    with pytest.raises(TaoInferenceError) as err:
+        api.driver._request("GET", "/deployments", "list deployments")
+    assert "answered more than 1 bytes" in err.value.msg
