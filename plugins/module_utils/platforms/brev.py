@@ -145,7 +145,7 @@ class BrevDriver(Driver):
         out = proc.stdout.decode("utf-8", "replace")
         err = " ".join(proc.stderr.decode("utf-8", "replace").split())
         if proc.returncode != 0 and check:
-            if "logged out" in out or "declined to login" in err or err == "EOF":
+            if _LOGGED_OUT in out or "declined to login" in err or err == "EOF":
                 raise TaoInferenceError(
                     "the brev CLI is not logged in on this host: log in once with `brev login` (the CLI takes a token "
                     "only on its command line, `brev login --token`, where other local users can read it, so this "

@@ -13,7 +13,8 @@ In ``namespace`` the driver creates and owns, all named after the job_id:
   mounts, ``node_selector``, ``tolerations``, ``imagePullSecrets``, a readiness probe on the
   service's readiness route;
 * the Service ``tao-<job_id>`` (owned by the Job) selecting the Job's pod by
-  ``batch.kubernetes.io/job-name`` (and the older ``job-name``). ``kubectl expose job`` cannot
+  the collection's own ``managed-by`` and job-id labels, which every Kubernetes version keeps (the Job's
+  ``batch.kubernetes.io/job-name`` label is 1.27+ only). ``kubectl expose job`` cannot
   do this (a Job is no exposable object). It publishes not-ready addresses, so the module's
   own readiness wait reads the server's loading state and a model that fails to load ends
   the wait at once. ``service_type``: ``LoadBalancer`` (its ingress IP or host name),
@@ -65,7 +66,6 @@ ANNOTATION_REGISTRY = "tao.inference/registry"
 ANNOTATION_FINGERPRINT = "tao.inference/fingerprint"
 ANNOTATION_NAME = "tao.inference/name"
 ANNOTATION_HOST = "tao.inference/host"
-JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 CONTAINER = "server"
 SERVICE_TYPES = ("LoadBalancer", "NodePort", "ClusterIP")
 # Waiting reasons after which a container will not start by itself.
