@@ -37,6 +37,8 @@ from ansible_collections.tao.inference.plugins.module_utils import platforms, tr
 
 LATEST = "latest"
 SCHEMA_KEY = "schema_version"
+# Controller forwards to services on other hosts (see fleet.py): ``{job_id: record}``, apart from the entries.
+FORWARDS = "forwards"
 STARTING = "starting"
 STARTED = "started"
 # Holds are milliseconds long (a read, or a port reservation and a write); 32 starts at once
@@ -82,6 +84,9 @@ def _field_checks():
         "shape": optional(lambda v: None if isinstance(v, dict) else "is not an object"),
         "port_scope": text, "image": text, "model_path": text, "fingerprint": text, "started_at": text,
         "stop_error": text,
+        "inventory_host": optional(lambda v: None if isinstance(v, str) and 0 < len(v) <= 255 and
+                                   not trust.kind_problem("text", v) else "is not an inventory host name"),
+        "machine": optional(lambda v: trust.kind_problem("host", v)),
     }
 
 
@@ -143,6 +148,44 @@ def entry_problem(key, entry):
     return None
 
 
+def this_machine():
+    """The name of the machine this code runs on, as entries record it (``machine``)."""
+    return socket.gethostname()
+
+
+def is_this_machine(entry):
+    """True when ``entry``'s service runs on this machine, so this run may stop, prune or replace it. A
+    registry shared between machines (an NFS home) holds entries of every machine that uses it: those of
+    another machine are only listed, never acted on. An entry without ``machine`` (written before it
+    was recorded) counts as this machine's."""
+    machine = (entry or {}).get("machine")
+    return machine is None or machine == this_machine()
+
+
+_FORWARD_KINDS = {"inventory_host": "text", "local_port": "port", "remote_host": "host", "remote_port": "port",
+                  "pid": "pid", "start_time": "digits", "ssh_host": "host", "ssh_user": "user", "ssh_port": "port",
+                  "machine": "host"}
+_FORWARD_REQUIRED = ("inventory_host", "local_port", "remote_host", "remote_port", "pid", "start_time", "ssh_host")
+
+
+def forward_problem(key, record):
+    """Why the forward record ``key`` cannot be trusted (None when it can): it names a process to stop."""
+    if not isinstance(record, dict):
+        return "it is not an object"
+    if not trust.is_uuid(key):
+        return "its key is not a job_id"
+    for field in record:
+        if field not in _FORWARD_KINDS:
+            return "%s is not a field of a forward" % field
+    for field in _FORWARD_REQUIRED:
+        if record.get(field) is None:
+            return "%s is missing" % field
+    for field, kind in _FORWARD_KINDS.items():
+        if record.get(field) is not None and trust.kind_problem(kind, record[field]):
+            return "%s %s" % (field, trust.kind_problem(kind, record[field]))
+    return None
+
+
 class RegistryState(object):
     """In-memory registry contents; ``dirty`` once changed.
 
@@ -156,7 +199,7 @@ class RegistryState(object):
 
     # -- reading -----------------------------------------------------------
     def _raw(self):
-        return dict((key, value) for key, value in self.data.items() if key not in (LATEST, SCHEMA_KEY))
+        return dict((key, value) for key, value in self.data.items() if key not in (LATEST, SCHEMA_KEY, FORWARDS))
 
     def entries(self):
         """``{job_id: entry}`` for every valid service entry."""
@@ -201,7 +244,47 @@ class RegistryState(object):
             if isinstance(value, dict) and value.get("port_scope") == port_scope and \
                     _is_int(value.get("host_port"), 1, 65535):
                 used.add(value["host_port"])
+        if port_scope == "local":  # controller forwards listen on this machine's loopback
+            for value in self._raw_forwards().values():
+                if isinstance(value, dict) and _is_int(value.get("local_port"), 1, 65535):
+                    used.add(value["local_port"])
         return used
+
+    # -- controller forwards (fleet.py) --------------------------------------
+    def _raw_forwards(self):
+        value = self.data.get(FORWARDS)
+        return value if isinstance(value, dict) else {}
+
+    def forwards(self):
+        """``{job_id: record}`` of every valid forward record (others stay in the file, untouched)."""
+        return dict((key, copy.deepcopy(value)) for key, value in self._raw_forwards().items()
+                    if forward_problem(key, value) is None)
+
+    def rejected_forwards(self):
+        return dict((repr(key)[1:-1], problem) for key, problem in
+                    ((k, forward_problem(k, v)) for k, v in self._raw_forwards().items()) if problem)
+
+    def put_forward(self, job_id, record):
+        problem = forward_problem(job_id, record)
+        if problem is not None:
+            raise TaoInferenceError("refusing to record the forward of %s in the registry %s: %s"
+                                    % (job_id, self.path, problem))
+        forwards = dict(self._raw_forwards())
+        forwards[job_id] = copy.deepcopy(record)
+        self.data[FORWARDS] = forwards
+        self.dirty = True
+
+    def remove_forward(self, job_id):
+        if job_id not in self.forwards():
+            return False
+        forwards = dict(self._raw_forwards())
+        del forwards[job_id]
+        if forwards:
+            self.data[FORWARDS] = forwards
+        else:
+            self.data.pop(FORWARDS, None)
+        self.dirty = True
+        return True
 
     # -- changing ----------------------------------------------------------
     def _checked(self, job_id, entry):
