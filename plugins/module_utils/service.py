@@ -18,12 +18,15 @@ import time
 import datetime
 import uuid
 
+from urllib.parse import urlsplit
+
 from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms, procs, readiness, trust
 from ansible_collections.tao.inference.plugins.module_utils.chat import routing
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import LABEL_PREFIX, Launch, PortTaken, mask
-from ansible_collections.tao.inference.plugins.module_utils.registry import STARTED, STARTING
+from ansible_collections.tao.inference.plugins.module_utils.registry import STARTED, STARTING, is_this_machine, \
+    this_machine
 LOG_LINES = 40
 _PORT_RETRIES = 5
 
@@ -77,6 +80,10 @@ def public_entry(entry):
     result = copy.deepcopy(entry)
     if result.get("host_url"):
         result["chat_url"] = catalog.chat_url_of(result)
+    # Reached from another machine as it is when it is no loopback URL; else the controller's own forward
+    # (tao_inference_fleet) gives it.
+    host = urlsplit(result.get("host_url") or "").hostname
+    result["controller_url"] = result["host_url"] if host and not trust.is_loopback(host) else None
     return result
 
 
@@ -115,9 +122,11 @@ def make_driver(platform, connection, options):
 class ServiceManager(object):
     """Operations behind the modules."""
 
-    def __init__(self, registry, environ, options=None, driver_factory=make_driver):
-        """``options``: this run's platform options (see platforms.argument_spec), built once."""
+    def __init__(self, registry, environ, options=None, driver_factory=make_driver, inventory_host=None):
+        """``options``: this run's platform options (see platforms.argument_spec), built once;
+        ``inventory_host``: the inventory name of the host this runs for, recorded in new entries."""
         self.registry = registry
+        self.inventory_host = inventory_host
         self.environ = environ
         self.options = options or {}
         self._factory = driver_factory
@@ -145,7 +154,8 @@ class ServiceManager(object):
         fingerprint = spec.fingerprint()
         replace = []
         if spec.name:
-            current = self.registry.read().find_name(spec.name)
+            # Only this machine's: a shared registry's same-named services on other machines are theirs.
+            current = [e for e in self.registry.read().find_name(spec.name) if is_this_machine(e)]
             self._refuse_concurrent_start(current)
             keep, status = self._reusable(current, fingerprint)
             if keep is not None:
@@ -346,6 +356,8 @@ class ServiceManager(object):
             "started_at": utc_now(),
             "status": STARTING,
             "owner": procs.this_process(),
+            "machine": this_machine(),
+            "inventory_host": self.inventory_host,
         }
 
     def _reserve(self, driver, spec, entry):
@@ -354,7 +366,7 @@ class ServiceManager(object):
         with self.registry.transaction() as state:
             if spec.name:
                 # Checked again under the lock: two runs with one name must not both start.
-                for other in state.find_name(spec.name):
+                for other in [e for e in state.find_name(spec.name) if is_this_machine(e)]:
                     raise TaoInferenceError(
                         "another run started service %s (job %s) at the same time; run again to keep it, or stop "
                         "it first" % (spec.name, other["job_id"]), job_id=other["job_id"])
@@ -481,6 +493,10 @@ class ServiceManager(object):
             targets = [o for o in self._orphans(self.driver(platform), None, []) if o["job_id"] == job_id]
         # changed = something was running (or left exited) on the platform. Dropping the
         # entry of a service that is already gone only tidies the registry.
+        # A shared registry (an NFS home): another machine's services are that machine's to stop.
+        elsewhere = [{"job_id": e["job_id"], "name": e.get("name"), "machine": e.get("machine"),
+                      "inventory_host": e.get("inventory_host")} for e in targets if not is_this_machine(e)]
+        targets = [e for e in targets if is_this_machine(e)]
         stopped, tidied = [], []
         for entry in targets:
             driver = self.driver(entry["platform"], entry)
@@ -494,6 +510,7 @@ class ServiceManager(object):
             "changed": bool(stopped),
             "stopped": stopped,
             "tidied": [j for j in tidied if any(e["job_id"] == j for e in before)],
+            "elsewhere": elsewhere,
             "diff": {"before": before[0] if before else {}, "after": {}},
         }
 
@@ -516,6 +533,13 @@ class ServiceManager(object):
         released = []
         for entry in entries:
             item = public_entry(entry)
+            if not is_this_machine(entry):
+                # Listed, never probed or pruned from here: only its own machine can see its platform.
+                item.update(platform_status={"state": "elsewhere", "exit_code": None,
+                                             "detail": "runs on machine %s; ask that host" % entry.get("machine")},
+                            running=None, readiness=None, ready=False, latest=entry["job_id"] == state.latest)
+                services.append(item)
+                continue
             try:
                 driver = self.driver(entry["platform"], entry)
                 status = driver.status(entry)

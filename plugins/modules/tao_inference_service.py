@@ -144,6 +144,14 @@ options:
       - Size of C(/dev/shm) in the container.
     type: str
     default: 16g
+  inventory_host:
+    description:
+      - The inventory name of the host the module runs for, recorded in the registry entry beside the
+        machine's own name (RV(machine)), so a fleet's view says which inventory host runs what. The
+        C(tao.inference.inference_service) role passes C(inventory_hostname).
+      - It does not choose where the service runs, and is not part of the spec (changing it does not
+        recreate a service).
+    type: str
 requirements:
   - For local-docker, a Docker engine (API 1.40 or newer, Docker 19.03+) the host that runs the module can
     reach. The module speaks the Engine API itself; no Python Docker library is needed.
@@ -234,6 +242,21 @@ host_url:
   returned: state=present
   type: str
   sample: http://localhost:8080
+controller_url:
+  description:
+    - Base URL of the service from another machine when RV(host_url) is no loopback URL (it is then the same).
+      Null when the service is reached on the host's loopback; M(tao.inference.tao_inference_fleet) on the
+      controller then gives the URL of its forward.
+  returned: state=present
+  type: str
+machine:
+  description: The name of the machine that runs the module (its hostname); only that machine stops or prunes it.
+  returned: state=present
+  type: str
+inventory_host:
+  description: The O(inventory_host) given, or null.
+  returned: state=present
+  type: str
 host_port:
   description: Host port bound to the container's port 8080.
   returned: state=present
@@ -349,6 +372,14 @@ tidied:
   returned: state=absent
   type: list
   elements: str
+elsewhere:
+  description:
+    - Services the selection matched that run on another machine (a registry shared between hosts, such as
+      an NFS home). They were neither stopped nor dropped; stop them from their own host.
+  returned: state=absent
+  type: list
+  elements: dict
+  sample: [{job_id: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e, name: eval, machine: gpu2, inventory_host: gpu2}]
 """
 
 import os
@@ -356,7 +387,7 @@ import os
 from ansible_collections.tao.inference.plugins.module_utils import platforms
 from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, WAIT_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id, check_text
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
 from ansible_collections.tao.inference.plugins.module_utils.spec import SERVICE_OPTIONS, build_spec
 
@@ -366,6 +397,7 @@ def main():
     argument_spec = dict(
         state=dict(type="str", choices=["present", "absent"], default="present"),
         job_id=dict(type="str"),
+        inventory_host=dict(type="str"),
         **SERVICE_OPTIONS
     )
     argument_spec.update(REGISTRY_ARGS)
@@ -382,11 +414,14 @@ def main():
     )
     params = module.params
     options = dict((option, params[option]) for option in platform_spec)
-    manager = ServiceManager(open_registry(module), os.environ, options)
+    manager = ServiceManager(open_registry(module), os.environ, options, inventory_host=params["inventory_host"])
 
     def action():
         if params["job_id"]:
             check_job_id(params["job_id"], allow_latest=True)
+        if params["inventory_host"] is not None and not (
+                0 < len(params["inventory_host"]) <= 255 and check_text(params["inventory_host"], "inventory_host")):
+            raise TaoInferenceError("inventory_host must be an inventory host name of 1 to 255 characters")
         if params["state"] == "absent":
             return manager.absent(job_id=params["job_id"], name=params["name"], platform=params["platform"])
         if params["job_id"]:
