@@ -163,9 +163,23 @@ options:
   output_path:
     description:
       - Write every full answer of a batch to this JSON Lines file on the host that runs the module,
-        in input order, one object a line (C(id), C(prompt) and the keys of RV(results)). Missing
-        folders are made. The file is replaced atomically.
+        one object a line (C(id), C(prompt) and the keys of RV(results)). Missing folders are made.
+      - Each answer is appended as it arrives and flushed to disk, so a batch that is cut short (a
+        signal, a lost controller) keeps every answer it got. Once the batch is done the file is
+        rewritten atomically in input order, one line per request.
+      - Without O(resume), an existing file is started afresh. It must be a regular file of the user
+        running the module (not a folder, a symbolic link, a FIFO or another user's file).
     type: path
+  resume:
+    description:
+      - With O(output_path), skip the requests the file already answered (a line with C(status=ok) and
+        the same C(id) and C(prompt)) and send only the others, appending their answers; an evaluation
+        that was interrupted picks up where it stopped. Give each request an C(id): without one, its
+        position in the batch is its id.
+      - The skipped requests are in RV(results) with C(resumed=true), as the file holds them, and
+        RV(summary.resumed) counts them. A half-written last line (a run killed mid-write) is dropped.
+    type: bool
+    default: false
   output_dir:
     description:
       - Save answers that are C(data:) URIs (cosmos-predict2.5's C(data:video/mp4;base64,...)) as files
@@ -341,6 +355,9 @@ results:
     attempts:
       description: How many times it was sent (0 when it never was).
       type: int
+    resumed:
+      description: Present and true when the answer was taken from O(output_path) with O(resume), not sent again.
+      type: bool
     sampling_applied:
       description: Every sampling field sent for this item, its value, and whether it was the default.
       type: list
@@ -390,6 +407,9 @@ summary:
     attempts:
       description: Requests sent, retries included.
       type: int
+    resumed:
+      description: Requests taken from O(output_path) with O(resume) (not sent again); they count as C(ok).
+      type: int
     max_rss_mib:
       description: Peak resident memory of the module's process, in MiB.
       type: float
@@ -436,6 +456,7 @@ def main():
         fail_on_item_error=dict(type="bool", default=False),
         return_content_max=dict(type="int"),
         output_path=dict(type="path"),
+        resume=dict(type="bool", default=False),
         output_dir=dict(type="path"),
         sampling=dict(type="dict", required=True),
         timeout=dict(type="float", default=300),

@@ -192,3 +192,73 @@ def test_evaluate_playbook_end_to_end(harness, tmp_path):
 
     missing = harness.playbook(EVALUATE)
     assert missing.rc != 0 and "Give the prompts file" in missing.output
+
+
+def _descendants(root, marker):
+    """Pids of processes below ``root`` whose command line holds ``marker``."""
+    parents, cmdlines = {}, {}
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            with open("/proc/%d/stat" % pid) as handle:
+                parents[pid] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                cmdlines[pid] = handle.read()
+        except (OSError, ValueError, IndexError):
+            continue
+    found = []
+    for pid, cmdline in cmdlines.items():
+        up = pid
+        while up in parents and up not in (0, 1, root):
+            up = parents[up]
+        if up == root and marker in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_a_batch_killed_mid_way_keeps_its_answers_and_a_resume_answers_each_item_once(harness, tmp_path):
+    import signal
+    import time
+
+    answers = tmp_path / "answers.jsonl"
+    start = harness.play(service_task(extra='name: resumable\nenv: {TAO_EMULATOR_LOAD_SECONDS: "0", '
+                                            'TAO_EMULATOR_RESPONSE_MS: "400"}'))
+    assert start.rc == 0, start.output
+    job_id = start.task("Start")["result"]["job_id"]
+    requests = [{"id": "item-%02d" % i, "prompt": "prompt %d" % i, "media": PNG} for i in range(12)]
+    args = {"job_id": job_id, "sampling": {}, "requests": requests, "concurrency": 2,
+            "output_path": str(answers)}
+    play = "- name: Batch\n  tao.inference.tao_inference_request: %s\n  register: out\n" % json.dumps(args)
+
+    proc = harness.spawn(play)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kill it once a few answers are on disk, well before the end
+        if answers.exists() and len(answers.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    # The hardest cut: the module process itself is killed (it runs in a session of its own), then the run.
+    modules = _descendants(proc.pid, b"AnsiballZ_tao_inference_request")
+    assert modules, "the batch's module process was not found"
+    for pid in modules:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    harness.finish(proc)
+    kept = [json.loads(line) for line in answers.read_text().splitlines() if line.endswith("}")]
+    assert 4 <= len(kept) < 12 and all(line["status"] == "ok" for line in kept)
+
+    args["resume"] = True
+    host_url = start.task("Start")["result"]["host_url"]
+    resumed = harness.play(
+        "- name: Stats before\n  ansible.builtin.uri: {url: '%s/emulator/stats', return_content: true}\n" % host_url
+        + "- name: Resume\n  tao.inference.tao_inference_request: %s\n  register: out\n" % json.dumps(args)
+        + "- name: Stop\n  tao.inference.tao_inference_service: {state: absent, name: resumable}\n")
+    assert resumed.rc == 0, resumed.output
+    result = resumed.task("Resume")["result"]
+    assert result["summary"]["resumed"] == len(kept) and result["summary"]["ok"] == 12
+    sent = [r["id"] for r in result["results"] if not r.get("resumed")]
+    assert sorted(sent + [line["id"] for line in kept]) == [r["id"] for r in requests]  # each item once
+    lines = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [r["id"] for r in requests]
+    assert all("answered 'prompt %d'" % i in line["content"] for i, line in enumerate(lines))
+    # The server saw each item once, but for the (at most 2) that were in flight when the run was killed.
+    served = resumed.task("Stats before")["result"]["json"]["requests"] + len(sent)
+    assert 12 <= served <= 12 + 2

@@ -40,6 +40,8 @@ def misplaced_option(params):
         for option in BATCH_ONLY:
             if params[option] is not None:
                 return "%s applies to a batch only (requests or requests_file)" % option
+        if params.get("resume"):
+            return "resume applies to a batch only (requests or requests_file, with output_path)"
     return None
 
 
@@ -106,7 +108,7 @@ def send_batch(params, url, arch, result, check_mode, tmpdir, warn, headers=None
         wait_timeout=params["wait_timeout"], deadline=params["deadline"],
         return_content_max=params["return_content_max"], output_path=params["output_path"],
         output_dir=params["output_dir"], fail_on_item_error=params["fail_on_item_error"],
-        system_prompt=params["system_prompt"], base_dir=base_dir, tmpdir=tmpdir)
+        system_prompt=params["system_prompt"], base_dir=base_dir, tmpdir=tmpdir, resume=params.get("resume"))
     outcome = batch.run(url, arch, requests, params["sampling"], options, check_mode=check_mode, headers=headers)
     for warning in outcome["warnings"]:
         warn(warning)

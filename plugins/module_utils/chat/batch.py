@@ -9,6 +9,10 @@ are in flight; each goes through the same send-and-retry loop as a single reques
 (:func:`sending.send`), all under an optional deadline. Results come back in input
 order, with a summary of counts and timings.
 
+With ``output_path``, each answer is appended to that JSON Lines file as it arrives
+(:class:`saving.ResultsFile`); with ``resume``, items the file already answered (same ``id``
+and prompt) are taken from it and not sent again, so an interrupted evaluation keeps its work.
+
 Local media files go through a :class:`media.MediaStore`: each distinct file is
 encoded once and streamed into every body that carries it, so memory stays flat
 with large videos. Its temp files are removed at the end, whatever happens.
@@ -29,7 +33,7 @@ from ansible_collections.tao.inference.plugins.module_utils import readiness
 from ansible_collections.tao.inference.plugins.module_utils.chat.media import MediaStore
 from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
 from ansible_collections.tao.inference.plugins.module_utils.chat.sampling import apply_sampling
-from ansible_collections.tao.inference.plugins.module_utils.chat.saving import prepare_outputs, save_answer, write_jsonl
+from ansible_collections.tao.inference.plugins.module_utils.chat.saving import ResultsFile, prepare_outputs, save_answer
 from ansible_collections.tao.inference.plugins.module_utils.chat.sending import (
     FATAL_TYPES, Retry, content_of, finish_reason_of, proxies_allowed, send,
 )
@@ -57,13 +61,15 @@ class Options(object):
 
     def __init__(self, concurrency=8, timeout=300.0, wait_timeout=300.0, deadline=None,
                  return_content_max=None, output_path=None, output_dir=None, fail_on_item_error=False,
-                 system_prompt=None, base_dir=None, tmpdir=None):
+                 system_prompt=None, base_dir=None, tmpdir=None, resume=False):
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise TaoInferenceError("concurrency must be between 1 and %d, got %s" % (MAX_CONCURRENCY, concurrency))
         if deadline is not None and deadline <= 0:
             raise TaoInferenceError("deadline must be a positive number of seconds, got %s" % deadline)
         if return_content_max is not None and return_content_max < 0:
             raise TaoInferenceError("return_content_max must be 0 or more, got %s" % return_content_max)
+        if resume and not output_path:
+            raise TaoInferenceError("resume needs output_path: the file whose answered items are skipped")
         self.concurrency = concurrency
         self.timeout = timeout
         self.wait_timeout = wait_timeout
@@ -75,6 +81,7 @@ class Options(object):
         self.system_prompt = system_prompt
         self.base_dir = base_dir
         self.tmpdir = tmpdir
+        self.resume = resume
 
 
 # -- reading items from a file -------------------------------------------------
@@ -216,8 +223,9 @@ def _failure(item, error, attempts, elapsed):
 class Engine(object):
     """Sends checked items to ``url`` from ``concurrency`` threads sharing one connection pool."""
 
-    def __init__(self, url, store, options, headers=None):
+    def __init__(self, url, store, options, headers=None, on_record=None):
         self.url = url
+        self.on_record = on_record  # called with (item, record) as each item is done, from its thread
         self.store = store
         self.options = options
         self.headers = headers  # e.g. the endpoint's token
@@ -249,6 +257,12 @@ class Engine(object):
                                  error_type="deadline")
 
     def _one(self, client, item):
+        record = self._send(client, item)
+        if self.on_record is not None:
+            self.on_record(item, record)
+        return record
+
+    def _send(self, client, item):
         refusal = self._refusal()
         if refusal is not None:
             return _failure(item, refusal, 0, 0.0)
@@ -289,6 +303,38 @@ class Engine(object):
                        finish_reason=finish_reason_of(data))
 
 
+def _resumed(items, answered):
+    """``{index: record}`` of the items ``answered`` (read from the results file) already holds: same id,
+    same prompt. Their records are the file's lines, marked ``resumed``."""
+    done = {}
+    for item in items:
+        line = answered.get(item.id)
+        if line is not None and line.get("prompt") == item.prompt:
+            record = _record(item, 0, 0.0)
+            record.update((key, line[key]) for key in record if key in line and key != "id")
+            record["resumed"] = True
+            done[item.index] = record
+    return done
+
+
+def _send_all(url, store, options, headers, items, done, results_file):
+    """Send the items not ``done``; each record goes to ``results_file`` as it comes. Records in input order."""
+    if results_file is None:
+        return Engine(url, store, options, headers).run(items)
+    results_file.open()
+    try:
+        sent = Engine(url, store, options, headers, on_record=results_file.append).run(
+            [item for item in items if item.index not in done])
+        by_index = dict((item.index, record) for item, record in zip(
+            [item for item in items if item.index not in done], sent))
+        by_index.update(done)
+        records = [by_index[item.index] for item in items]
+        results_file.finish(items, records)
+    finally:
+        results_file.close()
+    return records
+
+
 # -- results -------------------------------------------------------------------
 def _percentile(ordered, percent):
     if not ordered:
@@ -305,18 +351,22 @@ def max_rss_mib():
 
 
 def summarize(records, elapsed, concurrency):
-    latencies = sorted(r["elapsed"] for r in records if r["status"] == "ok")
-    answered = sum(1 for r in records if r["http_status"] is not None)
+    """Counts and timings; items taken from a resumed output_path count as ok, but not in the timings."""
+    resumed = sum(1 for r in records if r.get("resumed"))
+    latencies = sorted(r["elapsed"] for r in records if r["status"] == "ok" and not r.get("resumed"))
+    answered = sum(1 for r in records if r["http_status"] is not None and not r.get("resumed"))
+    ok = len(latencies) + resumed
     return {
         "total": len(records),
-        "ok": len(latencies),
-        "failed": len(records) - len(latencies),
+        "ok": ok,
+        "failed": len(records) - ok,
+        "resumed": resumed,
         "latency_p50": _percentile(latencies, 50),
         "latency_p95": _percentile(latencies, 95),
         "requests_per_second": round(answered / elapsed, 2) if elapsed > 0 else None,
         "elapsed": round(elapsed, 3),
         "concurrency": concurrency,
-        "attempts": sum(r["attempts"] for r in records),
+        "attempts": sum(r["attempts"] for r in records if not r.get("resumed")),
         "max_rss_mib": max_rss_mib(),
     }
 
@@ -346,18 +396,19 @@ def run(url, network_arch, requests, sampling, options, check_mode=False, opener
     with MediaStore(options.tmpdir, opener) as store:
         items = check_items(network_arch, requests, sampling, store, options)
         warnings = sorted(set(w for item in items for w in item.warnings))
+        results_file = ResultsFile(options.output_path, options.resume) if options.output_path else None
+        done = _resumed(items, results_file.answered()) if results_file else {}
         if check_mode:
-            return {"results": [], "summary": {"total": len(items)}, "warnings": warnings, "changed": False,
-                    "sampling_applied": applied}
+            return {"results": [], "summary": {"total": len(items), "resumed": len(done)}, "warnings": warnings,
+                    "changed": False, "sampling_applied": applied}
         prepare_outputs(options.output_dir, options.output_path)
-        records = Engine(url, store, options, headers).run(items)
+        records = _send_all(url, store, options, headers, items, done, results_file)
         elapsed = time.monotonic() - started
     summary = summarize(records, elapsed, options.concurrency)
-    if options.output_path:
-        write_jsonl(options.output_path, items, records)
     outcome = {"results": [_shown(r, options.return_content_max) for r in records], "summary": summary,
                "warnings": warnings, "sampling_applied": applied,
-               "changed": bool(options.output_path or any(r["content_path"] for r in records))}
+               "changed": any(not r.get("resumed") for r in records) and bool(
+                   options.output_path or any(r["content_path"] for r in records))}
     failed = [r for r in records if r["status"] != "ok"]
     if options.fail_on_item_error and failed:
         raise TaoInferenceError("%d of %d requests failed; the first, request %s: %s"

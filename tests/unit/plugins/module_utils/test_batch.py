@@ -352,3 +352,93 @@ def test_an_unwritable_output_folder_fails_before_anything_is_sent(emulator, png
     with pytest.raises(TaoInferenceError, match="cannot create the output folder"):
         run(emu, [{"prompt": "p", "media": png}], output_dir=str(blocker / "videos"))
     assert emu.stats()["requests"] == 0
+
+
+def test_each_answer_is_on_disk_as_it_arrives_and_a_resume_sends_only_the_rest(emulator, png, tmp_path):
+    emu = emulator(response_ms=20)
+    out = tmp_path / "answers.jsonl"
+    requests = [{"id": "q%d" % i, "prompt": "prompt %d" % i, "media": png} for i in range(6)]
+    seen = []
+    original = batch.Engine._one
+
+    def watching(engine, client, item):
+        record = original(engine, client, item)
+        # By the time an item is done, its line (and every earlier one) is in the file.
+        seen.append(set(json.loads(line)["id"] for line in out.read_text().splitlines()))
+        assert item.id in seen[-1]
+        return record
+
+    batch.Engine._one = watching
+    try:
+        run(emu, requests[:3], concurrency=1, output_path=str(out))
+    finally:
+        batch.Engine._one = original
+    assert seen == [{"q0"}, {"q0", "q1"}, {"q0", "q1", "q2"}]
+    # A run cut short mid-write left half a line; a changed prompt is not the same request.
+    with open(str(out), "a") as handle:
+        handle.write('{"id": "q3", "status": "ok", "prom')
+    before = emu.stats()["requests"]
+    requests[1]["prompt"] = "prompt 1, asked again"
+    outcome = run(emu, requests, resume=True, output_path=str(out), concurrency=2)
+    assert emu.stats()["requests"] - before == 4  # q1 (new prompt), q3, q4, q5
+    assert [r.get("resumed", False) for r in outcome["results"]] == [True, False, True, False, False, False]
+    assert outcome["summary"]["resumed"] == 2 and outcome["summary"]["ok"] == 6
+    assert outcome["summary"]["attempts"] == 4 and outcome["changed"] is True
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["q%d" % i for i in range(6)]  # one per item, input order
+    assert "answered 'prompt 1, asked again'" in lines[1]["content"] and "resumed" not in lines[0]
+    # Everything answered: nothing is sent, nothing changes.
+    again = run(emu, requests, resume=True, output_path=str(out))
+    assert emu.stats()["requests"] - before == 4 and again["changed"] is False
+    assert again["summary"]["resumed"] == 6 and again["summary"]["requests_per_second"] == 0
+    # Without resume the file is started afresh.
+    run(emu, requests[:1], output_path=str(out))
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q0"]
+
+
+def test_a_failed_item_is_sent_again_on_resume(emulator, png, tmp_path):
+    emu = emulator()
+    out = tmp_path / "answers.jsonl"
+    out.write_text(json.dumps({"id": "a", "prompt": "p", "status": "failed", "error": "x"}) + "\n")
+    outcome = run(emu, [{"id": "a", "prompt": "p", "media": png}], resume=True, output_path=str(out))
+    assert outcome["summary"]["resumed"] == 0 and outcome["results"][0]["status"] == "ok"
+    assert emu.stats()["requests"] == 1
+
+
+@pytest.mark.parametrize("make, message", [
+    ("symlink", "is a folder or a symbolic link"),
+    ("folder", "is a folder or a symbolic link"),
+    ("fifo", "is not a regular file"),
+])
+def test_hostile_output_paths_are_refused_before_anything_is_sent(emulator, png, tmp_path, make, message):
+    emu = emulator()
+    out = tmp_path / "answers.jsonl"
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep me\n")
+    if make == "symlink":
+        out.symlink_to(target)
+    elif make == "folder":
+        out.mkdir()
+    else:
+        os.mkfifo(str(out))
+    for resume in (False, True):
+        with pytest.raises(TaoInferenceError, match=message):
+            run(emu, [{"prompt": "p", "media": png}], output_path=str(out), resume=resume)
+    assert emu.stats()["requests"] == 0 and target.read_text() == "keep me\n"
+
+
+def test_another_users_output_file_is_refused(emulator, png, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("making a file of another user needs root")
+    emu = emulator()
+    out = tmp_path / "answers.jsonl"
+    out.write_text("theirs\n")
+    os.chown(str(out), 65534, 65534)
+    with pytest.raises(TaoInferenceError, match="belongs to .*, not to you"):
+        run(emu, [{"prompt": "p", "media": png}], output_path=str(out), resume=True)
+    assert out.read_text() == "theirs\n" and emu.stats()["requests"] == 0
+
+
+def test_resume_needs_an_output_path():
+    with pytest.raises(TaoInferenceError, match="resume needs output_path"):
+        batch.Options(resume=True)
