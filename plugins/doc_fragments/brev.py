@@ -17,8 +17,25 @@ options:
       - Without it, the collection creates an instance (C(brev create --detached), see
         O(brev_instance_type) and O(brev_gpu_name)) and deletes it again with C(state=absent). An instance it
         did not create is never deleted.
-      - The C(brev) CLI must be installed and logged in (C(brev login)). It takes a token only on its command
-        line, where other local users can read it, so the collection never logs in with C(BREV_API_TOKEN).
+      - The C(brev) CLI must be installed and logged in (C(brev login)), or O(brev_api_token) given (see there).
+    type: str
+  brev_api_token:
+    description:
+      - A Brev token (the one C(brev login --token) takes) that logs the C(brev) CLI in when it says it is logged
+        out. Default is C(BREV_API_TOKEN).
+      - The CLI takes a token only on its command line, where every local user can read it, and neither from
+        standard input nor from the environment. So the collection does what C(brev login --token) does itself.
+        It writes the CLI's credentials file C($HOME/.brev/credentials.json) (C(HOME) as the module sees it, as
+        the CLI finds it) in the CLI's format, with mode 0600, atomically, never through a symbolic link and never
+        in a folder another user owns or can write, then checks with C(brev ls) that the CLI is logged in. The
+        file then holds the token, as after C(brev login --token); the CLI keeps using that login afterwards.
+      - A CLI that is logged in is left as it is, whatever the token. A token Brev refuses fails the task with a
+        message naming C(BREV_API_TOKEN) (never its value) and leaves the credentials file as it was.
+      - The token never appears on a command line, in the environment of a child process, in the registry,
+        results, diffs or logs. C(service.brev_logged_in_with_token) in the result of a start (and the preflight's
+        C(brev_logged_in_with_token)) says whether this run logged the CLI in with it.
+      - On a host with a Kubernetes service account token (C(/var/run/secrets/kubernetes.io/serviceaccount/token))
+        the CLI uses that instead of its credentials file, and a token login cannot take effect.
     type: str
   brev_instance_type:
     description:

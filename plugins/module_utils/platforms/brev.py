@@ -21,23 +21,36 @@ Where it is reached:
 
 The ``brev`` CLI runs with stdin closed (it would otherwise ask to log in) and an environment without
 secrets. It takes a login token only on its command line (``brev login --token``), where every local
-user can read it, so the collection never logs in with one: it says how to log in when the CLI is not.
+user can read it (``/proc/<pid>/cmdline``), and reads it from neither stdin nor the environment. So when
+the CLI says it is logged out and a token is given (``brev_api_token``, else ``BREV_API_TOKEN``), the
+driver does what ``brev login --token`` does itself: it writes the CLI's credentials file
+(``$HOME/.brev/credentials.json``, the CLI's ``LoginWithToken``: a JWT that is still valid as the access
+token, any other token as the refresh token) with mode 0600, atomically, never through a symbolic link
+or into a folder another user can write, then asks ``brev ls`` whether the CLI is logged in. A token the
+platform refuses leaves the credentials file as it was. A working login is never touched.
 """
 
+import base64
+import binascii
+import grp
 import json
+import math
+import os
+import pwd
 import re
+import stat
 import subprocess
 import time
 import uuid
 
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Driver, PlatformStatus, PortTaken
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import Driver, PlatformStatus, PortTaken, mask
 from ansible_collections.tao.inference.plugins.module_utils.platforms.local_docker import LocalDockerDriver
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.ssh import (
     SSH_OPTIONS, SSHTarget, close_tunnel, forward_spec, open_tunnel, tunnel_alive,
 )
-from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, child_environ
+from ansible_collections.tao.inference.plugins.module_utils.trust import check_host, child_environ, is_token
 
 INSTANCE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
 MADE = re.compile(r"tao-[0-9a-f]{16}")  # the names of instances the collection creates
@@ -49,6 +62,199 @@ ON_THE_WAY = ("STARTING", "DEPLOYING", "CREATING")
 CLI_TIMEOUT = 120  # seconds one brev command may take (create --detached, delete and ls return at once)
 LISTING_TTL = 5  # seconds a `brev ls` answer is reused while the service's container is watched
 _LOGGED_OUT = "logged out"
+
+
+ENV_TOKEN = "BREV_API_TOKEN"
+CREDENTIALS = "credentials.json"  # in $HOME/.brev, as the CLI's store.FileStore keeps it
+INVALID_REFRESH = ".invalid-refresh-token"  # where the CLI puts a refresh token it cannot use
+AUTO_LOGIN = "auto-login"  # the CLI's placeholder for the half of the pair a token login does not give
+# The CLI takes a Kubernetes service account token, when there is one, instead of its credentials file.
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# The signing methods golang-jwt v5 knows: a JWT naming another is no access token to the CLI.
+_JWT_ALGS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
+             "PS256", "PS384", "PS512", "EdDSA", "none")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _not_json(constant):
+    raise ValueError("%s is no JSON" % constant)  # Go's decoder refuses NaN and Infinity
+
+
+def _jwt_part(segment):
+    """A JWT segment as golang-jwt's ParseUnverified reads it (unpadded base64url, then JSON), or False."""
+    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        return False
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(data.decode("utf-8", "replace"), parse_constant=_not_json)
+    except (ValueError, TypeError, binascii.Error):
+        return False
+    return value if value is None or isinstance(value, dict) else False
+
+
+def access_token_valid(token, now=None):
+    """The brev CLI's isAccessTokenValid: ``token`` parses as a JWT (not verified) whose exp, nbf and iat,
+    when present, hold at ``now``."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    header, claims = _jwt_part(parts[0]), _jwt_part(parts[1])
+    if header is False or claims is False or not isinstance((header or {}).get("alg"), str) or \
+            header["alg"] not in _JWT_ALGS:
+        return False
+    now = time.time() if now is None else now
+    for name, holds in (("exp", lambda at: now < at), ("nbf", lambda at: now >= at), ("iat", lambda at: now >= at)):
+        at = (claims or {}).get(name)
+        if at is None:
+            continue
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or math.isnan(at):
+            return False
+        if at != 0 and not holds(math.floor(at)):
+            return False
+    return True
+
+
+def _go_json_string(text):
+    """``text`` as Go's encoding/json writes a string (HTML-safe escapes)."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        quoted = quoted.replace(char, escape)
+    return quoted
+
+
+def credentials_text(token, now=None):
+    """The credentials file ``brev login --token <token>`` writes: the CLI's AuthTokens through
+    ``json.MarshalIndent(v, "", " ")`` (one space, no newline at the end)."""
+    access, refresh = (token, AUTO_LOGIN) if access_token_valid(token, now) else (AUTO_LOGIN, token)
+    return '{\n "access_token": %s,\n "refresh_token": %s\n}' % (_go_json_string(access), _go_json_string(refresh))
+
+
+def _private_dir(fd, path):
+    """Refuse the open folder ``fd`` unless it is ours and no other user can write to it (group-writable
+    only when the group is the user's own, holding nobody else)."""
+    info = os.fstat(fd)
+    if not stat.S_ISDIR(info.st_mode):
+        raise TaoInferenceError("%s is not a folder" % path)
+    if info.st_uid != os.geteuid():
+        raise TaoInferenceError("%s belongs to another user (uid %d), so the brev CLI's credentials are not written "
+                                "there: run as the user who owns it, or set HOME to your own home" % (path, info.st_uid))
+    if info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and not _own_group(info.st_gid)):
+        raise TaoInferenceError("%s can be written by other users, who could swap the brev CLI's credentials: "
+                                "chmod go-w %s" % (path, path))
+
+
+def _own_group(gid):
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return group.gr_name == user and set(group.gr_mem) <= {user}
+
+
+class CredentialsFile(object):
+    """The brev CLI's credentials file, ``$HOME/.brev/credentials.json`` (``HOME`` as the CLI gets it),
+    written and put back through file descriptors of folders checked to be private."""
+
+    def __init__(self, home):
+        if not home or not os.path.isabs(home):
+            raise TaoInferenceError("HOME is %s, so the brev CLI's credentials file cannot be found: set HOME to "
+                                    "the home whose ~/.brev the CLI uses" % ("not set" if not home else "relative"))
+        self.home = home
+        self.folder = os.path.join(home, ".brev")
+        self.path = os.path.join(self.folder, CREDENTIALS)
+
+    def _open_folder(self):
+        try:
+            home = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise TaoInferenceError("cannot open HOME %s for the brev CLI's credentials: %s" % (self.home, exc.strerror))
+        try:
+            _private_dir(home, self.home)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            try:
+                folder = os.open(".brev", flags, dir_fd=home)
+            except FileNotFoundError:
+                os.mkdir(".brev", 0o700, dir_fd=home)
+                folder = os.open(".brev", flags, dir_fd=home)
+        except OSError as exc:
+            raise TaoInferenceError("%s is a symbolic link or no folder (%s): the brev CLI's credentials are not "
+                                    "written through it; make it a folder of your own" % (self.folder, exc.strerror))
+        finally:
+            os.close(home)
+        try:
+            _private_dir(folder, self.folder)
+        except TaoInferenceError:
+            os.close(folder)
+            raise
+        return folder
+
+    @staticmethod
+    def _read(folder, name):
+        """(bytes, mode) of the regular file ``name`` in ``folder``, or None when there is none."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise TaoInferenceError("~/.brev/%s cannot be read (%s; a symbolic link is never followed): remove it "
+                                    "or log in with `brev login`" % (name, exc.strerror))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise TaoInferenceError("~/.brev/%s is not a regular file: remove it" % name)
+            return handle.read(1 << 20), stat.S_IMODE(info.st_mode)
+
+    @staticmethod
+    def _replace(folder, name, data, mode=0o600):
+        """Put ``data`` in ``name`` atomically: a new file (mode ``mode``) renamed over it."""
+        tmp = ".%s.tao-%s" % (name, uuid.uuid4().hex[:12])
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                os.fchmod(handle.fileno(), mode & 0o777)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            os.fsync(folder)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=folder)
+            except OSError:
+                pass
+            raise
+
+    def write(self, token):
+        """Log the CLI in with ``token`` as ``brev login --token`` would; what to hand to :meth:`put_back`."""
+        folder = self._open_folder()
+        try:
+            before = (self._read(folder, CREDENTIALS), self._read(folder, INVALID_REFRESH))
+            self._replace(folder, CREDENTIALS, credentials_text(token).encode("utf-8"))
+            return before
+        except OSError as exc:
+            raise TaoInferenceError("cannot write the brev CLI's credentials file %s: %s" % (self.path, exc.strerror))
+        finally:
+            os.close(folder)
+
+    def put_back(self, before, token):
+        """Undo :meth:`write`: the credentials file as it was (or none), and no ``.invalid-refresh-token``
+        holding ``token`` that the CLI wrote meanwhile."""
+        folder = self._open_folder()
+        try:
+            for name, was in zip((CREDENTIALS, INVALID_REFRESH), before):
+                now = self._read(folder, name)
+                if now is None or (was is not None and now[0] == was[0]):
+                    continue
+                if was is not None:
+                    self._replace(folder, name, was[0], was[1])
+                elif name == CREDENTIALS or now[0].strip() == token.encode("utf-8"):
+                    os.unlink(name, dir_fd=folder)
+        except OSError as exc:
+            raise TaoInferenceError("cannot put the brev CLI's credentials file %s back: %s" % (self.path, exc.strerror))
+        finally:
+            os.close(folder)
 
 
 def instance_problem(value):
@@ -67,6 +273,7 @@ class BrevDriver(Driver):
         brev_expose=dict(type="str", choices=list(EXPOSE), default="tunnel"),
         brev_bind_address=dict(type="str"),
         brev_start_stopped=dict(type="bool", default=False),
+        brev_api_token=dict(type="str", no_log=True),
         pull=LocalDockerDriver.OPTIONS["pull"],
         **SSH_OPTIONS
     )
@@ -75,7 +282,8 @@ class BrevDriver(Driver):
     CONNECTION_KINDS = {"instance": instance_problem, "ssh_config": "path", "key_path": "path"}
     ENTRY_FIELDS = {"brev_instance_id": "id", "brev_created": lambda v: None if isinstance(v, bool) else "not a bool",
                     "brev_address": "host", "container_id": "hex", "docker_url": "url", "tunnel_pid": "pid",
-                    "tunnel_start_time": "digits", "brev_port": "port", "brev_expose": lambda v: None if v in EXPOSE else "unknown"}
+                    "tunnel_start_time": "digits", "brev_port": "port", "brev_expose": lambda v: None if v in EXPOSE else "unknown",
+                    "brev_logged_in_with_token": lambda v: None if isinstance(v, bool) else "not a bool"}
     EXECUTION_BACKEND = "local-docker"
     uses_host_port = True
 
@@ -109,12 +317,20 @@ class BrevDriver(Driver):
         instance = connection.get("instance")
         if instance is not None and instance_problem(instance):
             raise TaoInferenceError("brev_instance %r %s" % (instance, instance_problem(instance)))
+        # The token is read here, not by the argument spec, so an exported BREV_API_TOKEN never counts as an
+        # option given to another platform.
+        token = params.get("brev_api_token") or os.environ.get(ENV_TOKEN) or None
+        if token is not None and not is_token(token):
+            raise TaoInferenceError("brev_api_token (%s) holds a character a token never has (a space, a newline or "
+                                    "another control character, e.g. from a file read as it is): strip it; the value "
+                                    "is not shown" % ENV_TOKEN)
         return cls(instance=instance, ssh_config=connection.get("ssh_config"), key_path=connection.get("key_path"),
                    pull=params.get("pull") or "missing", start_stopped=bool(params.get("brev_start_stopped")),
-                   expose=params.get("brev_expose") or "tunnel", bind_address=params.get("brev_bind_address"))
+                   expose=params.get("brev_expose") or "tunnel", bind_address=params.get("brev_bind_address"),
+                   api_token=token)
 
     def __init__(self, instance=None, ssh_config=None, key_path=None, pull="missing", start_stopped=False,
-                 expose="tunnel", bind_address=None, runner=subprocess.run):
+                 expose="tunnel", bind_address=None, runner=subprocess.run, api_token=None):
         self.instance = instance
         self.ssh_config = ssh_config
         self.key_path = key_path
@@ -128,37 +344,83 @@ class BrevDriver(Driver):
         self._made = False  # this run created the instance (a start tried again must not create it twice)
         self.secret_names = ()  # the service's secret_env names: never in the CLI's environment either
         self._listed = None
+        self.api_token = api_token  # logs a logged-out CLI in (never on a command line: see _log_in)
+        self._login_tried = False
+        self.logged_in_with_token = False  # this run logged the CLI in with the token
 
     # -- the brev CLI ----------------------------------------------------------------
-    def _brev(self, *words, **kwargs):
-        """Run ``brev words...`` (stdin closed, no secret in its environment); its stdout."""
-        check = kwargs.get("check", True)
+    def _call(self, words, timeout=CLI_TIMEOUT):
+        """(exit code, stdout, stderr on one line) of ``brev words...``: stdin closed, no secret in its
+        environment, the token masked in what it printed."""
         try:
             proc = self._run(["brev"] + list(words), stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=kwargs.get("timeout", CLI_TIMEOUT), check=False,
-                             env=child_environ(secret_names=self.secret_names))
+                             timeout=timeout, check=False, env=child_environ(secret_names=self.secret_names))
         except OSError as exc:
             raise TaoInferenceError("cannot run the brev CLI (%s): install it (https://docs.nvidia.com/brev/) and log "
                                     "in with `brev login`" % exc)
         except subprocess.TimeoutExpired:
-            raise TaoInferenceError("`brev %s` did not finish within %ss" % (words[0], kwargs.get("timeout", CLI_TIMEOUT)))
-        out = proc.stdout.decode("utf-8", "replace")
-        err = " ".join(proc.stderr.decode("utf-8", "replace").split())
-        if proc.returncode != 0 and check:
-            if _LOGGED_OUT in out or "declined to login" in err or err == "EOF":
+            raise TaoInferenceError("`brev %s` did not finish within %ss" % (words[0], timeout))
+        hidden = {"token": self.api_token}
+        return (proc.returncode, mask(proc.stdout.decode("utf-8", "replace"), hidden),
+                mask(" ".join(proc.stderr.decode("utf-8", "replace").split()), hidden))
+
+    @staticmethod
+    def _logged_out(out, err):
+        return _LOGGED_OUT in out or "declined to login" in err or err == "EOF"
+
+    def _brev(self, *words, **kwargs):
+        """Run ``brev words...``; its stdout. A logged-out CLI is logged in with the token when one is given
+        (:meth:`_log_in`) and the command runs again."""
+        timeout = kwargs.get("timeout", CLI_TIMEOUT)
+        code, out, err = self._call(words, timeout)
+        if code != 0 and self._logged_out(out, err) and self._log_in():
+            code, out, err = self._call(words, timeout)
+        if code != 0:
+            if self._logged_out(out, err):
                 raise TaoInferenceError(
-                    "the brev CLI is not logged in on this host: log in once with `brev login` (the CLI takes a token "
-                    "only on its command line, `brev login --token`, where other local users can read it, so this "
-                    "collection never runs it with BREV_API_TOKEN)")
-            raise TaoInferenceError("`brev %s` failed (exit %d): %s" % (" ".join(words), proc.returncode,
-                                                                        err[-500:] or "no message"))
-        return out if check else (proc.returncode, out, err)
+                    "the brev CLI is not logged in on this host: log in once with `brev login`, or export %s (or give "
+                    "brev_api_token) and the collection logs it in the way `brev login --token` does, by writing the "
+                    "CLI's credentials file itself, so the token is never on a command line" % ENV_TOKEN)
+            raise TaoInferenceError("`brev %s` failed (exit %d): %s" % (" ".join(words), code, err[-500:] or "no message"))
+        return out
+
+    def _log_in(self):
+        """Log the logged-out CLI in with the token (once per run): write its credentials file as
+        ``brev login --token`` does (the token on no command line, in no environment), then ask the CLI
+        (``brev ls``, read-only) whether it is logged in. A refused token puts the file back as it was."""
+        if not self.api_token or self._login_tried:
+            return False
+        self._login_tried = True
+        credentials = CredentialsFile(os.environ.get("HOME"))
+        before = credentials.write(self.api_token)
+        try:
+            code, out, err = self._call(("ls", "--json"))
+        except TaoInferenceError:
+            credentials.put_back(before, self.api_token)
+            raise
+        if code == 0:
+            self.logged_in_with_token = True
+            return True
+        credentials.put_back(before, self.api_token)
+        if self._logged_out(out, err):
+            raise TaoInferenceError(
+                "Brev refused the token in %s (or brev_api_token): it is wrong, expired or revoked. Issue a new one "
+                "(the Brev console's CLI login) and export it, or log in with `brev login`; the value is not shown, "
+                "and the brev CLI's credentials file %s is as it was%s" % (
+                    ENV_TOKEN, credentials.path,
+                    "; note that this host has a Kubernetes service account token (%s), which the brev CLI uses "
+                    "instead of its credentials file" % SERVICE_ACCOUNT_TOKEN
+                    if os.path.exists(SERVICE_ACCOUNT_TOKEN) else ""))
+        raise TaoInferenceError("logging the brev CLI in with %s failed: `brev ls` exited %d: %s; the credentials file "
+                                "%s is as it was" % (ENV_TOKEN, code, err[-500:] or "no message", credentials.path))
 
     def instances(self):
-        """The instances ``brev ls --json`` lists (a list of dicts)."""
+        """The instances ``brev ls --json`` lists (a list of dicts). The CLI may print a line before the JSON
+        (``no oauth found for token`` while its access token is one it cannot place)."""
         out = self._brev("ls", "--json")
         try:
-            document = json.loads(out)
+            start = 0 if out.startswith("{") else out.index("\n{") + 1
+            document = json.JSONDecoder().raw_decode(out, start)[0]
         except ValueError:
             raise TaoInferenceError("`brev ls --json` did not print JSON: %s" % out.strip()[:300])
         found = (document or {}).get("workspaces") if isinstance(document, dict) else None
@@ -250,7 +512,8 @@ class BrevDriver(Driver):
         answers. Changes nothing."""
         instances = self.instances()
         name = self._instance_of(spec)
-        facts = {"instances": sorted(i.get("name") for i in instances if i.get("name"))}
+        facts = {"instances": sorted(i.get("name") for i in instances if i.get("name")),
+                 "brev_logged_in_with_token": self.logged_in_with_token}
         if name is None:
             facts["instance"] = None
             return facts
@@ -309,7 +572,8 @@ class BrevDriver(Driver):
                 launch.on_submitted({"brev_instance_id": made.get("id")})
         item = self._wait_running(name, deadline, created)
         name = item.get("name") or name
-        fields = {"brev_instance_id": item.get("id"), "brev_created": created, "brev_expose": options["expose"]}
+        fields = {"brev_instance_id": item.get("id"), "brev_created": created, "brev_expose": options["expose"],
+                  "brev_logged_in_with_token": self.logged_in_with_token}
         launch.on_submitted(fields)
         address = self._address(name)
         fields["brev_address"] = address
