@@ -37,7 +37,8 @@ from ansible_collections.tao.inference.plugins.module_utils import platforms, tr
 
 LATEST = "latest"
 SCHEMA_KEY = "schema_version"
-# Controller forwards to services on other hosts (see fleet.py): ``{job_id: record}``, apart from the entries.
+# Controller forwards to services on other hosts (see fleet.py): a list of records, each with its job_id, kept
+# apart from the entries (a list, so the seed's tooling, which takes every top-level object for an entry, skips it).
 FORWARDS = "forwards"
 STARTING = "starting"
 STARTED = "started"
@@ -165,17 +166,18 @@ def is_this_machine(entry):
 _FORWARD_KINDS = {"inventory_host": "text", "local_port": "port", "remote_host": "host", "remote_port": "port",
                   "pid": "pid", "start_time": "digits", "ssh_host": "host", "ssh_user": "user", "ssh_port": "port",
                   "machine": "host"}
-_FORWARD_REQUIRED = ("inventory_host", "local_port", "remote_host", "remote_port", "pid", "start_time", "ssh_host")
+# A record without pid is a port held while its ssh starts (or one a killed run left: replaced when seen).
+_FORWARD_REQUIRED = ("inventory_host", "local_port", "remote_host", "remote_port", "ssh_host")
 
 
 def forward_problem(key, record):
     """Why the forward record ``key`` cannot be trusted (None when it can): it names a process to stop."""
     if not isinstance(record, dict):
         return "it is not an object"
-    if not trust.is_uuid(key):
-        return "its key is not a job_id"
+    if not trust.is_uuid(key) or record.get("job_id", key) != key:
+        return "its job_id is not a UUID"
     for field in record:
-        if field not in _FORWARD_KINDS:
+        if field != "job_id" and field not in _FORWARD_KINDS:
             return "%s is not a field of a forward" % field
     for field in _FORWARD_REQUIRED:
         if record.get(field) is None:
@@ -245,45 +247,48 @@ class RegistryState(object):
                     _is_int(value.get("host_port"), 1, 65535):
                 used.add(value["host_port"])
         if port_scope == "local":  # controller forwards listen on this machine's loopback
-            for value in self._raw_forwards().values():
+            for value in self._forward_list():
                 if isinstance(value, dict) and _is_int(value.get("local_port"), 1, 65535):
                     used.add(value["local_port"])
         return used
 
     # -- controller forwards (fleet.py) --------------------------------------
-    def _raw_forwards(self):
+    def _forward_list(self):
         value = self.data.get(FORWARDS)
-        return value if isinstance(value, dict) else {}
+        return value if isinstance(value, list) else []
+
+    def _valid_forward(self, record):
+        return isinstance(record, dict) and forward_problem(record.get("job_id"), record) is None
 
     def forwards(self):
         """``{job_id: record}`` of every valid forward record (others stay in the file, untouched)."""
-        return dict((key, copy.deepcopy(value)) for key, value in self._raw_forwards().items()
-                    if forward_problem(key, value) is None)
+        return dict((record["job_id"], dict((k, v) for k, v in copy.deepcopy(record).items() if k != "job_id"))
+                    for record in self._forward_list() if self._valid_forward(record))
 
     def rejected_forwards(self):
-        return dict((repr(key)[1:-1], problem) for key, problem in
-                    ((k, forward_problem(k, v)) for k, v in self._raw_forwards().items()) if problem)
+        return [forward_problem(r.get("job_id") if isinstance(r, dict) else None, r)
+                for r in self._forward_list() if not self._valid_forward(r)]
+
+    def _set_forwards(self, records):
+        if records:
+            self.data[FORWARDS] = records
+        else:
+            self.data.pop(FORWARDS, None)
+        self.dirty = True
 
     def put_forward(self, job_id, record):
+        record = dict(copy.deepcopy(record), job_id=job_id)
         problem = forward_problem(job_id, record)
         if problem is not None:
             raise TaoInferenceError("refusing to record the forward of %s in the registry %s: %s"
                                     % (job_id, self.path, problem))
-        forwards = dict(self._raw_forwards())
-        forwards[job_id] = copy.deepcopy(record)
-        self.data[FORWARDS] = forwards
-        self.dirty = True
+        self._set_forwards([r for r in self._forward_list() if not (self._valid_forward(r) and r["job_id"] == job_id)]
+                           + [record])
 
     def remove_forward(self, job_id):
         if job_id not in self.forwards():
             return False
-        forwards = dict(self._raw_forwards())
-        del forwards[job_id]
-        if forwards:
-            self.data[FORWARDS] = forwards
-        else:
-            self.data.pop(FORWARDS, None)
-        self.dirty = True
+        self._set_forwards([r for r in self._forward_list() if not (self._valid_forward(r) and r["job_id"] == job_id)])
         return True
 
     # -- changing ----------------------------------------------------------

@@ -39,7 +39,7 @@ class SSHTarget(object):
     """How to reach one host with ``ssh`` in batch mode."""
 
     def __init__(self, host, user=None, port=None, key_path=None, config=None, connect_timeout=15,
-                 what="ssh host"):
+                 what="ssh host", options=()):
         if not host:
             raise TaoInferenceError("an SSH host is required")
         # Validated here, where every ssh argv starts: nothing can be read by ssh as an option.
@@ -49,6 +49,8 @@ class SSHTarget(object):
         self.key_path = check_path(key_path, "ssh_key_path")
         self.config = check_path(config, "ssh_config")
         self.connect_timeout = connect_timeout
+        # Further ssh options, already checked word by word (see fleet.common_args): never parsed by a shell.
+        self.options = list(options)
 
     @property
     def destination(self):
@@ -63,7 +65,7 @@ class SSHTarget(object):
         if self.key_path:
             argv += ["-i", self.key_path, "-o", "IdentitiesOnly=yes"]
         argv += ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout]
-        return argv
+        return argv + self.options
 
     def argv(self, *words, **options):
         """``ssh [options] [extra] -- destination words...``: the destination can never be an option."""

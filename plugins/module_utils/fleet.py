@@ -1,0 +1,441 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fleets: the controller's one view of the services of many inventory hosts, and its forwards to them.
+
+Each host keeps its own registry; ``tao_inference_info`` on every host gives its services, and the
+controller merges them (:func:`merge`) into rows of one list. A service on a host's loopback (the
+default) is reached from the controller through a tracked ``ssh -N -L`` forward (the same tunnel code
+as Slurm's, :mod:`ssh`), made from the inventory's connection variables (:class:`InventoryHost`) and
+recorded in the controller's registry (its ``forwards``), so that a stop or a later view closes exactly
+that process. A service bound to another address is reached there directly.
+
+Everything that arrives here came from hosts or from an inventory: it is validated before it reaches an
+ssh argv or a URL. ``ansible_ssh_common_args`` is split with shlex (never a shell) and only ssh options
+that cannot run a command or hand the forward to another process are kept.
+"""
+
+import os
+import shlex
+
+from urllib.parse import urlsplit
+
+from ansible_collections.tao.inference.plugins.module_utils import catalog, ssh, trust
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
+
+LOCAL_SCOPE = "local"
+UNREACHABLE = "unreachable"
+ELSEWHERE = "elsewhere"
+
+# ssh -o options a fleet's ansible_ssh_common_args may carry (lower case, as ssh compares them). Left
+# out on purpose: anything that runs a command (ProxyCommand, LocalCommand, KnownHostsCommand, Match
+# exec), reads more configuration (Include), or shares or widens the connection (ControlMaster,
+# ControlPath, ForwardAgent, ForwardX11, RemoteForward, DynamicForward, PermitLocalCommand...).
+ALLOWED_OPTIONS = frozenset(name.lower() for name in (
+    "StrictHostKeyChecking", "UserKnownHostsFile", "GlobalKnownHostsFile", "HostKeyAlias", "CheckHostIP",
+    "HostKeyAlgorithms", "HashKnownHosts", "UpdateHostKeys", "VerifyHostKeyDNS", "ConnectTimeout",
+    "ConnectionAttempts", "ServerAliveInterval", "ServerAliveCountMax", "TCPKeepAlive", "IdentitiesOnly",
+    "IdentityFile", "CertificateFile", "PubkeyAuthentication", "PreferredAuthentications", "User", "Port",
+    "ProxyJump", "AddressFamily", "Compression", "Ciphers", "MACs", "KexAlgorithms", "LogLevel",
+    "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes", "IPQoS", "RekeyLimit", "BindAddress"))
+_FLAGS = ("-4", "-6", "-C", "-q")
+_WITH_VALUE = {"-o": "option", "-i": "key", "-p": "port", "-l": "user", "-J": "jump"}
+_PATH_OPTIONS = ("userknownhostsfile", "globalknownhostsfile", "identityfile", "certificatefile")
+
+
+def _refuse(word, why):
+    return TaoInferenceError(
+        "ansible_ssh_common_args holds %r, which %s. Only these are taken: -4, -6, -C, -q, -i KEY, -p PORT, "
+        "-l USER, -J [USER@]HOST[:PORT], and -o with one of: %s" % (word, why, ", ".join(sorted(ALLOWED_OPTIONS))))
+
+
+def _check_jump(value):
+    """``[user@]host[:port]``, comma-separated: the hosts ProxyJump goes through."""
+    for hop in value.split(","):
+        rest = hop
+        user, _at, rest = rest.rpartition("@")
+        host, _colon, port = rest.partition(":") if not rest.startswith("[") else (rest, "", "")
+        trust.check_user(user or None, "ProxyJump user")
+        trust.check_host(host, "ProxyJump host")
+        if port:
+            trust.check_port(port, "ProxyJump port")
+    return value
+
+
+def _check_value(word, name, value):
+    if not value or value.startswith("-") or trust.kind_problem("text", value) or "%" in value and \
+            name not in _PATH_OPTIONS:
+        raise _refuse(word, "has no value, or a value that starts with '-' or holds control characters")
+    if name in _PATH_OPTIONS:
+        if not (value.startswith("/") or value.startswith("~/") or value == "none"):
+            raise _refuse(word, "names a file by a relative path (give an absolute one)")
+    elif name == "proxyjump":
+        _check_jump(value)
+    elif name == "port":
+        trust.check_port(value, "Port")
+    elif name == "user":
+        trust.check_user(value, "User")
+    elif " " in value:
+        raise _refuse(word, "holds a space")
+    return value
+
+
+def common_args(text):
+    """The ssh argv words that ``ansible_ssh_common_args`` may add, checked one by one; refuses anything
+    else with a message listing what is taken."""
+    if text is None or text == "":
+        return []
+    if not isinstance(text, str) or trust.kind_problem("text", text):
+        raise TaoInferenceError("ansible_ssh_common_args must be one line of ssh options")
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise TaoInferenceError("ansible_ssh_common_args cannot be split into words (%s)" % exc)
+    argv = []
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word in _FLAGS:
+            argv.append(word)
+            index += 1
+            continue
+        flag, attached = word[:2], word[2:]
+        if flag not in _WITH_VALUE or not word.startswith("-"):
+            raise _refuse(word, "is not an ssh option that is taken")
+        if attached:
+            value = attached
+            index += 1
+        elif index + 1 < len(words):
+            value = words[index + 1]
+            index += 2
+        else:
+            raise _refuse(word, "has no value")
+        kind = _WITH_VALUE[flag]
+        if kind == "option":
+            name, sep, option_value = value.partition("=")
+            if not sep:
+                name, _space, option_value = value.partition(" ")
+            if name.lower() not in ALLOWED_OPTIONS:
+                raise _refuse("-o " + value, "is not an ssh option that can be taken (it could run a command, or "
+                              "share or widen the connection)")
+            argv += ["-o", "%s=%s" % (name, _check_value("-o " + value, name.lower(), option_value.strip()))]
+        elif kind == "key":
+            argv += ["-o", "IdentityFile=%s" % _check_value(word, "identityfile", value)]
+        elif kind == "port":
+            argv += ["-p", str(trust.check_port(value, "ssh port in ansible_ssh_common_args"))]
+        elif kind == "user":
+            argv += ["-l", trust.check_user(value, "ssh user in ansible_ssh_common_args")]
+        else:
+            argv += ["-J", _check_jump(_check_value(word, "proxyjump", value))]
+    return argv
+
+
+class InventoryHost(object):
+    """How the controller reaches one inventory host, from its connection variables (validated)."""
+
+    def __init__(self, inventory_host, ansible_host=None, ansible_user=None, ansible_port=None,
+                 ansible_ssh_private_key_file=None, ansible_ssh_common_args=None, ansible_connection=None):
+        self.name = _check_inventory_name(inventory_host)
+        self.local = ansible_connection == "local"
+        self.address = trust.check_host(ansible_host or inventory_host, "ansible_host of %s" % self.name)
+        self.user = trust.check_user(ansible_user or None, "ansible_user of %s" % self.name)
+        self.port = trust.check_port(None if ansible_port in (None, "") else ansible_port, "ansible_port of %s" % self.name)
+        key = ansible_ssh_private_key_file or None
+        if key is not None and (not isinstance(key, str) or trust.kind_problem("text", key) or
+                                not (key.startswith("/") or key.startswith("~/"))):
+            raise TaoInferenceError("ansible_ssh_private_key_file of %s must be an absolute path (or start with "
+                                    "~/)" % self.name)
+        self.key = key
+        self.options = common_args(ansible_ssh_common_args)
+
+    @classmethod
+    def from_dict(cls, data):
+        data = dict(data or {})
+        known = ("inventory_host", "ansible_host", "ansible_user", "ansible_port", "ansible_ssh_private_key_file",
+                 "ansible_ssh_common_args", "ansible_connection")
+        return cls(**dict((k, data.get(k)) for k in known))
+
+    def target(self):
+        key = os.path.expanduser(self.key) if self.key else None
+        return ssh.SSHTarget(self.address, self.user, self.port, key, what="ansible_host of %s" % self.name,
+                             options=self.options)
+
+
+def _check_inventory_name(value):
+    if not isinstance(value, str) or not 0 < len(value) <= 255 or trust.kind_problem("text", value):
+        raise TaoInferenceError("inventory host %r is not an inventory host name" % (value,))
+    return value
+
+
+# -- one view ------------------------------------------------------------------------------------
+def _url_parts(url):
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _row(host, item):
+    """One service of ``host`` (a tao_inference_info item: checked, it came from the host) as a row."""
+    job_id = trust.check_job_id(item.get("job_id"), "job_id of a service of %s" % host)
+    arch = item.get("network_arch")
+    if arch not in catalog.NETWORK_ARCHS:
+        raise TaoInferenceError("service %s of %s has an unknown network_arch" % (job_id, host))
+    url = item.get("host_url")
+    if url is not None:
+        trust.check_http_url(url, "host_url of service %s of %s" % (job_id, host))
+    status = item.get("platform_status") or {}
+    readiness = item.get("readiness") or {}
+    name = item.get("name")
+    if name is not None and not (isinstance(name, str) and trust.SERVICE_NAME.fullmatch(name)):
+        raise TaoInferenceError("service %s of %s has a bad name" % (job_id, host))
+    shape = item.get("shape") if isinstance(item.get("shape"), dict) else {}
+    bind = (shape.get("platform_options") or {}).get("bind_address") if isinstance(
+        shape.get("platform_options"), dict) else None
+    text = lambda v: v if isinstance(v, str) and not trust.kind_problem("text", v) else None  # noqa: E731
+    return {
+        "host": host, "machine": text(item.get("machine")), "job_id": job_id, "name": name,
+        "network_arch": arch, "platform": text(item.get("platform")),
+        "state": text(status.get("state")) or "unknown", "ready": item.get("ready") is True,
+        "readiness": text(readiness.get("reason")), "host_url": url, "controller_url": None,
+        "started_at": text(item.get("started_at")), "bind_address": text(bind),
+    }
+
+
+def merge(hosts):
+    """``hosts``: one dict per inventory host (``inventory_host``, ``reachable``, ``error``, ``services``:
+    its tao_inference_info items). Returns ``(rows, unreachable)``: one row per service (a service a shared
+    registry shows on several hosts once, from the machine that runs it) and one row per host that could
+    not be asked (``state: unreachable``)."""
+    rows, unreachable, seen = [], [], {}
+    for data in hosts:
+        host = _check_inventory_name((data or {}).get("inventory_host"))
+        if not data.get("reachable", True):
+            reason = data.get("error") if isinstance(data.get("error"), str) else "the host could not be reached"
+            unreachable.append(host)
+            rows.append({"host": host, "machine": None, "job_id": None, "name": None, "network_arch": None,
+                         "platform": None, "state": UNREACHABLE, "ready": False,
+                         "readiness": " ".join(reason.split())[:300], "host_url": None, "controller_url": None,
+                         "started_at": None, "bind_address": None})
+            continue
+        for item in data.get("services") or []:
+            row = _row(host, item if isinstance(item, dict) else {})
+            other = seen.get(row["job_id"])
+            if other is not None:
+                if other["state"] == ELSEWHERE and row["state"] != ELSEWHERE:
+                    rows[rows.index(other)] = row
+                    seen[row["job_id"]] = row
+                continue
+            seen[row["job_id"]] = row
+            rows.append(row)
+    return rows, unreachable
+
+
+def direct_url(row, inventory_host):
+    """The URL the controller reaches ``row``'s service at without a forward, or None when it needs one."""
+    if not row.get("host_url"):
+        return None
+    host, port = _url_parts(row["host_url"])
+    if not trust.is_loopback(host):
+        return row["host_url"]  # a platform's own address (a load balancer, a Lepton endpoint...)
+    if inventory_host.local:
+        return row["host_url"]  # the host is the controller itself
+    bind = row.get("bind_address")
+    if bind and not trust.is_loopback(bind):
+        address = inventory_host.address if bind in ("0.0.0.0", "::") else bind
+        if ":" in address:
+            address = "[%s]" % address.strip("[]")
+        return "http://%s:%d" % (address, port)
+    return None
+
+
+# -- forwards on the controller -------------------------------------------------------------------
+def _spec(record):
+    return ssh.forward_spec(record["local_port"], record["remote_host"], record["remote_port"])
+
+
+def forward_alive(record):
+    return bool(record.get("pid")) and ssh.tunnel_alive(record["pid"], record.get("start_time"), _spec(record))
+
+
+def close_forward(record):
+    """Stop exactly the forward process ``record`` names; True when it ran."""
+    if not record.get("pid"):
+        return False
+    return ssh.close_tunnel(record["pid"], record.get("start_time"), _spec(record))
+
+
+def _same_route(record, row, inventory_host):
+    _host, port = _url_parts(row["host_url"])
+    return record.get("remote_port") == port and record.get("ssh_host") == inventory_host.address and \
+        record.get("ssh_port") == inventory_host.port and record.get("ssh_user") == inventory_host.user
+
+
+def ensure_forward(registry, row, inventory_host, opener=ssh.open_tunnel, is_free=port_is_free):
+    """A live forward from this machine's loopback to ``row``'s service on ``inventory_host``; returns
+    ``(controller_url, opened)``. A live recorded one is kept; a dead or stale one is closed and
+    replaced. The port is reserved in the registry first, the forward opened outside the lock (so many
+    hosts' forwards open at once), then recorded with its pid; a failure drops the reservation."""
+    job_id = row["job_id"]
+    _host, remote_port = _url_parts(row["host_url"])
+    with registry.transaction() as state:
+        record = state.forwards().get(job_id)
+        if record is not None and _same_route(record, row, inventory_host) and forward_alive(record):
+            return "http://127.0.0.1:%d" % record["local_port"], False
+        if record is not None:
+            close_forward(record)
+            state.remove_forward(job_id)
+        local_port = state.allocate_port(LOCAL_SCOPE, is_free=is_free)
+        record = {"inventory_host": inventory_host.name, "local_port": local_port, "remote_host": "127.0.0.1",
+                  "remote_port": remote_port, "ssh_host": inventory_host.address, "ssh_user": inventory_host.user,
+                  "ssh_port": inventory_host.port}
+        state.put_forward(job_id, _reservation(record))  # no pid yet: the port is held while ssh starts
+    try:
+        pid, started = opener(inventory_host.target(), local_port, "127.0.0.1", remote_port)
+    except BaseException:
+        with registry.transaction() as state:
+            if not (state.forwards().get(job_id) or {}).get("pid"):
+                state.remove_forward(job_id)
+        raise
+    record.update(pid=pid, start_time=str(started))
+    try:
+        with registry.transaction() as state:
+            state.put_forward(job_id, _reservation(record))
+    except BaseException:
+        ssh.close_tunnel(pid, started, ssh.forward_spec(local_port, "127.0.0.1", remote_port))
+        raise
+    return "http://127.0.0.1:%d" % local_port, True
+
+
+def _reservation(record):
+    return dict((k, v) for k, v in record.items() if v is not None)
+
+
+def close_forwards(registry, job_ids):
+    """Close the controller forwards of ``job_ids`` and drop their records; the job_ids closed or dropped."""
+    closed = []
+    with registry.transaction() as state:
+        forwards = state.forwards()
+        for job_id in job_ids:
+            record = forwards.get(job_id)
+            if record is None:
+                continue
+            close_forward(record)
+            state.remove_forward(job_id)
+            closed.append(job_id)
+    return closed
+
+
+def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel):
+    """The merged view of ``hosts`` with each service's ``controller_url``: direct, or through a
+    forward this opens when ``forward`` (and check mode does not stop it). Forwards of services that a
+    reachable host no longer runs are closed. Returns the module result."""
+    rows, unreachable = merge(hosts)
+    connections = {}
+    for data in hosts:
+        if data.get("reachable", True):
+            name = _check_inventory_name(data.get("inventory_host"))
+            connections[name] = InventoryHost.from_dict(dict(data.get("connection") or {}, inventory_host=name))
+    opened, errors = [], []
+    records = registry.read().forwards()
+    for row in rows:
+        if row["state"] in (UNREACHABLE, ELSEWHERE) or not row["host_url"]:
+            continue
+        where = connections[row["host"]]
+        row["controller_url"] = direct_url(row, where)
+        if row["controller_url"] or row["state"] != "running":
+            continue
+        record = records.get(row["job_id"])
+        if record is not None and _same_route(record, row, where) and forward_alive(record):
+            row["controller_url"] = "http://127.0.0.1:%d" % record["local_port"]
+        elif forward and not check_mode:
+            try:
+                row["controller_url"], made = ensure_forward(registry, row, where, opener)
+            except TaoInferenceError as exc:
+                errors.append({"host": row["host"], "job_id": row["job_id"], "error": exc.msg})
+                continue
+            if made:
+                opened.append(row["job_id"])
+        elif forward:
+            opened.append(row["job_id"])  # check mode: would open it
+    # A forward whose service a reachable host no longer lists (stopped, pruned) is closed.
+    listed = set(r["job_id"] for r in rows if r["job_id"])
+    stale = [job_id for job_id, record in records.items()
+             if record["inventory_host"] in connections and job_id not in listed]
+    closed = stale if check_mode else close_forwards(registry, stale)
+    for row in rows:
+        row.pop("bind_address", None)
+    return {"changed": bool(opened or closed), "services": rows, "unreachable": unreachable,
+            "opened": opened, "closed": closed, "errors": errors}
+
+
+# -- requests across the view ---------------------------------------------------------------------
+def _candidates_text(rows):
+    return "; ".join("%s on %s (arch %s, name %s, %s)" % (r["job_id"], r["host"], r["network_arch"], r.get("name"),
+                                                          r.get("state")) for r in rows) or "none"
+
+
+def checked_view(rows):
+    """The view rows a request module was given (facts: untrusted), checked; unreachable rows dropped."""
+    if not isinstance(rows, list):
+        raise TaoInferenceError("fleet must be the list of services tao_inference_fleet returns")
+    checked = []
+    for row in rows:
+        if not isinstance(row, dict):
+            raise TaoInferenceError("fleet holds something that is not a service row")
+        if row.get("state") == UNREACHABLE or not row.get("job_id"):
+            continue
+        host = _check_inventory_name(row.get("host"))
+        trust.check_job_id(row.get("job_id"), "job_id of a fleet service of %s" % host)
+        if row.get("network_arch") not in catalog.NETWORK_ARCHS:
+            raise TaoInferenceError("fleet service %s has an unknown network_arch" % row["job_id"])
+        if row.get("controller_url") is not None:
+            trust.check_http_url(row["controller_url"], "controller_url of fleet service %s" % row["job_id"])
+        checked.append(dict(row))
+    return checked
+
+
+def _servable(row):
+    return row.get("controller_url") and row.get("state") == "running"
+
+
+def pick(rows, job_id=None, name=None, network_arch=None):
+    """The one service of the view a request goes to: by job_id, else name, else arch, else the only one.
+    Several matches (a name or an arch on several hosts) fail, listing every candidate with its host."""
+    if job_id:
+        matches = [r for r in rows if r["job_id"] == job_id]
+        what = "job_id %s" % job_id
+    elif name:
+        matches = [r for r in rows if r.get("name") == name]
+        what = "name %s" % name
+    elif network_arch:
+        matches = [r for r in rows if r["network_arch"] == network_arch]
+        what = "arch %s" % network_arch
+    else:
+        matches, what = list(rows), "any service"
+    if network_arch and (job_id or name):
+        matches = [r for r in matches if r["network_arch"] == network_arch]
+    if not matches:
+        raise TaoInferenceError("no service of the fleet matches %s; the fleet runs: %s" % (what, _candidates_text(rows)),
+                                candidates=rows)
+    if len(matches) > 1:
+        raise TaoInferenceError("%d services of the fleet match %s; choose one with job_id: %s"
+                                % (len(matches), what, _candidates_text(matches)), candidates=matches)
+    return _reachable(matches[0])
+
+
+def _reachable(row):
+    if not _servable(row):
+        raise TaoInferenceError(
+            "service %s on %s cannot take requests from here (state %s, controller_url %s); run the status "
+            "playbook (or the registry_facts role) to refresh the view and its forwards"
+            % (row["job_id"], row["host"], row.get("state"), row.get("controller_url")), job_id=row["job_id"])
+    return row
+
+
+def spread_targets(rows, network_arch, name=None):
+    """Every service of ``network_arch`` (and ``name``) in the view that can take requests; fails when none."""
+    matches = [r for r in rows if r["network_arch"] == network_arch and (name is None or r.get("name") == name)]
+    servable = [r for r in matches if _servable(r)]
+    if not servable:
+        raise TaoInferenceError("no %s service of the fleet can take requests; the fleet runs: %s"
+                                % (network_arch, _candidates_text(rows)), candidates=rows)
+    return servable

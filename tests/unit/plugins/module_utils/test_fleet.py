@@ -1,0 +1,308 @@
+"""Fleets: inventory connection variables checked before ssh sees them, one merged view, controller
+forwards reserved, recorded and closed exactly, requests routed across the view."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from ansible_collections.tao.inference.plugins.module_utils import fleet
+from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.registry import Registry, is_this_machine, this_machine
+
+
+def jid(name):
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+# -- ansible_ssh_common_args ---------------------------------------------------------------------
+def test_common_args_keep_safe_options_word_by_word():
+    argv = fleet.common_args("-o StrictHostKeyChecking=no -o 'UserKnownHostsFile=/dev/null' -oConnectTimeout=5 "
+                             "-i /keys/id -p 2200 -J admin@bastion:2222 -4")
+    assert argv == ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5",
+                    "-o", "IdentityFile=/keys/id", "-p", "2200", "-J", "admin@bastion:2222", "-4"]
+
+
+@pytest.mark.parametrize("text", [
+    "-o ProxyCommand=nc %h %p",
+    "-o 'ProxyCommand sh -c id'",
+    "-oLocalCommand=touch /tmp/x",
+    "-o PermitLocalCommand=yes",
+    "-o ControlPath=/tmp/shared",
+    "-o ForwardAgent=yes",
+    "-o Include=/etc/evil",
+    "-F /tmp/config",
+    "-R 9000:localhost:22",
+    "-D 1080",
+    "-L 1:2:3",
+    "--",
+    "host",
+    "$(id)",
+    "-o UserKnownHostsFile=-oProxyCommand=id",
+    "-p -1",
+    "-J -oProxyCommand=id",
+    "-J a@b;id",
+    "-o StrictHostKeyChecking",
+    "-i relative/key",
+    "-o 'LogLevel=ERROR\nProxyCommand=x'",
+    "-o 'Ciphers=aes128-ctr aes256-ctr'",
+    "-o 'unterminated",
+])
+def test_common_args_refuse_what_could_run_a_command_or_widen_the_connection(text):
+    with pytest.raises(TaoInferenceError):
+        fleet.common_args(text)
+
+
+def test_refusal_says_what_is_taken():
+    with pytest.raises(TaoInferenceError) as err:
+        fleet.common_args("-o ProxyCommand=nc")
+    assert "ProxyCommand" in err.value.msg and "proxyjump" in err.value.msg and "-J" in err.value.msg
+
+
+@pytest.mark.parametrize("field,value", [
+    ("ansible_host", "-oProxyCommand=id"), ("ansible_host", "a b"), ("ansible_host", "h\nx"),
+    ("ansible_user", "-l"), ("ansible_user", "root;id"), ("ansible_port", "22; id"), ("ansible_port", 0),
+    ("ansible_ssh_private_key_file", "-i"), ("ansible_ssh_private_key_file", "keys/id"),
+    ("ansible_ssh_private_key_file", "/k\n"),
+])
+def test_inventory_variables_refused_before_any_ssh(field, value):
+    with pytest.raises(TaoInferenceError):
+        fleet.InventoryHost.from_dict({"inventory_host": "gpu1", field: value})
+
+
+def test_inventory_host_target_argv_puts_destination_after_double_dash():
+    where = fleet.InventoryHost.from_dict({"inventory_host": "gpu1", "ansible_host": "10.9.0.2", "ansible_user": "ops",
+                                           "ansible_port": "2201", "ansible_ssh_private_key_file": "/k/id",
+                                           "ansible_ssh_common_args": "-o StrictHostKeyChecking=no"})
+    argv = where.target().argv("true")
+    assert argv[argv.index("--") + 1] == "ops@10.9.0.2"
+    assert ["-p", "2201"] == argv[argv.index("-p"):argv.index("-p") + 2]
+    assert "StrictHostKeyChecking=no" in argv and "BatchMode=yes" in argv
+    # BatchMode comes first: ssh keeps the first value of an option, so the inventory cannot turn it off.
+    assert argv.index("BatchMode=yes") < argv.index("StrictHostKeyChecking=no")
+
+
+# -- the view ------------------------------------------------------------------------------------
+def item(name, arch="cosmos-rl", port=8080, state="running", ready=True, machine="m1", bind=None, url=None):
+    return {"job_id": jid(name), "name": name, "network_arch": arch, "platform": "local-docker",
+            "host_url": url or "http://localhost:%d" % port, "platform_status": {"state": state},
+            "ready": ready, "readiness": {"reason": "ready" if ready else "model_loading"}, "machine": machine,
+            "started_at": "2026-01-01T00:00:00Z",
+            "shape": {"platform_options": {"bind_address": bind or "127.0.0.1"}}}
+
+
+def test_merge_lists_every_service_and_unreachable_hosts():
+    rows, unreachable = fleet.merge([
+        {"inventory_host": "gpu1", "services": [item("a"), item("b", port=8081)]},
+        {"inventory_host": "gpu2", "reachable": False, "error": "Failed to connect\nto the host via ssh"},
+        {"inventory_host": "gpu3", "services": []},
+    ])
+    assert [(r["host"], r["name"], r["state"]) for r in rows] == [
+        ("gpu1", "a", "running"), ("gpu1", "b", "running"), ("gpu2", None, "unreachable")]
+    assert unreachable == ["gpu2"] and rows[2]["readiness"] == "Failed to connect to the host via ssh"
+
+
+def test_merge_shows_a_shared_registrys_service_once_from_its_own_machine():
+    shared = item("s", machine="m2")
+    elsewhere = dict(shared, platform_status={"state": "elsewhere"})
+    rows, _ = fleet.merge([{"inventory_host": "gpu1", "services": [elsewhere]},
+                           {"inventory_host": "gpu2", "services": [shared]}])
+    assert [(r["host"], r["state"]) for r in rows] == [("gpu2", "running")]
+
+
+@pytest.mark.parametrize("bad", [
+    {"job_id": "x"}, dict(item("a"), network_arch="evil"), dict(item("a"), host_url="http://-o:1"),
+    dict(item("a"), name="$(id)"), dict(item("a"), host_url="file:///etc/passwd"),
+])
+def test_merge_refuses_rows_a_host_could_have_forged(bad):
+    with pytest.raises(TaoInferenceError):
+        fleet.merge([{"inventory_host": "gpu1", "services": [bad]}])
+
+
+def test_direct_urls():
+    remote = fleet.InventoryHost.from_dict({"inventory_host": "gpu1", "ansible_host": "10.9.0.2"})
+    local = fleet.InventoryHost.from_dict({"inventory_host": "ctl", "ansible_connection": "local"})
+    row = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", port=8085)]}])[0][0]
+    assert fleet.direct_url(row, remote) is None  # loopback on the host: a forward is needed
+    assert fleet.direct_url(row, local) == "http://localhost:8085"
+    wide = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", port=8085, bind="0.0.0.0")]}])[0][0]
+    assert fleet.direct_url(wide, remote) == "http://10.9.0.2:8085"
+    one = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", port=8085, bind="10.9.0.7")]}])[0][0]
+    assert fleet.direct_url(one, remote) == "http://10.9.0.7:8085"
+    lb = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", url="http://lb.example:80")]}])[0][0]
+    assert fleet.direct_url(lb, remote) == "http://lb.example:80"
+
+
+# -- forwards ------------------------------------------------------------------------------------
+@pytest.fixture
+def fake_ssh(tmp_path):
+    """An ``ssh -N -L spec`` stand-in process that listens on the forward's local port, so the
+    forward's checks (argv, listener, owner) are the real ones."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "ssh"
+    code = ("import socket, sys, time\nspec = sys.argv[sys.argv.index('-L') + 1]\n"
+            "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('127.0.0.1', int(spec.split(':')[1]))); s.listen(1)\ntime.sleep(600)\n")
+    script.write_text("#!/bin/bash\nexec -a ssh %s -c \"%s\" \"$@\"\n" % (sys.executable, code))
+    script.chmod(0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = "%s:%s" % (folder, old)
+    yield
+    os.environ["PATH"] = old
+
+
+def view_of(registry, hosts, **kwargs):
+    return fleet.view(registry, hosts, **kwargs)
+
+
+def hosts_with(*items, **conn):
+    return [{"inventory_host": "gpu1", "services": list(items),
+             "connection": dict({"ansible_host": "10.9.0.2", "ansible_user": "root"}, **conn)}]
+
+
+def test_forward_opened_recorded_kept_and_closed(tmp_path, fake_ssh):
+    registry = Registry(str(tmp_path / "reg.json"))
+    first = view_of(registry, hosts_with(item("a")))
+    url = first["services"][0]["controller_url"]
+    assert first["changed"] and first["opened"] == [jid("a")] and url.startswith("http://127.0.0.1:")
+    record = registry.read().forwards()[jid("a")]
+    assert record["ssh_host"] == "10.9.0.2" and record["remote_port"] == 8080 and record["pid"]
+    assert fleet.forward_alive(record)
+    # The seed's tooling takes every top-level object for an entry: the forwards are a list.
+    data = json.loads((tmp_path / "reg.json").read_text())
+    assert isinstance(data["forwards"], list)
+    again = view_of(registry, hosts_with(item("a")))
+    assert not again["changed"] and again["services"][0]["controller_url"] == url
+    # The host no longer lists it: its forward is closed, exactly that process.
+    gone = view_of(registry, hosts_with())
+    assert gone["closed"] == [jid("a")] and not registry.read().forwards()
+    assert not fleet.forward_alive(record)
+
+
+def test_dead_forward_is_replaced_and_stop_closes(tmp_path, fake_ssh):
+    registry = Registry(str(tmp_path / "reg.json"))
+    view_of(registry, hosts_with(item("a")))
+    record = registry.read().forwards()[jid("a")]
+    fleet.close_forward(record)
+    again = view_of(registry, hosts_with(item("a")))
+    assert again["opened"] == [jid("a")] and registry.read().forwards()[jid("a")]["pid"] != record["pid"]
+    assert fleet.close_forwards(registry, [jid("a"), jid("nothing")]) == [jid("a")]
+    assert registry.read().forwards() == {}
+
+
+def test_forward_ports_never_collide_with_each_other(tmp_path, fake_ssh):
+    registry = Registry(str(tmp_path / "reg.json"))
+    result = view_of(registry, hosts_with(item("a"), item("b", port=8081), item("c", port=8082)))
+    ports = [r["controller_url"] for r in result["services"]]
+    assert len(set(ports)) == 3
+    fleet.close_forwards(registry, [jid("a"), jid("b"), jid("c")])
+
+
+def test_failed_forward_leaves_no_reservation_and_is_reported(tmp_path):
+    registry = Registry(str(tmp_path / "reg.json"))
+
+    def refuse(*_args):
+        raise TaoInferenceError("the SSH tunnel failed (exit 255): Connection refused")
+
+    result = fleet.view(registry, hosts_with(item("a")), opener=refuse)
+    assert result["errors"][0]["job_id"] == jid("a") and "Connection refused" in result["errors"][0]["error"]
+    assert result["services"][0]["controller_url"] is None and registry.read().forwards() == {}
+
+
+def test_check_mode_opens_nothing(tmp_path):
+    registry = Registry(str(tmp_path / "reg.json"), check_mode=True)
+    result = fleet.view(registry, hosts_with(item("a")), check_mode=True,
+                        opener=lambda *a: pytest.fail("opened in check mode"))
+    assert result["opened"] == [jid("a")] and not os.path.exists(str(tmp_path / "reg.json"))
+
+
+def test_not_running_and_local_services_get_no_forward(tmp_path):
+    registry = Registry(str(tmp_path / "reg.json"))
+    never = lambda *a: pytest.fail("no forward was needed")  # noqa: E731
+    result = fleet.view(registry, hosts_with(item("a", state="exited")), opener=never)
+    assert result["services"][0]["controller_url"] is None
+    local = [{"inventory_host": "ctl", "services": [item("b")], "connection": {"ansible_connection": "local"}}]
+    assert fleet.view(registry, local, opener=never)["services"][0]["controller_url"] == "http://localhost:8080"
+
+
+def test_forged_forward_record_is_never_acted_on(tmp_path):
+    path = tmp_path / "reg.json"
+    # A planted record naming some other process (pid 1) with an ssh host that is an option.
+    path.write_text(json.dumps({"forwards": [{"job_id": jid("a"), "inventory_host": "gpu1", "local_port": 8080,
+                                              "remote_host": "127.0.0.1", "remote_port": 8080, "pid": 1,
+                                              "start_time": "1", "ssh_host": "-oProxyCommand=id"}]}))
+    os.chmod(str(path), 0o600)
+    registry = Registry(str(path))
+    assert registry.read().forwards() == {}
+    assert fleet.close_forwards(registry, [jid("a")]) == []
+    assert json.loads(path.read_text())["forwards"][0]["pid"] == 1  # kept, never dropped
+
+
+def test_a_real_pid_is_not_closed_unless_it_is_our_exact_forward(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        from ansible_collections.tao.inference.plugins.module_utils import procs
+
+        record = {"inventory_host": "gpu1", "local_port": 9, "remote_host": "127.0.0.1", "remote_port": 8080,
+                  "pid": sleeper.pid, "start_time": procs.stat_of(sleeper.pid)[1], "ssh_host": "10.9.0.2"}
+        assert not fleet.close_forward(record)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# -- the machine rule ----------------------------------------------------------------------------
+def test_is_this_machine():
+    assert is_this_machine({"machine": socket.gethostname()}) and this_machine() == socket.gethostname()
+    assert not is_this_machine({"machine": "another-machine"})
+    assert is_this_machine({})
+
+
+# -- routing across the view ---------------------------------------------------------------------
+def rows_of(*hosts):
+    rows, _ = fleet.merge([{"inventory_host": h, "services": s} for h, s in hosts])
+    for row in rows:
+        row["controller_url"] = "http://127.0.0.1:%d" % (9000 + rows.index(row)) if row["state"] == "running" else None
+    return fleet.checked_view(rows)
+
+
+def test_pick_by_job_id_name_arch_and_ambiguity_names_every_host():
+    rows = rows_of(("gpu1", [item("a"), item("d", arch="tao-dataservices")]), ("gpu2", [item("b")]))
+    assert fleet.pick(rows, job_id=jid("b"))["host"] == "gpu2"
+    assert fleet.pick(rows, name="a")["host"] == "gpu1"
+    assert fleet.pick(rows, network_arch="tao-dataservices")["name"] == "d"
+    with pytest.raises(TaoInferenceError) as err:
+        fleet.pick(rows, network_arch="cosmos-rl")
+    assert "on gpu1" in err.value.msg and "on gpu2" in err.value.msg and len(err.value.details["candidates"]) == 2
+    with pytest.raises(TaoInferenceError) as err:
+        fleet.pick(rows, job_id=jid("zzz"))
+    assert "gpu1" in err.value.msg
+
+
+def test_pick_refuses_a_service_that_cannot_take_requests():
+    rows = rows_of(("gpu1", [item("a", state="exited")]))
+    with pytest.raises(TaoInferenceError) as err:
+        fleet.pick(rows, name="a")
+    assert "status playbook" in err.value.msg
+
+
+def test_spread_targets_every_running_service_of_the_arch():
+    rows = rows_of(("gpu1", [item("a"), item("x", state="exited")]), ("gpu2", [item("b"), item("d", arch="tao-dataservices")]))
+    assert sorted(r["name"] for r in fleet.spread_targets(rows, "cosmos-rl")) == ["a", "b"]
+    with pytest.raises(TaoInferenceError):
+        fleet.spread_targets(rows, "cosmos-predict2.5")
+
+
+def test_checked_view_refuses_forged_rows():
+    for bad in ({"host": "h", "job_id": "x", "network_arch": "cosmos-rl"},
+                {"host": "h", "job_id": jid("a"), "network_arch": "cosmos-rl", "controller_url": "http://$(id):1"},
+                "text"):
+        with pytest.raises(TaoInferenceError):
+            fleet.checked_view([bad])
+    assert fleet.checked_view([{"host": "h", "state": "unreachable", "job_id": None}]) == []
