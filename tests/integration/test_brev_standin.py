@@ -1,12 +1,14 @@
 """The test Brev platform itself: scripts/ensure-brev.sh and the stand-in ``brev`` CLI (tests/brev/brev_standin).
 
 Checks the CLI contract the Brev driver relies on (tests/brev/brev_standin/README.md): ``ls --json`` shapes,
-the create/stop/start/delete transitions, failures when logged out, a login that stores no token, the SSH
+the create/stop/start/delete transitions, failures when logged out, the login in
+~/.brev/credentials.json as the real CLI keeps it, the SSH
 config reaching each instance's own sshd (``ssh -G`` addresses, ``docker -H ssh://<alias>``), two CLI calls
 at once, and ``--down`` leaving nothing. Every test uses its own platform folder and address range, so the
 shared one in .build/brev (the driver's tests) is never touched.
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -168,31 +170,82 @@ def test_logged_out_commands_prompt_and_fail_like_the_real_cli(platform):
     assert platform.brev("login").returncode == 1  # the browser flow is not possible here
 
 
-def test_login_records_the_login_and_never_the_token(platform):
+def credentials(platform):
+    """The CLI's credentials file in the platform's home: (text, mode), or None."""
+    path = os.path.join(platform.dir, "home", ".brev", "credentials.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read(), os.stat(path).st_mode & 0o777
+
+
+def jwt(claims):
+    def part(value):
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+    return "%s.%s.sig" % (part({"alg": "RS256", "typ": "JWT"}), part(claims))
+
+
+def test_login_keeps_the_token_in_the_credentials_file_as_the_real_cli_does(platform):
+    """``brev login --token`` writes ~/.brev/credentials.json (LoginWithToken, then the refresh of the user
+    lookup), in Go's MarshalIndent format; the token is nowhere else, state.json never has it."""
     canary = "canary-" + uuid.uuid4().hex
     proc = platform.ok("login", "--token", canary)
     assert "Starting Login" in proc.stdout and "current organization: tao-test-hq" in proc.stdout
-    with open(os.path.join(platform.dir, "state.json"), encoding="utf-8") as handle:
-        state = json.load(handle)
-    assert state["login"]["logged_in"] is True and state["login"]["method"] == "token"
+    text, _mode = credentials(platform)
+    tokens = json.loads(text)
+    assert list(tokens) == ["access_token", "refresh_token"] and tokens["refresh_token"] == canary
+    assert text.startswith('{\n "access_token": "eyJ') and text.endswith('"\n}')  # refreshed: a JWT of the KAS
     platform.ok("create", "tk1", "--type", "g6.xlarge")
     platform.ok("refresh")
     for base, dirs, files in os.walk(platform.dir):
         del dirs
         for name in files:
             path = os.path.join(base, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as handle:
-                    assert canary.encode() not in handle.read(), path
+            if name in ("credentials.json", "argv.log") or os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                assert canary.encode() not in handle.read(), path
     platform.ok("logout")
-    assert platform.brev("ls", "--json").returncode == 1
+    assert credentials(platform) is None and platform.brev("ls", "--json").returncode == 1
     refused = platform.brev("login", "--token", "invalid-" + uuid.uuid4().hex)
     assert refused.returncode == 1 and refused.stderr == "failed to refresh token: UNAUTHORIZED\n"
-    assert platform.brev("ls", "--json").returncode == 1
+    assert json.loads(credentials(platform)[0])["refresh_token"].startswith("invalid-")  # left behind, as the real CLI
+    assert platform.brev("ls", "--json").stdout == "no oauth found for token\n" + PROMPT
+    access = jwt({"iss": "https://login.nvidia.com", "exp": int(time.time()) + 600})
+    platform.ok("login", "--token", access)  # a JWT still valid is the access token itself
+    assert json.loads(credentials(platform)[0]) == {"access_token": access, "refresh_token": "auto-login"}
+    expired = jwt({"iss": "https://login.nvidia.com", "exp": int(time.time()) - 600})
+    platform.brev("logout")
+    assert platform.brev("login", "--token", expired).returncode == 0  # an expired one is a refresh token
+    assert json.loads(credentials(platform)[0])["refresh_token"] == expired
     assert platform.brev("login", "--api-key", "nope", "--org-id", "o1").stderr == "api key must start with bak-\n"
-    assert platform.ok("login", "--api-key", "bak-" + uuid.uuid4().hex, "--org-id", "o1").stdout == "API key saved for org o1\n"
+    key = "bak-" + uuid.uuid4().hex
+    assert platform.ok("login", "--api-key", key, "--org-id", "o1").stdout == "API key saved for org o1\n"
+    assert json.loads(credentials(platform)[0])["api_key"] == key
     assert platform.ls()[0]["name"] == "tk1"
     assert platform.brev("login", "extra").stderr == 'unknown command "extra" for "brev login"\n'
+
+
+def test_a_credentials_file_written_as_the_driver_writes_it_logs_the_cli_in(platform):
+    """What the Brev driver writes instead of running ``brev login --token``: the stand-in reads it the way
+    the real CLI does (the placeholder access token, a refresh), and keeps the file's 0600."""
+    from ansible_collections.tao.inference.plugins.module_utils.platforms.brev import credentials_text
+
+    folder = os.path.join(platform.dir, "home", ".brev")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    path = os.path.join(folder, "credentials.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(credentials_text("sess-" + uuid.uuid4().hex + ":dev"))
+    first = platform.ok("ls", "--json")
+    assert first.stdout == 'no oauth found for token\n{\n  "workspaces": null\n}\n'  # as the real CLI prints it
+    assert platform.ok("ls", "--json").stdout == '{\n  "workspaces": null\n}\n'  # refreshed: a token it places
+    text, mode = credentials(platform)
+    assert mode == 0o600 and json.loads(text)["access_token"].startswith("eyJ")
+    with open(path, "w") as handle:
+        handle.write(credentials_text("invalid-" + uuid.uuid4().hex))
+    refused = platform.brev("ls", "--json")
+    assert refused.returncode == 1 and refused.stdout.endswith(PROMPT)
 
 
 def test_ls_json_shapes(logged_in):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from . import hosts, netns, store
+from . import auth, hosts, netns, store
 from .catalog import BY_NAME, CATALOG, DEFAULT_MIN_CAPABILITY, DEFAULT_MIN_TOTAL_VRAM, Settings
 from .flags import CliError, Flag, parse
 
@@ -88,10 +88,13 @@ class Cli:
     # --- authentication -------------------------------------------------------------------------
 
     def require_login(self):
-        """Continue when logged in; otherwise what the real CLI does: prompt on stdout, read stdin, fail."""
-        with self.store.locked() as state:
-            if state.get("login"):
+        """Continue when the credentials file gives a fresh access token (auth.GetFreshAccessTokenOrLogin);
+        otherwise what the real CLI does: prompt on stdout, read stdin, fail."""
+        try:
+            if auth.fresh_access_token(self.settings, out):
                 return
+        except auth.CredentialsError as exc:
+            raise CliError(str(exc)) from None
         out(LOGIN_PROMPT)
         try:
             line = sys.stdin.readline() if sys.stdin is not None else ""
@@ -121,8 +124,8 @@ class Cli:
                 raise CliError("api key auth requires an org id; run brev login --api-key <api-key> --org-id <org-id>")
             if not api_key.startswith("bak-"):
                 raise CliError("api key must start with bak-")
+            auth.login_with_api_key(self.settings, api_key, org_id)
             with self.store.locked() as state:
-                state["login"] = {"logged_in": True, "method": "api_key", "at": store.iso(time.time())}
                 state["org"] = {"id": org_id, "name": org_id}
             out("API key saved for org %s\n" % org_id)
             return 0
@@ -136,10 +139,15 @@ class Cli:
         token = values["token"]
         if not token:
             raise CliError(DEVICE_LOGIN)
-        if self.settings.reject_prefix and token.startswith(self.settings.reject_prefix):
-            raise CliError("failed to refresh token: UNAUTHORIZED")
+        # LoginWithToken saves the token first; the user lookup that follows then needs a fresh access
+        # token, and a refused one leaves the saved file behind (as the real CLI does).
+        auth.login_with_token(self.settings, token)
+        try:
+            if not auth.fresh_access_token(self.settings, out):
+                raise CliError("failed to refresh token: UNAUTHORIZED")
+        except auth.CredentialsError as exc:
+            raise CliError(str(exc)) from None
         with self.store.locked() as state:
-            state["login"] = {"logged_in": True, "method": "token", "at": store.iso(time.time())}
             org = state["org"]["name"]
             count = len(state["instances"])
         text = "current organization: %s\n" % org
@@ -154,8 +162,7 @@ class Cli:
             out("Log out of brev\n\nUsage:\n  brev logout\n")
             return 0
         del positional
-        with self.store.locked() as state:
-            state["login"] = None
+        auth.logout(self.settings)
         return 0
 
     # --- ls ---------------------------------------------------------------------------------------
@@ -190,7 +197,7 @@ class Cli:
         self.require_login()
         with self.store.locked() as state:
             org = state["org"]
-            api_key = (state.get("login") or {}).get("method") == "api_key"
+            api_key = auth.api_key_login(self.settings)
             instances = [self.info(item) for item in state["instances"]]
         if values["org"]:
             if api_key:
@@ -787,9 +794,23 @@ def command_index(argv):
     return None
 
 
+def record(settings, argv):
+    """Append this call's argv (JSON, one line) to ``argv.log``: what a test checks for secrets on command lines."""
+    os.makedirs(settings.dir, exist_ok=True)
+    line = (json.dumps(argv) + "\n").encode("utf-8")
+    fd = os.open(settings.path("argv.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
 def main(argv):
     """Run one ``brev`` command; returns the exit code."""
     cli = Cli(Settings())
+    record(cli.settings, argv)
+    if auth.unplaced_access_token(cli.settings):
+        out("no oauth found for token\n")  # auth.StandardLogin, before any command runs
     commands = {"ls": cli.ls, "list": cli.ls, "create": cli.create, "provision": cli.create, "start": cli.start,
                 "stop": cli.stop, "delete": cli.delete, "exec": cli.exec_, "refresh": cli.refresh, "login": cli.login, "logout": cli.logout}
     try:

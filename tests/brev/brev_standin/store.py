@@ -1,4 +1,4 @@
-"""The platform's state (login, organisation, instances) in ``state.json``, changed under an exclusive
+"""The platform's state (organisation, instances) in ``state.json``, changed under an exclusive
 ``flock`` of ``state.lock``; clock-driven transitions are applied at the start of every locked section."""
 
 import contextlib
@@ -30,7 +30,6 @@ def empty_state():
     """A platform nobody has used yet."""
     return {
         "version": 1,
-        "login": None,
         "user": {"id": "user-" + new_id(), "username": "tao-test"},
         "org": {"id": "org-" + new_id(), "name": "tao-test-hq"},
         "instances": [],
