@@ -524,13 +524,14 @@ class ServiceManager(object):
         return [line for line in (text or "").splitlines() if line.strip()][-lines:]
 
     # -- info --------------------------------------------------------------------
-    def info(self, job_id=None, name=None, prune=False, probe_timeout=1.0):
+    def info(self, job_id=None, name=None, probe_timeout=1.0):
+        """What the registry holds and what each platform says of it now. Changes nothing (Ansible's rule
+        for ``_info`` modules): :meth:`prune` drops what is gone and releases what this host holds for it."""
         state = self.registry.read()
         entries = self.resolve(state, job_id, name) if job_id or name else state.entries().values()
         entries = sorted(entries, key=lambda e: e.get("started_at") or "")  # oldest first
         services = []
         gone = []
-        released = []
         for entry in entries:
             item = public_entry(entry)
             if not is_this_machine(entry):
@@ -549,9 +550,6 @@ class ServiceManager(object):
                 item["running"] = status.running
                 if status.gone:
                     gone.append(entry["job_id"])
-                    if not self.check_mode and driver.release(entry):
-                        item["released"] = True  # e.g. the tunnel of a job cancelled elsewhere
-                        released.append(entry["job_id"])
             except TaoInferenceError as exc:
                 item["platform_status"] = {"state": "unknown", "detail": exc.msg, "exit_code": None}
                 item["running"] = None
@@ -574,16 +572,8 @@ class ServiceManager(object):
                 item["log_tail"] = self._log_tail(entry)
             item["latest"] = entry["job_id"] == state.latest
             services.append(item)
-        pruned = []
-        if prune and gone:
-            if self.check_mode:
-                pruned = gone
-            else:
-                with self.registry.transaction() as live:
-                    pruned = [j for j in gone if live.remove(j)]
         rejected = [{"key": key, "problem": problem} for key, problem in sorted(state.rejected().items())]
-        return {"changed": bool(pruned or released), "services": services, "pruned": pruned,
-                "latest": state.latest, "rejected": rejected}
+        return {"changed": False, "services": services, "latest": state.latest, "rejected": rejected}
 
     def watch(self, job_id, previous, timeout, sleep_max=0.5):
         """Wait up to ``timeout`` s for the readiness reason of ``job_id`` to
@@ -600,3 +590,72 @@ class ServiceManager(object):
                 return result
             time.sleep(min(delay, deadline.remaining()))
             delay = min(delay * 2, sleep_max)
+
+    # -- prune -------------------------------------------------------------------
+    def _prune_blocker(self, entry):
+        """Why ``entry`` must not be pruned from here whatever its platform says, or None."""
+        if not is_this_machine(entry):
+            return "it runs on machine %s, which alone can see its platform and what it holds: prune it there" \
+                % entry.get("machine")
+        if entry.get("status") == STARTING and procs.owner_alive(entry.get("owner")):
+            owner = entry.get("owner") or {}
+            return "a run is starting it now (pid %s on %s)" % (owner.get("pid"), owner.get("host"))
+        return None
+
+    def prune(self, job_id=None, name=None):
+        """Drop the registry entries of services that are gone and release what this machine holds for them
+        (the SSH tunnel of a Slurm job cancelled elsewhere, a port forward); a platform object left behind
+        (an exited container, a failed Job and its Secret) is removed as ``state: absent`` removes it.
+        ``job_id`` or ``name`` selects; neither means every entry. Kept, each with its reason: entries of
+        another machine (a shared registry), a start under way, a service that still runs or whose platform
+        cannot be asked. An entry whose leftover cannot be removed stays with ``stop_error`` and the run
+        fails after the others are done."""
+        state = self.registry.read()
+        entries = self.resolve(state, job_id, name) if job_id or name else state.entries().values()
+        pruned, released, removed, kept, before, failed = [], [], [], [], {}, []
+        for entry in sorted(entries, key=lambda e: e.get("started_at") or ""):
+            secrets = self._secrets_of(entry)
+            reason = self._prune_blocker(entry)
+            if reason is None:
+                try:
+                    driver = self.driver(entry["platform"], entry)
+                    status = driver.status(entry)
+                except TaoInferenceError as exc:
+                    reason = "its platform cannot be asked now: %s" % mask(exc.msg, secrets)
+                else:
+                    if not status.gone:
+                        reason = "it is %s" % status.state
+            if reason is not None:
+                kept.append({"job_id": entry["job_id"], "name": entry.get("name"), "reason": reason})
+                continue
+            before[entry["job_id"]] = public_entry(entry)
+            if self.check_mode:
+                pruned.append(entry["job_id"])
+                continue
+            try:
+                if driver.release(entry):
+                    released.append(entry["job_id"])
+                if status.state == status.EXITED:
+                    if self._stop_one(driver, entry):  # drops the entry; keeps it with stop_error if it fails
+                        removed.append(entry["job_id"])
+                    pruned.append(entry["job_id"])
+                    continue
+            except TaoInferenceError as exc:
+                message = mask(exc.msg, secrets)
+                kept.append({"job_id": entry["job_id"], "name": entry.get("name"),
+                             "reason": "removing what is left of it failed: %s" % message})
+                failed.append("%s (%s)" % (entry["job_id"], message))
+                del before[entry["job_id"]]
+                continue
+            with self.registry.transaction() as live:
+                if live.remove(entry["job_id"]):
+                    pruned.append(entry["job_id"])
+        result = {"changed": bool(pruned or released or removed), "pruned": pruned, "released": released,
+                  "removed": removed, "kept": kept,
+                  "diff": {"before": before, "after": dict((j, e) for j, e in before.items() if j not in pruned)}}
+        if failed:
+            raise TaoInferenceError(
+                "pruned %d service(s), but what is left of %s could not be removed; their entries stay (with "
+                "stop_error) so nothing is forgotten: see tao_inference_info, then stop each with state=absent and "
+                "its job_id" % (len(pruned), ", ".join(failed)), **dict((k, v) for k, v in result.items() if k != "diff"))
+        return result

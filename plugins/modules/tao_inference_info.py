@@ -10,9 +10,10 @@ description:
   - Lists the services in the registry with what their platform says now (container running,
     exited, missing) and, for running ones, their readiness (C(ready), C(model_loading),
     C(model_load_failed)...).
-  - With O(prune=true), drops the registry entries of services that are gone.
-  - For a service that is gone (a Slurm job cancelled elsewhere), what this host still holds for it
-    (its SSH tunnel) is stopped, unless in check mode.
+  - It changes nothing, as an C(_info) module must (C(changed) is always false); it never writes the
+    registry and never stops a tunnel or a port forward. To drop the entries of services that are gone
+    and release what this host still holds for them (the SSH tunnel of a Slurm job cancelled elsewhere),
+    use M(tao.inference.tao_inference_prune).
   - With O(watch_from), waits until the readiness of one service differs from that value, so a
     playbook can show a long start as it progresses.
 author:
@@ -27,16 +28,13 @@ extends_documentation_fragment:
   - tao.inference.lepton
 attributes:
   check_mode:
-    description: Reads as usual; O(prune=true) predicts what it would drop and writes nothing; nothing is released.
+    description: Reads as usual (it changes nothing in either mode).
     support: full
   diff_mode:
     description: Nothing to show.
     support: none
   idempotent:
-    description:
-      - Changes nothing unless O(prune=true), or unless a service found gone still holds something on this
-        host (the SSH tunnel of a Slurm job cancelled elsewhere), which it releases (C(changed=true), the
-        service's C(released)). A second run finds nothing to prune or release.
+    description: Changes nothing.
     support: full
 options:
   job_id:
@@ -48,11 +46,6 @@ options:
     description:
       - Only services with this name.
     type: str
-  prune:
-    description:
-      - Drop the registry entries of services whose container (or job) is gone.
-    type: bool
-    default: false
   watch_from:
     description:
       - With O(job_id) or O(name), wait until the service's readiness reason (or platform state)
@@ -65,6 +58,7 @@ options:
     default: 30
 seealso:
   - module: tao.inference.tao_inference_service
+  - module: tao.inference.tao_inference_prune
 """
 
 EXAMPLES = r"""
@@ -77,9 +71,9 @@ EXAMPLES = r"""
     msg: "{{ item.job_id }} {{ item.network_arch }} {{ item.host_url }} ready={{ item.ready }}"
   loop: "{{ info.services }}"
 
-- name: Forget services whose containers are gone
-  tao.inference.tao_inference_info:
-    prune: true
+- name: Forget services whose containers are gone (a module that reports changed)
+  tao.inference.tao_inference_prune:
+    all: true
 """
 
 RETURN = r"""
@@ -119,9 +113,6 @@ services:
       description: The last log lines of a service that failed to load or is gone (secret values masked).
       type: list
       elements: str
-    released:
-      description: True when the service was gone and what this host held for it (the slurm tunnel) was stopped.
-      type: bool
     latest:
       description: Whether this is the registry's C(latest).
       type: bool
@@ -141,11 +132,6 @@ latest:
   description: The job_id C(latest) points at, or null.
   returned: always
   type: str
-pruned:
-  description: job_ids dropped from the registry (or that would be, in check mode).
-  returned: always
-  type: list
-  elements: str
 rejected:
   description:
     - Registry entries that failed validation (a bad URL, an unknown platform, a host that starts with
@@ -175,7 +161,6 @@ def main():
     argument_spec = dict(
         job_id=dict(type="str"),
         name=dict(type="str"),
-        prune=dict(type="bool", default=False),
         watch_from=dict(type="str"),
         watch_timeout=dict(type="float", default=30),
     )
@@ -202,7 +187,7 @@ def main():
             if len(targets) != 1:
                 raise TaoInferenceError("watch_from needs exactly one service; %s matches %d" % (selector, len(targets)))
             return manager.watch(targets[0]["job_id"], params["watch_from"], params["watch_timeout"])
-        return manager.info(job_id=params["job_id"], name=params["name"], prune=params["prune"])
+        return manager.info(job_id=params["job_id"], name=params["name"])
 
     run(module, action, manager.close)
 

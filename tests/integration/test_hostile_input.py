@@ -47,7 +47,8 @@ from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-MODULES = ("tao_inference_service", "tao_inference_request", "tao_inference_info", "tao_inference_preflight")
+MODULES = ("tao_inference_service", "tao_inference_request", "tao_inference_info", "tao_inference_prune",
+           "tao_inference_preflight")
 PACKAGE = "ansible_collections.tao.inference.plugins.modules."
 
 # One private folder for the whole file; its name is fixed at import so strategies can name
@@ -219,8 +220,12 @@ VALID = {
     "output_dir": st.sampled_from([CASE + "/videos", CASE + "/out"]),
     "sampling": SAMPLING,
     "timeout": TIME,
+    # service: secret values (AWX credentials); names the environment has, names it lacks, a name in secret_env too
+    "secrets": st.dictionaries(st.sampled_from(["HF_TOKEN", "MYCORP_LOGIN", "HOME", "WANDB_API_KEY"]),
+                               st.text(_chars, min_size=1, max_size=12), max_size=2),
+    # prune
+    "all": st.booleans(),
     # info
-    "prune": st.booleans(),
     "watch_from": st.sampled_from(["loading", "ready", "running", ""]),
     "watch_timeout": TIME,
 }
@@ -923,6 +928,25 @@ def test_info(world):
     _report(test)
 
 
+def test_prune(world):
+    test = "prune"
+
+    @_settings(300)
+    @given(drawn=module_args("tao_inference_prune", core=("registry_path",),
+                             groups=[("name", "job_id", "all", "all", None)]),
+           check_mode=st.booleans(),
+           registry=st.sampled_from([None, "one"]))
+    def cases(drawn, check_mode, registry):
+        args, bad = drawn
+        if not check_mode:
+            args = no_real_engine(keep_short(args, "tao_inference_prune"))
+        run_case(test, "tao_inference_prune", args, check_mode, bad=bad,
+                 registry=one_service("cosmos-rl") if registry else None)
+
+    cases()
+    _report(test)
+
+
 def test_request_with_no_service(world):
     test = "request, no service"
 
@@ -1039,8 +1063,8 @@ def test_every_option_got_hostile_values(world):
             if WORLD.hostile_options[module][option] < 5:
                 thin.append("%s.%s: %d" % (module, option, WORLD.hostile_options[module][option]))
     counts = [n for m in MODULES for n in WORLD.hostile_options[m].values()]
-    print("\nhostile input: %d options in 4 modules, each given hostile or wrongly typed values %d to %d times"
-          % (sum(len(SPECS[m]) for m in MODULES), min(counts or [0]), max(counts or [0])))
+    print("\nhostile input: %d options in %d modules, each given hostile or wrongly typed values %d to %d times"
+          % (sum(len(SPECS[m]) for m in MODULES), len(MODULES), min(counts or [0]), max(counts or [0])))
     assert not thin, thin
 
 
@@ -1051,6 +1075,7 @@ def test_reports(world):
         "tao_inference_service": ("service present (check mode)", "service absent"),
         "tao_inference_preflight": ("preflight",),
         "tao_inference_info": ("info",),
+        "tao_inference_prune": ("prune",),
         "tao_inference_request": ("request, no service", "request, closed port"),
     }
     for module, tests in by_module.items():

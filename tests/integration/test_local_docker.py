@@ -229,15 +229,16 @@ def test_secret_canary_appears_nowhere(harness):
     assert run.task("Start")["result"]["secret_env"] == ["HF_TOKEN"]
 
 
-def test_info_prune_drops_entries_of_gone_services(harness):
+def test_prune_drops_entries_of_gone_services(harness):
     run = harness.play(service_task(extra="wait: false") + service_task(title="Second", extra="wait: false"))
     gone = run.task("Start")["result"]["job_id"]
     kept = run.task("Second")["result"]["job_id"]
     docker("rm", "-f", gone)
-    check = harness.play("- name: Prune\n  tao.inference.tao_inference_info:\n    prune: true\n", args=["--check"])
+    check = harness.play("- name: Prune\n  tao.inference.tao_inference_prune:\n    all: true\n", args=["--check"])
     assert check.task("Prune")["result"]["pruned"] == [gone] and gone in harness.entries()
-    pruned = harness.play("- name: Prune\n  tao.inference.tao_inference_info:\n    prune: true\n")
+    pruned = harness.play("- name: Prune\n  tao.inference.tao_inference_prune:\n    all: true\n")
     assert pruned.task("Prune")["status"] == "changed" and pruned.task("Prune")["result"]["pruned"] == [gone]
+    assert [k["job_id"] for k in pruned.task("Prune")["result"]["kept"]] == [kept]
     assert list(harness.entries()) == [kept]
     assert harness.registry_data()["latest"] == kept
 

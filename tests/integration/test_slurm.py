@@ -205,10 +205,20 @@ def test_job_cancelled_elsewhere_is_reported_and_its_tunnel_stopped(slurm):
     item = info.task("Info")["result"]["services"][0]
     assert item["platform_status"]["state"] == "exited", item["platform_status"]
     assert "CANCELLED" in item["platform_status"]["detail"]
-    assert item["released"] is True and not tunnel_running(entry)
-    assert info.task("Info")["status"] == "changed"  # it stopped a process on this host
-    pruned = slurm.play("- name: Prune\n  tao.inference.tao_inference_info:\n    prune: true\n    ssh_config: %s\n" % SSH_CONFIG)
-    assert pruned.task("Prune")["result"]["pruned"] == [svc["job_id"]] and slurm.entries() == {}
+    # info changes nothing (Ansible's rule for _info modules): the tunnel still runs, the entry stays.
+    assert info.task("Info")["status"] == "ok" and "released" not in item
+    assert tunnel_running(entry) and svc["job_id"] in slurm.entries()
+    prune = "- name: Prune\n  tao.inference.tao_inference_prune:\n    name: %s\n    ssh_config: %s\n" % (
+        uname("s-gone"), SSH_CONFIG)
+    check = slurm.play(prune, args=["--check", "--diff"]).task("Prune")
+    assert check["status"] == "changed" and check["result"]["pruned"] == [svc["job_id"]]
+    assert check["result"]["diff"]["before"][svc["job_id"]]["tunnel_pid"] == entry["tunnel_pid"]
+    assert tunnel_running(entry) and svc["job_id"] in slurm.entries()  # check mode touched nothing
+    pruned = slurm.play(prune).task("Prune")
+    assert pruned["status"] == "changed" and pruned["result"]["pruned"] == [svc["job_id"]]
+    assert pruned["result"]["released"] == [svc["job_id"]] and not tunnel_running(entry) and slurm.entries() == {}
+    again = slurm.play(prune).task("Prune")
+    assert again["status"] == "ok" and again["result"]["pruned"] == [] and again["result"]["released"] == []
 
 
 def test_dead_tunnel_is_detected_and_repaired_by_present(slurm):

@@ -928,7 +928,7 @@ class SlurmDriver(Driver):
                 raise TaoInferenceError(
                     "Slurm job %s, recorded for service %s, is %s but is not that service's job: %s. Nothing was "
                     "cancelled. Check it on %s (squeue -j %s), cancel the service's own job by hand if it still "
-                    "runs, then drop the entry (tao_inference_info with prune: true reports it missing and prunes "
+                    "runs, then drop the entry (tao_inference_info reports it missing; tao_inference_prune drops "
                     "it)" % (recorded, job_id, state, self._not_ours(recorded, job_id), self.target.destination,
                              recorded), platform_job_id=str(recorded), job_id=job_id)
         orphan_tunnels = []
