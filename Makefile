@@ -59,6 +59,7 @@ integration: venv emulator-image link ## Integration tests through ansible-playb
 	scripts/ensure-brev.sh
 	scripts/ensure-kubernetes.sh
 	scripts/ensure-lepton.sh
+	scripts/ensure-fleet.sh 2
 	$(BIN)/pytest -q tests/integration
 
 sanity: venv ## ansible-test sanity (empty ignore files)
@@ -87,6 +88,7 @@ test: venv emulator-image real-server-image link ## Every test: checks, sanity, 
 	scripts/ensure-brev.sh
 	scripts/ensure-kubernetes.sh
 	scripts/ensure-lepton.sh
+	scripts/ensure-fleet.sh 2
 	$(BIN)/python scripts/gen-catalog.py --check
 	$(MAKE) --no-print-directory syntax docs build lint sanity
 	$(BIN)/pytest -q tests/unit tests/integration
