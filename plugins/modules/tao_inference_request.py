@@ -180,6 +180,26 @@ options:
         RV(summary.resumed) counts them. A half-written last line (a run killed mid-write) is dropped.
     type: bool
     default: false
+  fleet:
+    description:
+      - "Route across a fleet instead of this host's registry: the list of services the
+        C(tao.inference.registry_facts) role publishes as C(tao_fleet) (the RV(tao.inference.tao_inference_fleet#module:services)
+        of M(tao.inference.tao_inference_fleet)). Run the module on the controller. O(job_id), O(name) or
+        O(network_arch) choose one service of any host (several matches fail, listing each candidate with
+        its host), and the request goes to its C(controller_url)."
+      - Every row is checked (job_ids, arches, URLs) before anything is sent; hosts listed as unreachable
+        are left out. No endpoint token is sent to a fleet's services.
+    type: list
+    elements: dict
+  spread:
+    description:
+      - With O(fleet) and a batch, send the batch over every service of O(network_arch) (and of O(name)
+        when given) that can take requests, on every host, at once. Each service gets its share (every
+        n-th request, in input order) and at most O(concurrency) of its requests are in flight at a time.
+      - Every result carries the C(job_id) and C(host) that answered it, and RV(summary.services) counts
+        each service's share.
+    type: bool
+    default: false
   output_dir:
     description:
       - Save answers that are C(data:) URIs (cosmos-predict2.5's C(data:video/mp4;base64,...)) as files
@@ -263,6 +283,20 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+host:
+  description: With O(fleet), the inventory host of the service that answered.
+  returned: with O(fleet), without O(spread)
+  type: str
+controller_url:
+  description: With O(fleet), the URL the request was sent to (the service's URL from the controller).
+  returned: with O(fleet), without O(spread)
+  type: str
+services:
+  description: With O(spread), the services the batch was spread over.
+  returned: with O(spread)
+  type: list
+  elements: dict
+  sample: [{job_id: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e, host: gpu1, name: eval, controller_url: "http://127.0.0.1:8081"}]
 content:
   description:
     - The answer, C(choices[0].message.content). For cosmos-predict2.5 a C(data:video/mp4;base64,...) URI.
@@ -324,6 +358,12 @@ results:
       type: str
     status:
       description: V(ok), or V(failed) (see C(error_type) and C(error)).
+      type: str
+    job_id:
+      description: With O(spread), the service that was sent this request.
+      type: str
+    host:
+      description: With O(spread), the inventory host of that service.
       type: str
     http_status:
       description: HTTP status of the last answer; null when none came (unreachable, deadline...).
@@ -413,6 +453,10 @@ summary:
     max_rss_mib:
       description: Peak resident memory of the module's process, in MiB.
       type: float
+    services:
+      description: With O(spread), each service's C(job_id), C(host), and its C(total), C(ok) and C(failed) requests.
+      type: list
+      elements: dict
   sample:
     {total: 256, ok: 255, failed: 1, latency_p50: 0.021, latency_p95: 0.034, requests_per_second: 640.5,
      elapsed: 0.4, concurrency: 16, attempts: 256, max_rss_mib: 61.2}
@@ -461,6 +505,8 @@ def main():
         sampling=dict(type="dict", required=True),
         timeout=dict(type="float", default=300),
         wait_timeout=dict(type="float", default=300),
+        fleet=dict(type="list", elements="dict"),
+        spread=dict(type="bool", default=False),
     )
     argument_spec.update(REGISTRY_ARGS)
     batch_args = ("requests", "requests_file")

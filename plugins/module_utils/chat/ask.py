@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
+from ansible_collections.tao.inference.plugins.module_utils import catalog, fleet, readiness
 from ansible_collections.tao.inference.plugins.module_utils.chat import batch
 from ansible_collections.tao.inference.plugins.module_utils.chat.messages import build_body, build_messages
 from ansible_collections.tao.inference.plugins.module_utils.chat.routing import resolve_target
@@ -46,8 +46,14 @@ def misplaced_option(params):
 
 
 def ask(state, params, check_mode=False, tmpdir=None, warn=None):
-    """Send the task's request (or batch) to the service it routes to, in registry ``state``;
-    return the task result. ``warn(text)`` reports a warning (sampling the server ignores)."""
+    """Send the task's request (or batch) to the service it routes to, in registry ``state`` (or, with
+    ``fleet``, in that view of many hosts); return the task result. ``warn(text)`` reports a warning
+    (sampling the server ignores)."""
+    if params.get("spread") and params.get("fleet") is None:
+        raise TaoInferenceError("spread sends a batch over the services of a fleet: give fleet (the services "
+                                "list of the registry_facts role, tao_fleet) and network_arch")
+    if params.get("fleet") is not None:
+        return ask_fleet(params, check_mode, tmpdir, warn)
     entry = resolve_target(state, params["job_id"], params["network_arch"], params["name"])
     arch = entry["network_arch"]
     if params["network_arch"] and params["network_arch"] != arch:
@@ -59,6 +65,38 @@ def ask(state, params, check_mode=False, tmpdir=None, warn=None):
     send_it = send_batch if is_batch(params) else send_one
     return send_it(params, catalog.chat_url_of(entry), arch, result, check_mode, tmpdir, warn or (lambda text: None),
                    headers)
+
+
+def ask_fleet(params, check_mode=False, tmpdir=None, warn=None):
+    """Route across a fleet's view (rows of tao_inference_fleet): to one service by job_id, name or arch,
+    or, with ``spread``, a batch over every service of the arch that can take requests. Requests go to
+    each service's ``controller_url``."""
+    rows = fleet.checked_view(params["fleet"])
+    warn = warn or (lambda text: None)
+    if params.get("spread"):
+        if not is_batch(params):
+            raise TaoInferenceError("spread applies to a batch (requests or requests_file)")
+        if params["job_id"] or not params["network_arch"]:
+            raise TaoInferenceError("spread sends a batch to every service of one arch: give network_arch (and "
+                                    "name to keep to the services of that name), not job_id")
+        arch = params["network_arch"]
+        chosen = fleet.spread_targets(rows, arch, params["name"])
+        targets = [batch.Target(catalog.chat_url_of({"host_url": r["controller_url"]}),
+                                tags={"job_id": r["job_id"], "host": r["host"]}) for r in chosen]
+        result = {"changed": False, "network_arch": arch,
+                  "services": [dict((k, r[k]) for k in ("job_id", "host", "name", "controller_url")) for r in chosen]}
+        return send_batch(params, targets, arch, result, check_mode, tmpdir, warn)
+    row = fleet.pick(rows, params["job_id"], params["name"], params["network_arch"])
+    result = {"changed": False, "job_id": row["job_id"], "network_arch": row["network_arch"], "host": row["host"],
+              "host_url": row.get("host_url"), "controller_url": row["controller_url"]}
+    send_it = send_batch if is_batch(params) else send_one
+    return send_it(params, catalog.chat_url_of({"host_url": row["controller_url"]}), row["network_arch"], result,
+                   check_mode, tmpdir, warn)
+
+
+def _counts(records):
+    ok = sum(1 for r in records if r["status"] == "ok")
+    return {"total": len(records), "ok": ok, "failed": len(records) - ok}
 
 
 def _timeout(params):
@@ -114,6 +152,9 @@ def send_batch(params, url, arch, result, check_mode, tmpdir, warn, headers=None
         warn(warning)
     result.update(changed=outcome["changed"], sampling_applied=outcome["sampling_applied"],
                   results=outcome["results"], summary=outcome["summary"])
+    if isinstance(url, list) and not check_mode:  # a spread batch: what each service answered
+        result["summary"]["services"] = [dict(target.tags, **_counts(
+            [r for r in outcome["results"] if r.get("job_id") == target.tags["job_id"]])) for target in url]
     if params["output_path"] and not check_mode:
         result["output_path"] = params["output_path"]
     return result

@@ -223,8 +223,9 @@ def _failure(item, error, attempts, elapsed):
 class Engine(object):
     """Sends checked items to ``url`` from ``concurrency`` threads sharing one connection pool."""
 
-    def __init__(self, url, store, options, headers=None, on_record=None):
+    def __init__(self, url, store, options, headers=None, on_record=None, tags=None):
         self.url = url
+        self.tags = tags or {}  # added to every record (a spread batch: the service and host that answered)
         self.on_record = on_record  # called with (item, record) as each item is done, from its thread
         self.store = store
         self.options = options
@@ -258,6 +259,7 @@ class Engine(object):
 
     def _one(self, client, item):
         record = self._send(client, item)
+        record.update(self.tags)
         if self.on_record is not None:
             self.on_record(item, record)
         return record
@@ -317,14 +319,40 @@ def _resumed(items, answered):
     return done
 
 
+class Target(object):
+    """One service of a batch spread over several (``spread: true``): its chat URL, the headers its
+    requests carry, and the ``tags`` each of its records gets (its job_id and host)."""
+
+    def __init__(self, url, headers=None, tags=None):
+        self.url = url
+        self.headers = headers
+        self.tags = tags or {}
+
+
+def _run_items(url, store, options, headers, items, on_record=None):
+    """Send ``items`` to ``url``; or, with a list of :class:`Target`, give each service its share (every
+    n-th item, in input order) and send to all of them at once, each at most ``options.concurrency`` at a
+    time. Records in input order."""
+    if not isinstance(url, list):
+        return Engine(url, store, options, headers, on_record=on_record).run(items)
+    shares = [items[i::len(url)] for i in range(len(url))]
+    with ThreadPoolExecutor(max_workers=len(url)) as pool:
+        futures = [pool.submit(Engine(target.url, store, options, target.headers, on_record=on_record,
+                                      tags=target.tags).run, share) for target, share in zip(url, shares)]
+        sent = [future.result() for future in futures]
+    by_index = dict((item.index, record) for share, records in zip(shares, sent) for item, record in zip(share, records))
+    return [by_index[item.index] for item in items]
+
+
 def _send_all(url, store, options, headers, items, done, results_file):
-    """Send the items not ``done``; each record goes to ``results_file`` as it comes. Records in input order."""
+    """Send the items not ``done``; each record goes to ``results_file`` as it comes. Records in input order.
+    ``url``: one chat URL, or a list of :class:`Target` to spread the items over."""
     if results_file is None:
-        return Engine(url, store, options, headers).run(items)
+        return _run_items(url, store, options, headers, items)
     results_file.open()
     try:
-        sent = Engine(url, store, options, headers, on_record=results_file.append).run(
-            [item for item in items if item.index not in done])
+        sent = _run_items(url, store, options, headers, [item for item in items if item.index not in done],
+                          on_record=results_file.append)
         by_index = dict((item.index, record) for item, record in zip(
             [item for item in items if item.index not in done], sent))
         by_index.update(done)
