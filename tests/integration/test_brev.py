@@ -8,6 +8,7 @@ API client as local-docker. Each test uses its own instance names and removes wh
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -20,6 +21,8 @@ from .conftest import IMAGE, ROOT, docker
 
 BREV = os.path.join(ROOT, ".build", "brev")
 SSH_CONFIG = os.path.join(BREV, "ssh_config")
+HOME = os.path.join(BREV, "home")  # the stand-in's home: where the brev CLI keeps its credentials (~/.brev)
+CREDENTIALS = os.path.join(HOME, ".brev", "credentials.json")
 CANARY = "canary-brev-" + uuid.uuid4().hex
 FAST = {"TAO_BREV_START_SECONDS": "0.5", "TAO_BREV_STOP_SECONDS": "0.5", "TAO_BREV_DELETE_SECONDS": "0.5",
         "TAO_BREV_POLL_SECONDS": "0.2"}
@@ -87,6 +90,14 @@ def stop_task(harness, name):
     return "- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    state: absent\n%s" % (
         name, harness.connection)
 
+
+PREFLIGHT = """\
+- name: Preflight
+  tao.inference.tao_inference_preflight:
+    platform: brev
+    network_arch: cosmos-rl
+    num_gpus: 0
+"""
 
 ASK = """\
 - name: Ask
@@ -164,13 +175,87 @@ def test_unknown_instance_and_logged_out_cli_fail_clearly_and_make_nothing(brev)
     assert unknown.rc != 0 and "Brev instance tao-nowhere does not exist" in msg, msg
     brev.cli.run("logout")
     try:
-        out = play(brev, start_task(brev, "name: brev-out"), env={"BREV_API_TOKEN": CANARY})
+        out = play(brev, start_task(brev, "name: brev-out"), env={"HOME": HOME})
     finally:
         brev.cli.run("login", "--token", "tao-test-token")
     msg = out.task("Start")["result"]["msg"]
-    assert out.rc != 0 and "not logged in" in msg and "brev login" in msg, msg
-    assert CANARY not in out.output
+    assert out.rc != 0 and "not logged in" in msg and "brev login" in msg and "BREV_API_TOKEN" in msg, msg
     assert brev.entries() == {}
+
+
+def credentials():
+    """The brev CLI's credentials file in the stand-in's home: (text, mode), or None."""
+    try:
+        with open(CREDENTIALS, encoding="utf-8") as handle:
+            return handle.read(), os.stat(CREDENTIALS).st_mode & 0o777
+    except FileNotFoundError:
+        return None
+
+
+def argv_log():
+    with open(os.path.join(BREV, "argv.log"), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_a_logged_out_cli_is_logged_in_with_brev_api_token_which_no_command_line_shows(brev):
+    """The token reaches the CLI only through its credentials file (written as `brev login --token` writes it,
+    0600): never an argv (the stand-in records every one), the registry, results or -vvvv logs."""
+    token = "canary-session-%s:device" % uuid.uuid4().hex
+    brev.cli.run("logout")
+    seen = len(argv_log())
+    try:
+        run = play(brev, start_task(brev, "name: brev-token") + ASK, env={"BREV_API_TOKEN": token, "HOME": HOME},
+                   args=["-vvvv"])
+        assert run.rc == 0, run.output[-3000:]
+        service = run.task("Start")["result"]
+        assert service["brev_logged_in_with_token"] is True and run.task("Ask")["result"]["content"]
+        text, mode = credentials()
+        assert mode == 0o600 and json.loads(text)["refresh_token"] == token  # the CLI's own login now
+        assert token not in run.output and token not in json.dumps(brev.registry_data())
+        assert token not in argv_log()[seen:] and '["ls", "--json"]' in argv_log()[seen:]
+        with open(os.path.join(BREV, "state.json")) as handle:
+            assert token not in handle.read()
+        # A CLI that is logged in is left alone, whatever token comes.
+        other = "canary-other-%s:device" % uuid.uuid4().hex
+        check = play(brev, PREFLIGHT, env={"BREV_API_TOKEN": other, "HOME": HOME})
+        assert check.rc == 0 and check.task("Preflight")["result"]["brev_logged_in_with_token"] is False, check.output
+        assert credentials()[0] == text or json.loads(credentials()[0])["refresh_token"] == token
+        stop = play(brev, stop_task(brev, "brev-token"), env={"HOME": HOME})
+        assert stop.task("Stop")["status"] == "changed" and brev.entries() == {}
+    finally:
+        brev.cli.run("login", "--token", "tao-test-token")
+
+
+def test_a_refused_token_is_named_not_shown_and_puts_nothing_anywhere(brev):
+    token = "invalid-canary-%s" % uuid.uuid4().hex  # the stand-in's platform refuses it
+    before = set(brev.cli.instances())
+    brev.cli.run("logout")
+    try:
+        out = play(brev, start_task(brev, "name: brev-refused"), env={"BREV_API_TOKEN": token, "HOME": HOME},
+                   args=["-vvvv"])
+        msg = out.task("Start")["result"]["msg"]
+        assert out.rc != 0 and "refused the token in BREV_API_TOKEN" in msg, msg
+        assert token not in out.output and token not in argv_log()
+        assert credentials() is None  # put back as it was: there was none
+        assert not os.path.exists(os.path.join(HOME, ".brev", ".invalid-refresh-token"))
+    finally:
+        brev.cli.run("login", "--token", "tao-test-token")
+    assert brev.entries() == {} and set(brev.cli.instances()) == before  # no instance was created
+
+
+def test_the_preflight_role_logs_in_with_brev_api_token_given_as_an_option(brev):
+    brev.cli.run("logout")
+    try:
+        role = play(brev, "- name: Preflight role\n  ansible.builtin.include_role:\n    name: tao.inference.brev\n"
+                          "  vars:\n    brev_api_token: \"{{ lookup('ansible.builtin.env', 'TAO_TEST_BREV') }}\"\n"
+                          "    brev_image: %s\n    brev_num_gpus: 0\n" % IMAGE,
+                    env={"TAO_TEST_BREV": "canary-option-%s" % uuid.uuid4().hex, "HOME": HOME})
+        assert role.rc == 0, role.output[-3000:]
+        assert "brev is logged in" in role.stdout and "logged in with the token" in role.stdout
+        assert "canary-option-" not in role.output and "canary-option-" not in argv_log()
+        assert stat.S_IMODE(os.stat(os.path.join(HOME, ".brev")).st_mode) & 0o022 == 0
+    finally:
+        brev.cli.run("login", "--token", "tao-test-token")
 
 
 def test_a_dead_tunnel_is_reported_and_reopened_and_secrets_stay_out(brev):
