@@ -324,10 +324,14 @@ def close_forwards(registry, job_ids):
     return closed
 
 
-def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel):
+def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel, missing=(), close_stale=True):
     """The merged view of ``hosts`` with each service's ``controller_url``: direct, or through a
-    forward this opens when ``forward`` (and check mode does not stop it). Forwards of services that a
-    reachable host no longer runs are closed. Returns the module result."""
+    forward this opens when ``forward`` (and check mode does not stop it). ``missing``: hosts of the play
+    that published nothing (they failed or were unreachable earlier), listed as unreachable. With
+    ``close_stale``, forwards of services that a reachable host no longer runs are closed (``hosts`` then
+    hold every service of those hosts). Returns the module result."""
+    hosts = list(hosts) + [{"inventory_host": name, "reachable": False,
+                            "error": "failed or unreachable earlier in the play"} for name in missing]
     rows, unreachable = merge(hosts)
     connections = {}
     for data in hosts:
@@ -359,7 +363,7 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
     # A forward whose service a reachable host no longer lists (stopped, pruned) is closed.
     listed = set(r["job_id"] for r in rows if r["job_id"])
     stale = [job_id for job_id, record in records.items()
-             if record["inventory_host"] in connections and job_id not in listed]
+             if close_stale and record["inventory_host"] in connections and job_id not in listed]
     closed = stale if check_mode else close_forwards(registry, stale)
     for row in rows:
         row.pop("bind_address", None)

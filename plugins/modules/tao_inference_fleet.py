@@ -76,6 +76,19 @@ options:
           - V(ansible_connection=local) means the host is the controller; its services need no forward.
         type: dict
         default: {}
+  missing_hosts:
+    description:
+      - Inventory hosts of the play that published nothing (they failed or were unreachable before); each is
+        listed as C(unreachable).
+    type: list
+    elements: str
+    default: []
+  close_stale:
+    description:
+      - With O(state=present), close the forwards of services that a host given in O(hosts) no longer lists
+        (it was stopped or pruned). Set V(false) when O(hosts) holds only some of a host's services.
+    type: bool
+    default: true
   forward:
     description: Open forwards for services on a host's loopback (V(false) lists them without a C(controller_url)).
     type: bool
@@ -197,6 +210,8 @@ def main():
             connection=dict(type="dict", default={}),
         )),
         forward=dict(type="bool", default=True),
+        missing_hosts=dict(type="list", elements="str", default=[]),
+        close_stale=dict(type="bool", default=True),
         job_ids=dict(type="list", elements="str", default=[]),
     )
     argument_spec.update(REGISTRY_ARGS)
@@ -212,7 +227,8 @@ def main():
             else:
                 closed = fleet.close_forwards(registry, job_ids)
             return {"changed": bool(closed), "closed": closed}
-        return fleet.view(registry, params["hosts"], params["forward"], module.check_mode)
+        return fleet.view(registry, params["hosts"], params["forward"], module.check_mode,
+                          missing=params["missing_hosts"], close_stale=params["close_stale"])
 
     run(module, action)
 
