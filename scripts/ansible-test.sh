@@ -20,6 +20,8 @@
 # Environment:
 #  REPO  collection root to test (default: the parent of this script's directory)
 #  VENV  virtualenv holding ansible-core/ansible-test (default: $REPO/.venv)
+#  BUILD_ROOT  where the copy goes (default: $REPO/.build); scripts/matrix.sh gives each
+#        ansible-core version its own, so their tests/output/ never mix
 set -euo pipefail
 
 log() { printf 'ansible-test.sh: %s\n' "$*" >&2; }
@@ -32,7 +34,7 @@ VENV=${VENV:-$REPO/.venv}
 
 COLLECTION_NAMESPACE=tao
 COLLECTION_NAME=inference
-BUILD_ROOT=$REPO/.build
+BUILD_ROOT=${BUILD_ROOT:-$REPO/.build}
 DEST=$BUILD_ROOT/ansible_collections/$COLLECTION_NAMESPACE/$COLLECTION_NAME
 
 ANSIBLE_TEST=$VENV/bin/ansible-test

@@ -26,6 +26,7 @@ extends_documentation_fragment:
   - tao.inference.kubernetes
   - tao.inference.brev
   - tao.inference.lepton
+  - tao.inference.attributes.action_group
 attributes:
   check_mode:
     description: Reads as usual (it changes nothing in either mode).
@@ -56,6 +57,11 @@ options:
       - Longest wait for O(watch_from), in seconds.
     type: float
     default: 30
+requirements:
+  - Python 3.8 or newer on the host that runs the module.
+  - To see a service's live state, what its platform needs there, as for
+    M(tao.inference.tao_inference_service) (access to the Docker engine, an C(ssh) client, the C(brev) CLI,
+    the Python packages C(kubernetes) or C(httpx)).
 seealso:
   - module: tao.inference.tao_inference_service
   - module: tao.inference.tao_inference_prune

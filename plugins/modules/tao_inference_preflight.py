@@ -26,6 +26,7 @@ extends_documentation_fragment:
   - tao.inference.kubernetes
   - tao.inference.brev
   - tao.inference.lepton
+  - tao.inference.attributes.action_group
 attributes:
   check_mode:
     description: Changes nothing in any mode.
@@ -59,8 +60,16 @@ options:
     type: int
     default: 1
 requirements:
-  - For local-docker, a Docker engine the host running the module can reach (no Python Docker library
-    is needed; see O(tao.inference.tao_inference_service#module:docker_host)).
+  - Python 3.8 or newer on the host that runs the module (the managed host; C(localhost) in the demo). It
+    checks there what the platform it is given needs, the same as M(tao.inference.tao_inference_service).
+  - For local-docker, a Docker engine (API 1.40 or newer, Docker 19.03+) that host can reach, with read and write
+    access to its socket (root, or a member of the C(docker) group), or O(docker_host) over C(tcp://) or
+    C(ssh://). The module speaks the Engine API itself; no Python Docker library is needed.
+  - An C(ssh) client on that host for C(ssh://) engines, platform C(slurm) (the login host and the tunnel)
+    and platform C(brev) (the instance's engine and the tunnel).
+  - For platform C(brev), the C(brev) CLI on that host, logged in.
+  - For platform C(kubernetes), the Python package C(kubernetes) (28 or newer) on that host.
+  - For platform C(lepton), the Python package C(httpx) on that host.
 seealso:
   - module: tao.inference.tao_inference_service
 """

@@ -30,6 +30,7 @@ author:
   - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
+  - tao.inference.attributes.action_group
 attributes:
   check_mode:
     description: Validates routing, sampling and media, then sends nothing.
@@ -218,6 +219,10 @@ options:
         connection refused).
     type: float
     default: 300
+requirements:
+  - Python 3.8 or newer and the Python package C(httpx) (0.27 or newer) on the host that runs the module,
+    which must reach the service's URL (a service on platform C(slurm) or C(brev) through its tunnel on
+    that host).
 seealso:
   - module: tao.inference.tao_inference_service
 """

@@ -33,6 +33,7 @@ extends_documentation_fragment:
   - tao.inference.kubernetes
   - tao.inference.brev
   - tao.inference.lepton
+  - tao.inference.attributes.action_group
 attributes:
   check_mode:
     description: Predicts C(changed); starts, stops and writes nothing.
@@ -153,8 +154,15 @@ options:
         recreate a service).
     type: str
 requirements:
-  - For local-docker, a Docker engine (API 1.40 or newer, Docker 19.03+) the host that runs the module can
-    reach. The module speaks the Engine API itself; no Python Docker library is needed.
+  - Python 3.8 or newer on the host that runs the module (the managed host; C(localhost) in the demo).
+  - For local-docker, a Docker engine (API 1.40 or newer, Docker 19.03+) that host can reach, with read and write
+    access to its socket (root, or a member of the C(docker) group), or O(docker_host) over C(tcp://) or
+    C(ssh://). The module speaks the Engine API itself; no Python Docker library is needed.
+  - An C(ssh) client on that host for C(ssh://) engines, platform C(slurm) (the login host and the tunnel)
+    and platform C(brev) (the instance's engine and the tunnel).
+  - For platform C(brev), the C(brev) CLI on that host, logged in.
+  - For platform C(kubernetes), the Python package C(kubernetes) (28 or newer) on that host.
+  - For platform C(lepton), the Python package C(httpx) on that host.
 notes:
   - The container runs C(/bin/sh -c "umask 0 && <server command>") under an init, named after
     the job_id, labelled C(tao.inference.*).

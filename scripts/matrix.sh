@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Test the ansible-core releases meta/runtime.yml claims, each on a Python it supports.
+#
+# usage: scripts/matrix.sh [STEP...]        STEP: venv units sanity integration (default: all four)
+#   MATRIX_VERSIONS="2.17 2.21" scripts/matrix.sh units    only those versions
+#
+# The main virtualenv (.venv, ansible-core 2.19 on python3) runs the whole suite in `make test`;
+# this script covers the other releases:
+#   units        tests/unit, on every version
+#   sanity       ansible-test sanity (empty ignore files), on every version
+#   integration  on the oldest and the newest version: the shipped playbooks through
+#                ansible-playbook (tests/integration/test_playbooks.py) and the collection
+#                built, installed from its tarball into an empty path and its demo run from
+#                there (tests/integration/test_install.py)
+# Each version has its own virtualenv (.build/matrix/<version>/venv: ansible-core==<version>.*
+# plus requirements-test.txt) and its own ansible-test copy (.build/matrix/<version>/).
+# Units and sanity of different versions run two at a time; each leg's time is printed.
+set -euo pipefail
+
+log() { printf 'matrix: %s\n' "$*" >&2; }
+die() { log "$*"; exit 2; }
+
+cd "$(dirname -- "$0")/.."
+ROOT=$(pwd -P)
+
+# version:python. The oldest and the newest are the first and the last. 2.19 is the main .venv.
+MATRIX="2.17:3.11 2.18:3.12 2.20:3.12 2.21:3.13"
+OLDEST=2.17
+NEWEST=2.21
+JOBS=${MATRIX_JOBS:-2}
+
+python_of() {
+  local entry
+  for entry in $MATRIX; do
+    [ "${entry%%:*}" = "$1" ] && { printf '%s\n' "${entry#*:}"; return 0; }
+  done
+  die "ansible-core $1 is not in the matrix ($MATRIX)"
+}
+
+versions=${MATRIX_VERSIONS:-}
+if [ -z "$versions" ]; then
+  for entry in $MATRIX; do versions="$versions ${entry%%:*}"; done
+fi
+
+# A runnable interpreter for Python X.Y: python X.Y on PATH (not a pyenv shim that cannot run it),
+# else the newest pyenv build of it.
+find_python() {
+  local want=$1 candidate found=
+  candidate=$(command -v "python$want" 2>/dev/null || true)
+  if [ -n "$candidate" ] && "$candidate" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    found=$("$candidate" -c 'import sys; print(sys.executable)')
+  fi
+  if [ -z "$found" ]; then
+    for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$want".*/bin/python"$want"; do
+      [ -x "$candidate" ] && "$candidate" -c 'import ensurepip, venv' >/dev/null 2>&1 && found=$candidate
+    done
+  fi
+  [ -n "$found" ] || die "no runnable python$want (with venv and ensurepip) for ansible-core ${ver:-}: \
+install Python $want (e.g. 'pyenv install $want' or 'apt-get install python$want-venv')"
+  printf '%s\n' "$found"
+}
+
+venv_of() { printf '%s\n' "$ROOT/.build/matrix/$1/venv"; }
+
+ensure_venv() {
+  local ver=$1 py venv want
+  py=$(find_python "$(python_of "$ver")")
+  venv=$(venv_of "$ver")
+  want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -c1-16)" ansible-core==$ver.* $py"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  log "ansible-core $ver: making $venv with $py"
+  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+      "ansible-core==$ver.*" -r requirements-test.txt >"$venv.log" 2>&1; then
+    grep -v '^WARNING: Location' "$venv.log" | tail -n 20 >&2
+    die "ansible-core $ver: pip install failed (log: $venv.log)"
+  fi
+  printf '%s\n' "$want" >"$venv/.stamp"
+  log "ansible-core $ver: $("$venv/bin/python" -c 'import ansible.release as r; print(r.__version__)') \
+on $("$venv/bin/python" -V)"
+}
+
+# Runs "$@" with its output in .build/matrix/<ver>/<step>.log; prints one line with the time.
+leg() {
+  local ver=$1 step=$2 start rc=0 logf
+  shift 2
+  logf=$ROOT/.build/matrix/$ver/$step.log
+  mkdir -p "$(dirname -- "$logf")"
+  start=$(date +%s)
+  "$@" >"$logf" 2>&1 || rc=$?
+  if [ "$rc" = 0 ]; then
+    log "ansible-core $ver $step: ok in $(( $(date +%s) - start )) s ($(tail -n1 "$logf"))"
+  else
+    log "ansible-core $ver $step: FAILED (exit $rc) in $(( $(date +%s) - start )) s; the end of $logf:"
+    tail -n 40 "$logf" >&2
+  fi
+  return "$rc"
+}
+
+run_units() {
+  local ver=$1
+  leg "$ver" units "$(venv_of "$ver")/bin/pytest" -q tests/unit
+}
+
+run_sanity() {
+  local ver=$1 py pydir
+  py=$(find_python "$(python_of "$ver")")
+  pydir=$(dirname -- "$py")
+  # ansible-test finds pythonX.Y on PATH: the real one first, not a pyenv shim.
+  leg "$ver" sanity env PATH="$pydir:$PATH" VENV="$(venv_of "$ver")" BUILD_ROOT="$ROOT/.build/matrix/$ver" \
+    scripts/ansible-test.sh sanity --venv --python "$(python_of "$ver")"
+}
+
+run_integration() {
+  local ver=$1
+  leg "$ver" integration "$(venv_of "$ver")/bin/pytest" -q \
+    tests/integration/test_playbooks.py tests/integration/test_install.py
+}
+
+# Runs STEP for every version, JOBS at a time; fails when any failed.
+each() {
+  local step=$1 ver pids=() failed=0 pid
+  shift
+  for ver in "$@"; do
+    "$step" "$ver" &
+    pids+=("$!")
+    if [ "${#pids[@]}" -ge "$JOBS" ]; then
+      wait "${pids[0]}" || failed=1
+      pids=("${pids[@]:1}")
+    fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  return "$failed"
+}
+
+steps=("$@")
+[ "${#steps[@]}" -gt 0 ] || steps=(venv units sanity integration)
+status=0
+for step in "${steps[@]}"; do
+  case $step in
+    venv) for ver in $versions; do ensure_venv "$ver"; done ;;
+    units) each run_units $versions || status=1 ;;
+    sanity) each run_sanity $versions || status=1 ;;
+    integration)
+      ends=
+      for ver in $versions; do
+        case $ver in "$OLDEST"|"$NEWEST") ends="$ends $ver" ;; esac
+      done
+      # One at a time: these start containers on the one Docker engine.
+      for ver in $ends; do run_integration "$ver" || status=1; done ;;
+    *) die "unknown step '$step' (venv, units, sanity, integration)" ;;
+  esac
+done
+exit "$status"
