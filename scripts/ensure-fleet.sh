@@ -46,13 +46,5 @@ if [ "${action[0]}" = up ]; then
   fi
 fi
 
-dir=${TAO_FLEET_DIR:-$root/.build/fleet}
-mkdir -p "$(dirname "$dir")"
-# One run at a time per fleet (the lock is next to DIR, which --down removes).
-exec 9>>"$dir.lock"
-flock 9
-rc=0
-"$python" -I -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from hosts.fleet import main; sys.exit(main(sys.argv[1:]))' \
-  "$root/tests" "${action[@]}" || rc=$?
-[ "${action[0]}" != down ] || [ "$rc" != 0 ] || rm -f "$dir.lock"
-exit "$rc"
+exec "$python" -I -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from hosts.fleet import main; sys.exit(main(sys.argv[1:]))' \
+  "$root/tests" "${action[@]}"

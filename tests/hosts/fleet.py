@@ -18,6 +18,7 @@ Files (``TAO_FLEET_DIR``, default ``.build/fleet``): ``inventory.ini`` (group ``
 """
 
 import concurrent.futures
+import fcntl
 import hashlib
 import json
 import os
@@ -71,6 +72,9 @@ class Settings:
                                  "TAO_FLEET_PYTHON", resolve=False)
         self.images = sorted({part.strip() for part in (env.get("TAO_FLEET_IMAGES") or "tao-inference-emulator:latest")
                               .split(",") if part.strip()})
+        if os.path.lexists(self.dir) and os.lstat(self.dir).st_uid != os.geteuid():
+            raise ValueError("%s belongs to uid %d, not to you: remove it or set TAO_FLEET_DIR to a folder of your "
+                             "own" % (self.dir, os.lstat(self.dir).st_uid))
         self.sshd = env.get("TAO_FLEET_SSHD") or "/usr/sbin/sshd"
         self.port = 22
         self.tag = hashlib.sha1(self.dir.encode("utf-8")).hexdigest()[:6]
@@ -444,13 +448,8 @@ def write_files(settings, hosts, listed):
     return inventory
 
 
-def prepare(settings):
-    """The fleet's folder (ours, 0700 keys), the namespace-file folder, and what every host keeps mounted."""
-    if os.path.lexists(settings.dir):
-        info = os.lstat(settings.dir)
-        if info.st_uid != os.getuid():
-            raise ValueError("%s belongs to uid %d, not to you: remove it or set TAO_FLEET_DIR to a folder of "
-                             "your own" % (settings.dir, info.st_uid))
+def prepare(settings, interpreter):
+    """The fleet's folder (0700 keys), the namespace-file folder, and what every host keeps mounted."""
     os.makedirs(settings.dir, mode=0o755, exist_ok=True)
     os.makedirs(settings.path("hosts"), mode=0o700, exist_ok=True)
     sshd.ensure_keys(settings.path("keys"), "tao-fleet-test", host_keys=())
@@ -459,20 +458,15 @@ def prepare(settings):
         # Namespace files need a mount that is not shared (as `ip netns` does for /run/netns).
         common.must("mount", "--bind", settings.nsroot, settings.nsroot)
         common.must("mount", "--make-private", settings.nsroot)
-    interpreter = settings.interpreter_paths()
     keep = ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/var", "/opt", "/home", settings.dir, REPO]
     keep += interpreter
     return {"interpreter": interpreter, "keep": keep}
 
 
-def up(settings, count):
-    """Hosts 1..count up (hosts with higher numbers left as they are); returns the inventory path."""
-    if not 1 <= count <= 250:
-        raise ValueError("the number of hosts must be between 1 and 250")
-    for image in settings.images:
-        if engine.image_id(image) is None:
-            raise ValueError("this machine's Docker engine has no %s: run `make emulator-image`" % image)
-    needed = prepare(settings)
+def up(settings, count, interpreter):
+    """Hosts 1..count up (hosts with higher numbers left as they are); returns the inventory path.
+    ``interpreter``: :meth:`Settings.interpreter_paths`."""
+    needed = prepare(settings, interpreter)
     cache = settings.path("images")
     hosts = [Host(settings, index) for index in range(1, count + 1)]
     started = time.monotonic()
@@ -518,26 +512,39 @@ def down(settings):
 
 def main(argv):
     """``up N`` | ``down`` | ``status`` (what scripts/ensure-fleet.sh runs)."""
+    if not (argv[:1] == ["up"] and len(argv) == 2 or argv in (["down"], ["status"])):
+        log("usage: ensure-fleet.sh N | --down | --status")
+        return 2
     try:
         settings = Settings()
-        if argv[:1] == ["up"] and len(argv) == 2:
+        count = None
+        if argv[0] == "up":
             try:
                 count = int(argv[1])
             except ValueError:
                 raise ValueError("the number of hosts must be a whole number, not %r" % argv[1]) from None
-            print(up(settings, count))
-            return 0
-        if argv == ["down"]:
-            gone = down(settings)
-            log("removed %d host(s) and %s" % (len(gone), settings.dir))
-            return 0
-        if argv == ["status"]:
-            for host in existing_hosts(settings):
-                print("%s %s namespaces=%s dockerd=%s sshd=%s" % (host.name, host.address, host.namespaces_ok(),
-                                                                 host.dockerd_pid(), host.sshd_pid()))
-            return 0
-        log("usage: ensure-fleet.sh N | --down | --status")
-        return 2
-    except (ValueError, RuntimeError) as exc:
+            if not 1 <= count <= 250:
+                raise ValueError("the number of hosts must be between 1 and 250, not %d" % count)
+            interpreter = settings.interpreter_paths()
+            for image in settings.images:
+                if engine.image_id(image) is None:
+                    raise ValueError("this machine's Docker engine has no %s: run `make emulator-image`" % image)
+        os.makedirs(os.path.dirname(settings.dir), exist_ok=True)
+        # One run at a time per fleet; the lock sits next to the fleet's folder (--down removes both).
+        with open(os.open(settings.dir + ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600), "w",
+                  encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if argv[0] == "up":
+                print(up(settings, count, interpreter))
+            elif argv[0] == "down":
+                gone = down(settings)
+                os.unlink(settings.dir + ".lock")
+                log("removed %d host(s) and %s" % (len(gone), settings.dir))
+            else:
+                for host in existing_hosts(settings):
+                    print("%s %s namespaces=%s dockerd=%s sshd=%s" % (host.name, host.address, host.namespaces_ok(),
+                                                                     host.dockerd_pid(), host.sshd_pid()))
+        return 0
+    except (ValueError, RuntimeError, OSError) as exc:
         log(str(exc))
         return 1

@@ -13,6 +13,9 @@ import textwrap
 
 import pytest
 
+# The fleet test hosts (scripts/ensure-fleet.sh), one session fixture shared by the fleet tests.
+from hosts.fixtures import fleet_hosts  # noqa: F401  pylint: disable=unused-import,import-error
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.dirname(sys.executable)

@@ -1,0 +1,259 @@
+"""The fleet test hosts themselves (scripts/ensure-fleet.sh, tests/hosts/fleet.py): hosts that really are
+separate machines as far as Ansible and the collection can tell. Through ``ansible -i .build/fleet/inventory.ini``
+and each host's own sshd: their own hostname, /tmp, home and Docker engine, the same host port published on
+both at once and reached at each host's own address; a rerun changes nothing; ``--down`` leaves nothing."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from hosts.fixtures import SCRIPT, Fleet, ensure  # pylint: disable=import-error
+
+from .conftest import IMAGE, ROOT
+
+BIN = os.path.dirname(sys.executable)
+
+
+def ansible(fleet, module, args, limit=None, timeout=120):
+    """``ansible -i <inventory> gpu -m module -a args`` (one line per host); returns {host: (ok, text)}."""
+    cmd = [os.path.join(BIN, "ansible"), "-i", fleet.inventory, "gpu", "-m", module, "-a", args, "-o"]
+    if limit:
+        cmd += ["--limit", limit]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="True", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
+                          check=False)
+    results = {}
+    for line in proc.stdout.splitlines():
+        match = re.match(r"^(\S+) \| (\w+)(?: \| rc=(\d+))? (?:\| \(stdout\) |=> )?(.*)$", line)
+        if match:
+            results[match.group(1)] = (match.group(2) in ("CHANGED", "SUCCESS"), match.group(4))
+    assert results, "ansible printed no host line:\n%s\n%s" % (proc.stdout, proc.stderr)
+    return results
+
+
+def test_inventory_names_every_connection_detail(fleet_hosts):
+    """Group gpu, one line per host with address, port, user, key, known_hosts (no host-key checking turned off)
+    and the interpreter; the known_hosts file holds each host's own key."""
+    with open(fleet_hosts.inventory, encoding="utf-8") as handle:
+        text = handle.read()
+    assert "[gpu]" in text
+    for host in fleet_hosts.hosts:
+        line = next(line for line in text.splitlines() if line.startswith(host["name"] + " "))
+        for var in ("ansible_host=%s" % host["address"], "ansible_port=22", "ansible_user=root",
+                    "ansible_ssh_private_key_file=", "ansible_ssh_common_args=", "ansible_python_interpreter="):
+            assert var in line
+        assert "StrictHostKeyChecking=no" not in line and "UserKnownHostsFile=%s" % fleet_hosts.known_hosts in line
+    with open(fleet_hosts.known_hosts, encoding="utf-8") as handle:
+        keys = dict(line.split(" ", 1) for line in handle.read().splitlines())
+    assert len({keys[host["address"]] for host in fleet_hosts.hosts}) == len(fleet_hosts.hosts)
+
+
+def test_each_host_has_its_own_hostname(fleet_hosts):
+    results = ansible(fleet_hosts, "ansible.builtin.command", "hostname")
+    names = {host: text.strip() for host, (ok, text) in results.items() if ok}
+    assert sorted(names) == sorted(fleet_hosts.names), results
+    assert len(set(names.values())) == len(fleet_hosts.names)
+    assert socket.gethostname() not in names.values()
+
+
+def test_tmp_and_home_are_each_hosts_own(fleet_hosts):
+    """A file written in /tmp and in the home on one host is absent on the other host and on this machine."""
+    first, second = fleet_hosts.names[:2]
+    token = "fleet-probe-%s" % uuid.uuid4().hex
+    try:
+        fleet_hosts.ssh(first, "echo %s > /tmp/%s && echo %s > ~/%s" % (first, token, first, token))
+        results = ansible(fleet_hosts, "ansible.builtin.shell", "cat /tmp/%s ~/%s" % (token, token))
+        assert results[first][0] and first in results[first][1]
+        assert not results[second][0]
+        assert not os.path.exists("/tmp/" + token)
+        assert not os.path.exists(os.path.join(os.path.expanduser("~root"), token))
+    finally:
+        fleet_hosts.ssh(first, "rm -f /tmp/%s ~/%s" % (token, token), check=False)
+
+
+def test_each_host_has_its_own_engine(fleet_hosts):
+    """A container started on one host is on that host's engine only (not the other's, not this machine's);
+    each engine has the reference image."""
+    first, second = fleet_hosts.names[:2]
+    name = "fleet-probe-%s" % uuid.uuid4().hex[:12]
+    try:
+        fleet_hosts.ssh(first, "docker run -d --init --name %s %s sleep 300" % (name, IMAGE))
+        results = ansible(fleet_hosts, "ansible.builtin.command", "docker ps")
+        assert name in results[first][1]
+        assert results[second][0] and name not in results[second][1]
+        here = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                              check=True)
+        assert name not in here.stdout.split()
+        for host in fleet_hosts.names:
+            assert fleet_hosts.ssh(host, "docker image inspect --format '{{.Id}}' %s" % IMAGE).stdout.strip()
+    finally:
+        fleet_hosts.ssh(first, "docker rm -f %s" % name, check=False)
+
+
+def _free_port():
+    for _ in range(50):
+        port = 20000 + int.from_bytes(os.urandom(2), "big") % 20000
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no free port")
+
+
+def _get(url, tries=50):
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return answer.read().decode()
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("no answer from %s" % url)
+
+
+def test_both_hosts_publish_the_same_port_at_once(fleet_hosts):
+    """The same host port on both hosts at once (their port scopes differ), each reached from this machine at
+    the host's own address, and this machine's own port stays free."""
+    port = _free_port()
+    name = "fleet-port-%s" % uuid.uuid4().hex[:12]
+    serve = "mkdir -p /w && echo $WHO > /w/who && cd /w && exec python3 -m http.server 8080"
+    try:
+        for host in fleet_hosts.names:
+            fleet_hosts.ssh(host, "docker run -d --init --name %s -e WHO=%s -p %d:8080 %s sh -c '%s'"
+                            % (name, host, port, IMAGE, serve))
+        for host in fleet_hosts.hosts:
+            assert _get("http://%s:%d/who" % (host["address"], port)).strip() == host["name"]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+    finally:
+        for host in fleet_hosts.names:
+            fleet_hosts.ssh(host, "docker rm -f %s" % name, check=False)
+
+
+def test_a_rerun_changes_nothing(fleet_hosts):
+    """Hosts up: the script says so, keeps every daemon (same pids) and rewrites no file."""
+    before = {host["name"]: _pids(fleet_hosts, host) for host in fleet_hosts.hosts}
+    stamp = os.stat(fleet_hosts.inventory).st_mtime_ns
+    started = time.monotonic()
+    proc = ensure(len(fleet_hosts.names))
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    for host in fleet_hosts.names:
+        assert "%s " % host in proc.stderr and "unchanged" in proc.stderr
+    assert "started" not in proc.stderr
+    assert {host["name"]: _pids(fleet_hosts, host) for host in fleet_hosts.hosts} == before
+    assert os.stat(fleet_hosts.inventory).st_mtime_ns == stamp
+    assert took < 10, took
+
+
+def _pids(fleet, host):
+    folder = host["dir"]
+    found = []
+    for name in ("dockerd.pid", "sshd.pid"):
+        with open(os.path.join(folder, name), encoding="utf-8") as handle:
+            found.append(int(handle.read()))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid, encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_down_leaves_nothing(tmp_path):
+    """A fleet of its own (own folder and networks): up with a container and a background process started
+    through a login, then --down: no process of it, no namespace, veth, mount, folder or lock is left."""
+    if os.geteuid() != 0:
+        pytest.skip("the fleet test hosts need root")
+    folder = os.path.join(ROOT, ".build", "fleet-down-%d" % os.getpid())
+    env = {"TAO_FLEET_DIR": folder, "TAO_FLEET_NET": "10.197", "TAO_FLEET_NAME": "downtest"}
+    proc = ensure(2, env)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        fleet = Fleet(folder, 2)
+        fleet.ssh("downtest-1", "docker run -d --init %s sleep 600" % IMAGE)
+        sleeper = int(fleet.ssh("downtest-2", "nohup sleep 600 >/dev/null 2>&1 </dev/null & echo $!").stdout)
+        pids = [pid for host in fleet.hosts for pid in _pids(fleet, host)]
+        with open(os.path.join(folder, "hosts.json"), encoding="utf-8") as handle:
+            records = json.load(handle)
+        namespaces = [record["netns"] for record in records]
+        inside = [int(pid) for name in namespaces for pid in subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, check=True).stdout.split()]
+        assert set(pids) <= set(inside) and len(inside) > len(pids)  # containerd, its shims, docker-proxy...
+        tag = namespaces[0].split("-")[2]
+    finally:
+        down = subprocess.run([SCRIPT, "--down"], capture_output=True, text=True, timeout=120, check=False,
+                              env=dict(os.environ, **env), stdin=subprocess.DEVNULL)
+    assert down.returncode == 0, down.stderr
+    time.sleep(0.3)
+    for pid in pids + inside + [sleeper]:
+        assert not _alive(pid), "process %d outlived --down" % pid
+    left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert folder not in left
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not any(name in netns for name in namespaces)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert "tf%s-" % tag not in links
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        mounts = handle.read()
+    assert folder not in mounts and "tao-fleet-%s" % tag not in mounts
+    assert not os.path.exists(folder) and not os.path.exists(folder + ".lock")
+    assert not os.path.exists("/run/tao-fleet-%s" % tag)
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({}, ["abc"], "whole number"),
+    ({}, ["0"], "between 1 and 250"),
+    ({}, ["2", "3"], "usage"),
+    ({"TAO_FLEET_DIR": "/work/x $(touch /tmp/pwned)"}, ["1"], "letters, digits"),
+    ({"TAO_FLEET_DIR": "/work/x'y"}, ["1"], "letters, digits"),
+    ({"TAO_FLEET_DIR": "/tmp/fleet-here"}, ["1"], "under /tmp"),
+    ({"TAO_FLEET_NAME": "a\nb"}, ["1"], "TAO_FLEET_NAME"),
+    ({"TAO_FLEET_NET": "10.198.1"}, ["1"], "TAO_FLEET_NET"),
+    ({"TAO_FLEET_PYTHON": "/usr/bin/python3"}, ["1"], "import httpx"),
+])
+def test_bad_input_is_refused_before_anything_is_made(tmp_path, env, args, message):
+    base = dict(os.environ, TAO_FLEET_DIR=os.path.join(ROOT, ".build", "fleet-bad-%d" % os.getpid()),
+                TAO_FLEET_NET="10.196")
+    base.update(env)
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run([SCRIPT] + args, capture_output=True, text=True, timeout=60, env=base, check=False,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert not os.path.exists("/tmp/pwned")
+    assert not os.path.exists(os.path.join(ROOT, ".build", "fleet-bad-%d" % os.getpid()))
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout == before
+
+
+def test_a_symlink_to_tmp_or_a_folder_of_another_user_is_refused(tmp_path):
+    link = os.path.join(ROOT, ".build", "fleet-link-%d" % os.getpid())
+    other = os.path.join(ROOT, ".build", "fleet-other-%d" % os.getpid())
+    try:
+        os.symlink(str(tmp_path), link)
+        proc = subprocess.run([SCRIPT, "1"], capture_output=True, text=True, timeout=60, check=False,
+                              env=dict(os.environ, TAO_FLEET_DIR=link), stdin=subprocess.DEVNULL)
+        assert proc.returncode == 1 and "under /tmp" in proc.stderr, proc.stderr
+        os.mkdir(other)
+        os.chown(other, 65534, 65534)
+        proc = subprocess.run([SCRIPT, "1"], capture_output=True, text=True, timeout=60, check=False,
+                              env=dict(os.environ, TAO_FLEET_DIR=other), stdin=subprocess.DEVNULL)
+        assert proc.returncode == 1 and "belongs to uid 65534" in proc.stderr, proc.stderr
+        assert os.listdir(other) == []
+    finally:
+        if os.path.islink(link):
+            os.unlink(link)
+        if os.path.isdir(other):
+            os.rmdir(other)
