@@ -7,7 +7,7 @@ module: tao_inference_fleet
 short_description: One view of the TAO inference services of many hosts, reachable from the controller
 version_added: 0.1.0
 description:
-  - Runs on the controller (C(delegate_to: localhost), C(run_once)). Merges what
+  - Runs on the controller (C(delegate_to=localhost), C(run_once)). Merges what
     M(tao.inference.tao_inference_info) found on each inventory host into one list of every service on
     every host (RV(services)), hosts that could not be asked listed as C(unreachable).
   - Gives each service a RV(services[].controller_url), the URL it answers at from the controller. A
@@ -24,6 +24,7 @@ author:
   - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
   - tao.inference.common
+  - tao.inference.attributes.action_group
 attributes:
   check_mode:
     description: Merges and reports the forwards it would open or close; opens and closes nothing.
@@ -68,11 +69,13 @@ options:
         default: []
       connection:
         description:
-          - The host's connection variables. Each is validated before it reaches an ssh command line: no
-            value may start with C(-); C(ansible_ssh_common_args) is split like a shell would split it
-            (no shell runs) and may hold only C(-4), C(-6), C(-C), C(-q), C(-i), C(-p), C(-l), C(-J) and
-            C(-o) with options that cannot run a command or share the connection (C(ProxyCommand),
-            C(LocalCommand), C(ControlPath), C(ForwardAgent)... are refused).
+          - The host's C(ansible_host), C(ansible_user), C(ansible_port), C(ansible_ssh_private_key_file),
+            C(ansible_ssh_common_args) and C(ansible_connection).
+          - Each is validated before it reaches an ssh command line, and no value may start with C(-).
+            C(ansible_ssh_common_args) is split as a shell would split it (no shell runs) and may hold only
+            C(-4), C(-6), C(-C), C(-q), C(-i), C(-p), C(-l), C(-J) and C(-o) with options that cannot run a
+            command or share the connection (C(ProxyCommand), C(LocalCommand), C(ControlPath),
+            C(ForwardAgent)... are refused).
           - V(ansible_connection=local) means the host is the controller; its services need no forward.
         type: dict
         default: {}
@@ -98,6 +101,9 @@ options:
     type: list
     elements: str
     default: []
+requirements:
+  - Python 3.8 or newer and an OpenSSH client (C(ssh)) on the host that runs the module (the controller), which
+    must reach each host's C(ansible_host) and C(ansible_port) over SSH with its key, in batch mode.
 notes:
   - The forwards are processes of the controller, tracked in the controller's registry (O(registry_path));
     on AWX or Automation Platform they end with the job's container, and the next view opens them again.
