@@ -367,7 +367,8 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
     closed = stale if check_mode else close_forwards(registry, stale)
     for row in rows:
         row.pop("bind_address", None)
-    return {"changed": bool(opened or closed), "services": rows, "unreachable": unreachable,
+    # Not "unreachable": Ansible would take a true value of that key for this task's host being unreachable.
+    return {"changed": bool(opened or closed), "services": rows, "unreachable_hosts": unreachable,
             "opened": opened, "closed": closed, "errors": errors}
 
 

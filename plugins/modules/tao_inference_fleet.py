@@ -178,7 +178,7 @@ services:
        platform: local-docker, state: running, ready: true, readiness: ready, host_url: "http://localhost:8080",
        controller_url: "http://127.0.0.1:8081", started_at: "2026-01-01T00:00:00.000000Z"}
     - {host: gpu2, state: unreachable, readiness: "Failed to connect to the host via ssh", job_id: null}
-unreachable:
+unreachable_hosts:
   description: The inventory hosts that could not be asked.
   returned: state=present
   type: list

@@ -1,0 +1,346 @@
+"""Fleets through ansible-playbook on test hosts that really are separate (scripts/ensure-fleet.sh): one play
+starts services on every host (each its own registry, the same host port on each), one view on the controller
+(registry_facts), requests from the controller routed to a service on another host through its forward, a batch
+spread over every service of an arch, a host lost mid-play (the others finish, the view names it), a stop of
+everything, and nothing left on any host: no container, no entry, no forward."""
+
+import json
+import os
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+
+import pytest
+
+from .conftest import IMAGE
+
+PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def play_file(harness, text):
+    harness.count += 1
+    path = harness.tmp / ("fleet%d.yml" % harness.count)
+    path.write_text(textwrap.dedent(text).replace("REGISTRY", harness.registry))
+    return str(path)
+
+
+def inventory(fleet, extra=""):
+    with open(fleet.inventory, encoding="utf-8") as handle:
+        text = handle.read()
+    return text + extra + "\n[controller]\nlocalhost ansible_connection=local ansible_python_interpreter=PYTHON\n"
+
+
+START = """\
+- name: Start on every host
+  hosts: gpu
+  gather_facts: false
+  module_defaults:
+    group/tao.inference.service:
+      registry_path: REGISTRY
+  roles:
+    - role: tao.inference.inference_service
+      vars:
+        inference_service_network_arch: cosmos-rl
+        inference_service_model_path: hf_model://nvidia/Cosmos-Reason1-7B
+        inference_service_image: %s
+        inference_service_num_gpus: 0
+        inference_service_name: "%s"
+        inference_service_per_host: %d
+""" % (IMAGE, "{{ fleet_name }}", 2)
+
+VIEW = """\
+- name: One view
+  hosts: gpu
+  gather_facts: false
+  module_defaults:
+    group/tao.inference.service:
+      registry_path: REGISTRY
+  roles:
+    - role: tao.inference.registry_facts
+"""
+
+STOP = """\
+- name: Stop everything of these names on every host
+  hosts: gpu
+  gather_facts: false
+  module_defaults:
+    group/tao.inference.service:
+      registry_path: REGISTRY
+  tasks:
+    - name: Stop
+      ansible.builtin.include_role:
+        name: tao.inference.inference_service
+      vars:
+        inference_service_state: absent
+        inference_service_name: "{{ item }}"
+      loop: "{{ fleet_names }}"
+"""
+
+
+def host_containers(fleet, name, registry):
+    env = dict(os.environ, DOCKER_HOST=fleet.host(name)["docker_host"])
+    proc = subprocess.run(["docker", "ps", "-aq", "--filter", "label=tao.inference.registry=%s" % registry],
+                          capture_output=True, text=True, env=env, timeout=60, check=True)
+    return proc.stdout.split()
+
+
+def host_registry(fleet, name, registry):
+    proc = fleet.ssh(name, "cat %s 2>/dev/null || true" % registry)
+    return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def ssh_forwards():
+    """Command lines of this machine's ssh -N -L processes."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    argv = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if argv and os.path.basename(argv[0]) == b"ssh" and b"-N" in argv and b"-L" in argv:
+                found.append(b" ".join(argv).decode())
+    return found
+
+
+@pytest.fixture
+def cleanup(harness, fleet_hosts):
+    yield
+    for record in harness.registry_data().get("forwards") or []:
+        spec = "127.0.0.1:%s:" % record.get("local_port")
+        if any(spec in line for line in ssh_forwards()) and record.get("pid"):
+            try:
+                os.kill(int(record["pid"]), 15)
+            except OSError:
+                pass
+    for name in fleet_hosts.names:
+        left = host_containers(fleet_hosts, name, harness.registry)
+        if left:
+            subprocess.run(["docker", "rm", "-f"] + left, env=dict(os.environ, DOCKER_HOST=fleet_hosts.host(name)["docker_host"]),
+                           capture_output=True, timeout=60, check=False)
+
+
+def test_fleet_start_view_request_spread_stop(harness, fleet_hosts, cleanup):
+    inv = inventory(fleet_hosts)
+    run = harness.playbook(play_file(harness, START), {"fleet_name": "eval"}, inventory=inv, args=["--forks", "8"])
+    assert run.rc == 0, run.output[-3000:]
+    names = fleet_hosts.names
+    ports = {}
+    for name in names:
+        # Each host: two services in its own registry, recording the inventory host and its own machine.
+        entries = dict((k, v) for k, v in host_registry(fleet_hosts, name, harness.registry).items()
+                       if isinstance(v, dict))
+        assert sorted(e["name"] for e in entries.values()) == ["eval-1", "eval-2"]
+        assert all(e["inventory_host"] == name and e["machine"] == name for e in entries.values())
+        ports[name] = sorted(e["host_port"] for e in entries.values())
+        assert len(host_containers(fleet_hosts, name, harness.registry)) == 2
+    # Their port scopes really differ: the same ports on both hosts at once.
+    assert ports[names[0]] == ports[names[1]]
+    # The controller's registry holds only the forwards, one per service.
+    controller = harness.registry_data()
+    assert len(controller["forwards"]) == 4 and not [k for k, v in controller.items() if isinstance(v, dict)]
+
+    # One view: every service on every host, each with a controller URL on this machine.
+    view = harness.playbook(play_file(harness, VIEW + """\
+  post_tasks:
+    - name: Show the view
+      ansible.builtin.debug:
+        var: tao_fleet
+      run_once: true
+"""), inventory=inv)
+    assert view.rc == 0, view.output[-3000:]
+    fleet = view.task("Show the view")["result"]["tao_fleet"]
+    assert sorted((r["host"], r["name"]) for r in fleet) == sorted(
+        (h, n) for h in names for n in ("eval-1", "eval-2"))
+    assert all(r["state"] == "running" and r["ready"] and r["controller_url"].startswith("http://127.0.0.1:")
+               for r in fleet)
+    assert not view.task("Merge every host's services on the controller")["result"]["changed"]  # forwards kept
+    assert len(set(r["controller_url"] for r in fleet)) == 4
+
+    # A request from the controller routed by job_id to a service on another host, through its forward; an
+    # ambiguous arch lists every candidate with its host; a spread batch reaches every service.
+    target = next(r for r in fleet if r["host"] == names[1])
+    asks = harness.playbook(play_file(harness, VIEW + """\
+- name: Ask from the controller
+  hosts: localhost
+  gather_facts: false
+  vars:
+    view: "{{ hostvars['localhost'].tao_fleet }}"
+  tasks:
+    - name: One request to one service of another host
+      tao.inference.tao_inference_request:
+        fleet: "{{ view }}"
+        job_id: %s
+        prompt: what is this?
+        media: ["%s"]
+        sampling: {}
+      register: one
+
+    - name: An arch that several hosts run
+      tao.inference.tao_inference_request:
+        fleet: "{{ view }}"
+        network_arch: cosmos-rl
+        prompt: what is this?
+        media: ["%s"]
+        sampling: {}
+      register: ambiguous
+      failed_when: false
+""" % (target["job_id"], PNG, PNG)), inventory=inv)
+    one = asks.task("One request to one service of another host")["result"]
+    assert one["host"] == names[1] and one["job_id"] == target["job_id"] and one["status"] == 200
+    assert one["controller_url"] == target["controller_url"] and one["content"]
+    ambiguous = asks.task("An arch that several hosts run")["result"]
+    assert "choose one with job_id" in ambiguous["msg"] and all(("on %s" % h) in ambiguous["msg"] for h in names)
+    assert len(ambiguous["candidates"]) == 4
+
+    spread = harness.playbook(play_file(harness, VIEW + """\
+- name: Spread from the controller
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: A batch spread over every cosmos-rl service
+      tao.inference.tao_inference_request:
+        fleet: "{{ hostvars['localhost'].tao_fleet }}"
+        network_arch: cosmos-rl
+        spread: true
+        concurrency: 2
+        requests: "{{ items }}"
+        sampling: {}
+      vars:
+        items: %s
+      register: spread
+""" % json.dumps([{"id": "q%d" % i, "prompt": "p%d" % i, "media": [PNG]} for i in range(8)])), inventory=inv)
+    assert spread.rc == 0, spread.output[-3000:]
+    result = spread.task("A batch spread over every cosmos-rl service")["result"]
+    assert [r["id"] for r in result["results"]] == ["q%d" % i for i in range(8)]
+    assert all(r["status"] == "ok" for r in result["results"])
+    assert sorted(s["total"] for s in result["summary"]["services"]) == [2, 2, 2, 2]
+    assert set(r["host"] for r in result["results"]) == set(names)
+
+    # Stop everything of these names on every host: nothing left anywhere.
+    stop = harness.playbook(play_file(harness, STOP), {"fleet_names": ["eval-1", "eval-2"]}, inventory=inv)
+    assert stop.rc == 0, stop.output[-3000:]
+    for name in names:
+        assert host_containers(fleet_hosts, name, harness.registry) == []
+        assert not [v for v in host_registry(fleet_hosts, name, harness.registry).values() if isinstance(v, dict)]
+    assert "forwards" not in harness.registry_data()
+    specs = [r["controller_url"].rsplit(":", 1)[1] for r in fleet]
+    assert not [line for line in ssh_forwards() if any("127.0.0.1:%s:" % port in line for port in specs)]
+
+
+class Proxy(object):
+    """A TCP relay from 127.0.0.1 to a host's sshd, that can be cut: the host is lost mid-play."""
+
+    def __init__(self, address, port):
+        self.target = (address, port)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.sockets = []
+        self.down = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.down:
+            try:
+                client, _addr = self.server.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                return
+            upstream = socket.create_connection(self.target, timeout=10)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.down = True
+        self.server.close()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass
+
+
+def test_a_host_lost_mid_play_fails_alone_and_the_view_names_it(harness, fleet_hosts, cleanup, tmp_path):
+    second = fleet_hosts.host(fleet_hosts.names[1])
+    proxy = Proxy(second["address"], second["port"])
+    trigger = tmp_path / "cut"
+    with open(fleet_hosts.inventory, encoding="utf-8") as handle:
+        line = next(l for l in handle.read().splitlines() if l.startswith(second["name"] + " "))
+    # A third inventory host: the second machine reached through the relay, and lost once the play is under way.
+    flaky = line.replace(second["name"] + " ", "lost ", 1).replace(
+        "ansible_host=%s" % second["address"], "ansible_host=127.0.0.1").replace(
+        "ansible_port=%s" % second["port"], "ansible_port=%d" % proxy.port).replace(
+        "-o IdentitiesOnly=yes", "-o IdentitiesOnly=yes -o HostKeyAlias=%s" % second["address"])
+    inv = inventory(fleet_hosts, "\n" + flaky)
+    play = play_file(harness, """\
+- name: Everyone answers, then one host is lost
+  hosts: gpu
+  gather_facts: false
+  tasks:
+    - name: Every host answers
+      ansible.builtin.ping:
+
+    - name: The relay to host lost is cut
+      ansible.builtin.file:
+        path: %s
+        state: touch
+        mode: "0600"
+      delegate_to: localhost
+      run_once: true
+""" % trigger + START.replace("{{ fleet_name }}", "{{ 'lost-' ~ inventory_hostname }}").replace(
+        "inference_service_per_host: 2", "inference_service_per_host: 1") + VIEW + """\
+  post_tasks:
+    - name: Show the view
+      ansible.builtin.debug:
+        var: tao_fleet
+      run_once: true
+""")
+    def cut_when_touched():
+        deadline = time.monotonic() + 120
+        while not trigger.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxy.cut()
+
+    threading.Thread(target=cut_when_touched, daemon=True).start()
+    run = harness.playbook(play, inventory=inv, args=["--forks", "8"])
+    assert run.rc != 0  # a host was lost
+    assert run.task("Every host answers", host="lost")["status"] == "ok"
+    names = fleet_hosts.names
+    for name in names:
+        assert run.task("Show where the controller reaches it", host=name)["status"] == "ok"
+    view = run.task("Show the view")["result"]["tao_fleet"]
+    rows = dict((r["host"], r) for r in view)
+    assert rows["lost"]["state"] == "unreachable" and rows["lost"]["job_id"] is None
+    assert all(rows[name]["state"] == "running" and rows[name]["controller_url"] for name in names)
+    stop = harness.playbook(play_file(harness, STOP), {"fleet_names": ["lost-%s" % n for n in names]},
+                            inventory=inventory(fleet_hosts))
+    assert stop.rc == 0, stop.output[-3000:]
+    for name in names:
+        assert host_containers(fleet_hosts, name, harness.registry) == []
+    assert "forwards" not in harness.registry_data()
