@@ -102,6 +102,7 @@ bench: venv emulator-image real-server-image link ## Benchmarks under bench/ (ea
 	$(BIN)/python bench/brev_start.py
 	scripts/ensure-lepton.sh >/dev/null
 	$(BIN)/python bench/lepton_start.py
+	$(BIN)/python bench/fleet_start.py
 
 clean: ## Remove the virtualenv and build outputs
 	rm -rf $(VENV) .build tests/output

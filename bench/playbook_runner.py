@@ -15,8 +15,9 @@ BIN = os.path.dirname(sys.executable)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 
 
-def run_playbook(tmp, text, extra_vars=None, env=None, timeout=600):
-    """Run playbook ``text`` in ``tmp``; return ({task name: record}, seconds of the whole run).
+def run_playbook(tmp, text, extra_vars=None, env=None, timeout=600, records=None):
+    """Run playbook ``text`` in ``tmp``; return ({task name: record}, seconds of the whole run). ``records``, a
+    list, receives every record (one per task and host).
 
     Exits with the playbook's output when it fails.
     """
@@ -38,4 +39,7 @@ def run_playbook(tmp, text, extra_vars=None, env=None, timeout=600):
     if proc.returncode:
         raise SystemExit("ansible-playbook failed:\n" + proc.stdout[-3000:] + proc.stderr[-2000:])
     with open(record) as handle:
-        return dict((row["task"], row) for row in map(json.loads, handle)), whole
+        rows = [json.loads(line) for line in handle]
+    if records is not None:
+        records.extend(rows)
+    return dict((row["task"], row) for row in rows), whole
