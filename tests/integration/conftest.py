@@ -137,7 +137,7 @@ class Harness(object):
             inv = self.tmp / "inventory.ini"
             inv.write_text(inventory.replace("PYTHON", sys.executable))
             cmd += ["-i", str(inv)]
-        extra = {"registry_path": self.registry}
+        extra = {"tao_registry_path": self.registry}  # what the shipped playbooks read
         extra.update(extra_vars or {})
         cmd += ["-e", json.dumps(extra)] + list(args)
         run_env = self.env(dict({"TAO_TEST_RECORD": str(record)}, **(env or {})))

@@ -164,7 +164,7 @@ def test_evaluate_playbook_end_to_end(harness, tmp_path):
     start = harness.play(service_task(extra='name: evaluated\nenv: {TAO_EMULATOR_LOAD_SECONDS: "0"}'))
     assert start.rc == 0, start.output
 
-    run = harness.playbook(EVALUATE, {"prompts_file": str(prompts), "sampling": {"max_tokens": 16}})
+    run = harness.playbook(EVALUATE, {"tao_prompts_file": str(prompts), "tao_sampling": {"max_tokens": 16}})
     assert run.rc == 0, run.output
     out = run.stdout
     assert "Sent 3 prompts to job_id=" in out and "arch=cosmos-rl" in out
@@ -182,16 +182,20 @@ def test_evaluate_playbook_end_to_end(harness, tmp_path):
     jsonl.write_text('{"id": "a", "prompt": "first", "media": "frame.png"}\n'
                      '{"id": "b", "prompt": "second", "media": ["frame.png"], "sampling": {"max_tokens": 8}}\n')
     elsewhere = tmp_path / "out" / "answers.jsonl"
-    asked = harness.playbook(EVALUATE, {"prompts_file": str(jsonl), "name": "evaluated",
-                                        "output_path": str(elsewhere), "concurrency": 2})
+    unasked = harness.playbook(EVALUATE, {"tao_prompts_file": str(jsonl), "tao_name": "evaluated",
+                                          "tao_output_path": str(elsewhere)})
+    # Without sampling and without a terminal, no default is taken silently, and nothing is sent.
+    assert unasked.rc != 0 and "Set tao_sampling: the sampling values for cosmos-rl" in unasked.output
+    assert not elsewhere.exists()
+    asked = harness.playbook(EVALUATE, {"tao_prompts_file": str(jsonl), "tao_name": "evaluated",
+                                        "tao_output_path": str(elsewhere), "tao_concurrency": 2, "tao_sampling": {}})
     assert asked.rc == 0, asked.output
-    # Without sampling and without a terminal, every question takes its default.
     assert "Sampling: max_tokens 1024 (default)" in asked.stdout and "ok 2, failed 0;" in asked.stdout
     lines = [json.loads(line) for line in elsewhere.read_text().splitlines()]
     assert "max_tokens=1024" in lines[0]["content"] and "max_tokens=8" in lines[1]["content"]
 
     missing = harness.playbook(EVALUATE)
-    assert missing.rc != 0 and "Give the prompts file" in missing.output
+    assert missing.rc != 0 and "Set tao_prompts_file" in missing.output
 
 
 def _descendants(root, marker):

@@ -194,8 +194,8 @@ def test_an_ssh_docker_host_that_refuses_us_says_why(harness, login, tmp_path):
 def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
     before = ssh_processes()
     start = harness.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
-        "network_arch": "cosmos-rl", "model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "image": IMAGE,
-        "num_gpus": 0, "platform_options": {"docker_host": "ssh://tao-login", "ssh_config": login,
+        "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "tao_image": IMAGE,
+        "tao_num_gpus": 0, "tao_platform_options": {"docker_host": "ssh://tao-login", "ssh_config": login,
                                             "bind_address": "0.0.0.0"}})
     assert start.rc == 0, start.output
     assert start.task("Report the platform")["result"]["msg"].startswith("Docker ")
@@ -204,10 +204,10 @@ def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
     [doc] = json.loads(docker("inspect", job_id).stdout)  # bind_address went through the role
     assert doc["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"] == "0.0.0.0"
     # The registry records the ssh configuration but never chooses it: the stop must name it too.
-    refused = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"confirm": "yes"})
+    refused = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"tao_confirm": "yes"})
     assert refused.rc != 0 and "pass the same ssh_config" in refused.output and job_id in harness.entries()
     stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
-        "confirm": "yes", "platform_options": {"ssh_config": login}})
+        "tao_confirm": "yes", "tao_platform_options": {"ssh_config": login}})
     assert stop.rc == 0, stop.output
     assert "Stopped %s" % job_id in stop.stdout
     assert harness.entries() == {} and harness.containers() == [] and ssh_processes() == before

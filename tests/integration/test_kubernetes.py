@@ -279,8 +279,8 @@ def test_the_start_and_stop_playbooks_and_the_preflight_role(k8s):
     options = {"kubeconfig": KUBECONFIG, "context": "tao-test", "namespace": k8s.cluster.namespace,
                "service_type": "NodePort"}
     run = k8s.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
-        "platform": "kubernetes", "platform_options": options, "network_arch": "cosmos-rl",
-        "model_path": "hf_model://a/b", "image": IMAGE, "num_gpus": 0, "name": "k8s-play"})
+        "tao_platform": "kubernetes", "tao_platform_options": options, "tao_network_arch": "cosmos-rl",
+        "tao_model_path": "hf_model://a/b", "tao_image": IMAGE, "tao_num_gpus": 0, "tao_name": "k8s-play"})
     assert run.rc == 0, run.output[-3000:]
     job_id = run.task("Start the service")["result"]["job_id"]
     assert "%s: ready after" % job_id in run.stdout and "https://127.0.0.1:" in run.stdout
@@ -292,6 +292,6 @@ def test_the_start_and_stop_playbooks_and_the_preflight_role(k8s):
     assert "namespace %s: 1 node(s)" % k8s.cluster.namespace in role.stdout
     assert "num_gpus 4 is more than any node offers" in role.output
     stop = k8s.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
-        "name": "k8s-play", "platform": "kubernetes", "platform_options": options})
+        "tao_name": "k8s-play", "tao_platform": "kubernetes", "tao_platform_options": options})
     assert stop.rc == 0, stop.output[-3000:]
     assert_gone(k8s)

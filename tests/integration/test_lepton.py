@@ -438,8 +438,8 @@ def test_the_start_and_stop_playbooks_and_the_preflight_role(lep):
     name = "lep-play-%s" % RUN
     options = {"resource_shape": "cpu.small", "lepton_replicas": 1}
     run = lep.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
-        "platform": "lepton", "platform_options": options, "network_arch": "cosmos-rl", "model_path": "hf_model://a/b",
-        "image": IMAGE, "num_gpus": 0, "name": name}, env=lep.lepton_env)
+        "tao_platform": "lepton", "tao_platform_options": options, "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://a/b",
+        "tao_image": IMAGE, "tao_num_gpus": 0, "tao_name": name}, env=lep.lepton_env)
     assert run.rc == 0, run.output[-3000:]
     job_id = run.task("Start the service")["result"]["job_id"]
     lep.job_ids.add(job_id)
@@ -457,7 +457,7 @@ def test_the_start_and_stop_playbooks_and_the_preflight_role(lep):
     assert too_big.rc != 0 and "quota of workspace" in too_big.output
     assert "too small for %d replica(s)" % replicas in too_big.output
     stop = lep.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
-        "name": name, "platform": "lepton", "platform_options": options}, env=lep.lepton_env)
+        "tao_name": name, "tao_platform": "lepton", "tao_platform_options": options}, env=lep.lepton_env)
     assert stop.rc == 0, stop.output[-3000:]
     assert_nothing_left(lep)
 

@@ -14,8 +14,8 @@ def playbook(name):
 
 def test_start_status_request_stop(harness):
     start = harness.playbook(playbook("start"), {
-        "network_arch": "cosmos-rl", "model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "name": "pb",
-        "image": IMAGE, "num_gpus": 0, "env": {"TAO_EMULATOR_LOAD_SECONDS": "1.5"}})
+        "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "tao_name": "pb",
+        "tao_image": IMAGE, "tao_num_gpus": 0, "tao_env": {"TAO_EMULATOR_LOAD_SECONDS": "1.5"}})
     assert start.rc == 0, start.output
     out = start.stdout
     job_id = start.task("Start the service")["result"]["job_id"]
@@ -31,32 +31,39 @@ def test_start_status_request_stop(harness):
     assert status.rc == 0, status.output
     assert job_id in status.stdout and "running" in status.stdout and "ready" in status.stdout
 
-    asked = harness.playbook(playbook("request"), {"prompt": "Describe it", "media": PNG,
-                                                   "sampling": {"max_tokens": 32}})
+    asked = harness.playbook(playbook("request"), {"tao_prompt": "Describe it", "tao_media": PNG,
+                                                   "tao_sampling": {"max_tokens": 32}})
     assert asked.rc == 0, asked.output
     assert "Answer (" in asked.stdout and "answered 'Describe it'" in asked.stdout
     assert "max_tokens 32 (given)" in asked.stdout and "top_p 0.8 (default)" in asked.stdout
 
-    # Without sampling and without a terminal, every question takes its default.
-    defaults = harness.playbook(playbook("request"), {"prompt": "Again", "media": [PNG]})
+    # Without sampling and without a terminal, no default is taken silently: the play names the variable.
+    unasked = harness.playbook(playbook("request"), {"tao_prompt": "Again", "tao_media": [PNG]})
+    assert unasked.rc != 0
+    msg = unasked.task("Stop when the sampling values cannot be asked for")["result"]["msg"]
+    assert msg.startswith("Set tao_sampling: the sampling values for cosmos-rl (max_tokens default 1024, ")
+    assert "There is no terminal to ask on." in msg
+    # {} accepts every default, explicitly; a survey gives it as JSON text.
+    defaults = harness.playbook(playbook("request"), {"tao_prompt": "Again", "tao_media": [PNG],
+                                                      "tao_sampling": '{"temperature": 0.5}'})
     assert defaults.rc == 0, defaults.output
-    assert "max_tokens 1024 (default)" in defaults.stdout
+    assert "max_tokens 1024 (default)" in defaults.stdout and "temperature 0.5 (given)" in defaults.stdout
 
     unconfirmed = harness.playbook(playbook("stop"))
-    assert unconfirmed.rc != 0 and "Not stopped" in unconfirmed.output
+    assert unconfirmed.rc != 0 and "Not stopped: there is no terminal to confirm on; set tao_confirm=yes" in unconfirmed.output
     assert job_id in harness.entries()
-    stop = harness.playbook(playbook("stop"), {"confirm": "yes"})
+    stop = harness.playbook(playbook("stop"), {"tao_confirm": "yes"})
     assert stop.rc == 0, stop.output
     assert "Stopped %s" % job_id in stop.stdout
     assert harness.entries() == {} and harness.containers() == []
-    nothing = harness.playbook(playbook("stop"), {"confirm": "yes"})
+    nothing = harness.playbook(playbook("stop"), {"tao_confirm": "yes"})
     assert nothing.rc != 0 and "nothing to stop" in nothing.output
 
 
 def test_start_playbook_failure_stops_the_service_and_shows_the_cause(harness):
     start = harness.playbook(playbook("start"), {
-        "network_arch": "tao-dataservices", "model_path": "hf_model://org/m", "image": IMAGE, "num_gpus": 0,
-        "env": {"TAO_EMULATOR_LOAD_FAIL": "weights file is truncated"}})
+        "tao_network_arch": "tao-dataservices", "tao_model_path": "hf_model://org/m", "tao_image": IMAGE,
+        "tao_num_gpus": 0, "tao_env": {"TAO_EMULATOR_LOAD_FAIL": "weights file is truncated"}})
     assert start.rc != 0
     msg = start.task("Fail with the reason and the last log lines")["result"]["msg"]
     assert "model_load_failed" in msg and "weights file is truncated" in msg
@@ -66,7 +73,7 @@ def test_start_playbook_failure_stops_the_service_and_shows_the_cause(harness):
 
 def test_start_playbook_refuses_a_platform_that_has_not_landed(harness):
     start = harness.playbook(playbook("start"), {
-        "network_arch": "cosmos-rl", "model_path": "hf_model://a/b", "platform": "nomad"})
+        "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://a/b", "tao_platform": "nomad"})
     assert start.rc != 0
     assert "value of platform must be one of: " in start.output and ", got: nomad" in start.output
     assert harness.entries() == {}

@@ -289,14 +289,14 @@ def test_absent_by_name_finds_a_job_the_registry_lost(slurm):
 def test_start_playbook_on_slurm_runs_the_preflight_role(slurm):
     options = {"slurm_login_host": "tao-login", "ssh_config": SSH_CONFIG, "slurm_container_runtime": "docker"}
     run = slurm.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
-        "platform": "slurm", "platform_options": options, "network_arch": "cosmos-rl", "model_path": "hf_model://a/b",
-        "image": IMAGE, "num_gpus": 0, "name": uname("s-play")})
+        "tao_platform": "slurm", "tao_platform_options": options, "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://a/b",
+        "tao_image": IMAGE, "tao_num_gpus": 0, "tao_name": uname("s-play")})
     assert run.rc == 0, run.output
     assert "tao-login; image" in run.stdout  # the preflight's report
     job_id = run.task("Start the service")["result"]["job_id"]
     assert "%s: ready after" % job_id in run.stdout
     stop = slurm.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
-        "name": uname("s-play"), "platform": "slurm", "platform_options": options})
+        "tao_name": uname("s-play"), "tao_platform": "slurm", "tao_platform_options": options})
     assert stop.rc == 0, stop.output
     assert slurm.entries() == {} and not jobs_named(uname("s-play"))
 
