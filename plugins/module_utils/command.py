@@ -9,7 +9,8 @@ how they run ``/bin/sh -c <inner command>`` and hand over the environment.
 import json
 import shlex
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms
+from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
 

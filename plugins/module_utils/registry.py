@@ -33,7 +33,8 @@ import time
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils import platforms, trust
+from ansible_collections.tao.inference.plugins.module_utils import trust
+from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
 
 LATEST = "latest"
 SCHEMA_KEY = "schema_version"

@@ -20,7 +20,8 @@ import uuid
 
 from urllib.parse import urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms, procs, readiness, trust
+from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, readiness, trust
+from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
 from ansible_collections.tao.inference.plugins.module_utils.chat import routing
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError

@@ -6,7 +6,8 @@ import hashlib
 import json
 import re
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, platforms, trust
+from ansible_collections.tao.inference.plugins.module_utils import catalog, trust
+from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
 

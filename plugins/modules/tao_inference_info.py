@@ -156,7 +156,7 @@ rejected:
 
 import os
 
-from ansible_collections.tao.inference.plugins.module_utils import platforms
+from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
 from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id

@@ -188,7 +188,7 @@ lepton_image_pull_secret:
 
 import os
 
-from ansible_collections.tao.inference.plugins.module_utils import platforms
+from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
 from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
 from ansible_collections.tao.inference.plugins.module_utils.spec import SERVICE_OPTIONS, build_spec

@@ -38,7 +38,7 @@ def toy_collections(tmp_path_factory):
                     ignore=shutil.ignore_patterns("__pycache__"))
     platforms = target / "plugins" / "module_utils" / "platforms"
     shutil.copy(os.path.join(HERE, "toy_platform", "toy.py"), str(platforms / "toy.py"))
-    with open(str(platforms / "__init__.py"), "a") as handle:
+    with open(str(platforms / "drivers.py"), "a") as handle:
         handle.write(REGISTRATION)
     return {"ANSIBLE_COLLECTIONS_PATH": str(base)}
 

@@ -4,6 +4,19 @@
 
 The task's options arrive as the module's ``params``; what the module itself provides
 (check mode, its temp folder, its warnings) is passed in, so this runs without a module too.
+
+The chat package, one file per concern (its ``__init__.py`` stays empty, as ansible-test sanity of
+ansible-core 2.17 requires):
+
+- ``routing``: which service a request goes to (and the job_id / name / latest selector the service
+  modules share);
+- ``sampling``: the sampling values sent, their defaults, what each network_arch accepts;
+- ``media``: images and videos (local files, http(s) URLs, data: URIs) and their MIME types;
+- ``messages``: the message list and the JSON body of one request;
+- ``sending``: the one send-and-retry loop, for a single request and for each request of a batch;
+- ``saving``: answers written to files (videos from data: URIs, the JSON Lines of a batch);
+- ``batch``: many requests at once, with bounded concurrency, results in input order, a summary;
+- ``ask``: what one tao_inference_request task does with the above.
 """
 
 import json

@@ -25,7 +25,7 @@ def test_every_arch_has_a_config_constraints_and_an_image():
 
 
 def test_every_platform_has_an_execution_backend():
-    from ansible_collections.tao.inference.plugins.module_utils import platforms
+    from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
 
     backends = dict((name, platforms.driver_class(name).EXECUTION_BACKEND) for name in platforms.names())
     assert backends == {"local-docker": "local-docker", "slurm": "slurm", "kubernetes": "local-k8s",

@@ -146,7 +146,7 @@ def test_a_start_in_progress_is_not_started_twice_and_an_abandoned_one_is_replac
 
 
 def test_a_registry_entry_cannot_choose_an_ssh_config():
-    from ansible_collections.tao.inference.plugins.module_utils.platforms import driver_class
+    from ansible_collections.tao.inference.plugins.module_utils.platforms.drivers import driver_class
 
     cls = driver_class("local-docker")
     entry = {"job_id": OTHER, "connection": {"docker_host": "ssh://gpu-host", "ssh_config": "/tmp/evil_config"}}
