@@ -369,7 +369,21 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
         row.pop("bind_address", None)
     # Not "unreachable": Ansible would take a true value of that key for this task's host being unreachable.
     return {"changed": bool(opened or closed), "services": rows, "unreachable_hosts": unreachable,
-            "opened": opened, "closed": closed, "errors": errors}
+            "opened": opened, "closed": closed, "errors": errors, "table": table(rows)}
+
+
+def table(rows):
+    """The view as lines of text: a header, then one line per row (what the status playbook prints)."""
+    layout = "%-14s %-36s %-16s %-18s %-11s %-5s %s"
+    lines = [layout % ("HOST", "JOB_ID", "NAME", "ARCH", "STATE", "READY", "CONTROLLER_URL")]
+    for row in rows:
+        if row["state"] == UNREACHABLE:
+            lines.append(layout % (row["host"], "-", "-", "-", UNREACHABLE, "-", row.get("readiness") or ""))
+            continue
+        lines.append(layout % (row["host"], row["job_id"], row.get("name") or "-", row["network_arch"], row["state"],
+                               "yes" if row.get("ready") else "no", row.get("controller_url") or "-"))
+    return lines
+
 
 
 # -- requests across the view ---------------------------------------------------------------------

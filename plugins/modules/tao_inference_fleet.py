@@ -178,6 +178,12 @@ services:
        platform: local-docker, state: running, ready: true, readiness: ready, host_url: "http://localhost:8080",
        controller_url: "http://127.0.0.1:8081", started_at: "2026-01-01T00:00:00.000000Z"}
     - {host: gpu2, state: unreachable, readiness: "Failed to connect to the host via ssh", job_id: null}
+table:
+  description: The view as lines of text, a header and one line per row (host, job_id, name, arch, state, ready,
+    controller_url; for an unreachable host, why).
+  returned: state=present
+  type: list
+  elements: str
 unreachable_hosts:
   description: The inventory hosts that could not be asked.
   returned: state=present

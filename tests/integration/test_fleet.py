@@ -344,3 +344,33 @@ def test_a_host_lost_mid_play_fails_alone_and_the_view_names_it(harness, fleet_h
     for name in names:
         assert host_containers(fleet_hosts, name, harness.registry) == []
     assert "forwards" not in harness.registry_data()
+
+
+def test_the_playbooks_across_a_group(harness, fleet_hosts, cleanup):
+    """start, status and stop with -e tao_hosts=gpu: one service per host, one table, nothing left."""
+    from .conftest import ROOT
+
+    inv = inventory(fleet_hosts)
+    names = fleet_hosts.names
+    common = {"tao_hosts": "gpu", "tao_registry_path": harness.registry}
+    start = harness.playbook(os.path.join(ROOT, "playbooks", "start.yml"), dict(
+        common, tao_network_arch="cosmos-rl", tao_model_path="hf_model://nvidia/Cosmos-Reason1-7B", tao_image=IMAGE,
+        tao_num_gpus=0, tao_name="pb", tao_max_fail_percentage=50), inventory=inv, args=["--forks", "8"])
+    assert start.rc == 0, start.output[-3000:]
+    for name in names:
+        assert "controller URL http://127.0.0.1:" in start.task("Show where the controller reaches it", host=name)[
+            "result"]["msg"]
+    status = harness.playbook(os.path.join(ROOT, "playbooks", "status.yml"), common, inventory=inv)
+    assert status.rc == 0, status.output[-3000:]
+    table = status.task("Show the services")["result"]["msg"]
+    assert table[0].split()[0] == "HOST" and len(table) == 1 + len(names)
+    assert sorted(line.split()[0] for line in table[1:]) == sorted(names)
+    assert all(line.split()[2] == "pb" and line.split()[4] == "running" and "http://127.0.0.1:" in line
+               for line in table[1:])
+    stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), dict(common, tao_name="pb"), inventory=inv)
+    assert stop.rc == 0, stop.output[-3000:]
+    for name in names:
+        assert host_containers(fleet_hosts, name, harness.registry) == []
+    assert "forwards" not in harness.registry_data()
+    after = harness.playbook(os.path.join(ROOT, "playbooks", "status.yml"), common, inventory=inv)
+    assert after.task("Show the services")["result"]["msg"] == ["No service is running."]

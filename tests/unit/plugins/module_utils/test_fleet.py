@@ -306,3 +306,12 @@ def test_checked_view_refuses_forged_rows():
         with pytest.raises(TaoInferenceError):
             fleet.checked_view([bad])
     assert fleet.checked_view([{"host": "h", "state": "unreachable", "job_id": None}]) == []
+
+
+def test_table_has_a_header_and_a_line_per_row():
+    rows, _ = fleet.merge([{"inventory_host": "gpu1", "services": [item("a")]},
+                           {"inventory_host": "gpu2", "reachable": False, "error": "no route"}])
+    lines = fleet.table(rows)
+    assert lines[0].split() == ["HOST", "JOB_ID", "NAME", "ARCH", "STATE", "READY", "CONTROLLER_URL"]
+    assert lines[1].split()[:6] == ["gpu1", jid("a"), "a", "cosmos-rl", "running", "yes"]
+    assert lines[2].split()[:5] == ["gpu2", "-", "-", "-", "unreachable"] and lines[2].endswith("no route")
