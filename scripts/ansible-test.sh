@@ -31,6 +31,7 @@ script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 REPO=${REPO:-$(dirname -- "$script_dir")}
 REPO=$(cd -- "$REPO" && pwd -P) || die "REPO directory not found: ${REPO}"
 VENV=${VENV:-$REPO/.venv}
+VENV=$(cd -- "$VENV" 2>/dev/null && pwd -P) || die "no virtualenv at ${VENV}"
 
 COLLECTION_NAMESPACE=tao
 COLLECTION_NAME=inference

@@ -15,6 +15,9 @@
 # Each version has its own virtualenv (.build/matrix/<version>/venv: ansible-core==<version>.*
 # plus requirements-test.txt) and its own ansible-test copy (.build/matrix/<version>/).
 # Units and sanity of different versions run two at a time; each leg's time is printed.
+
+# The run_* functions are called through each() by name.
+# shellcheck disable=SC2317
 set -euo pipefail
 
 log() { printf 'matrix: %s\n' "$*" >&2; }
@@ -37,9 +40,11 @@ python_of() {
   die "ansible-core $1 is not in the matrix ($MATRIX)"
 }
 
-versions=${MATRIX_VERSIONS:-}
-if [ -z "$versions" ]; then
-  for entry in $MATRIX; do versions="$versions ${entry%%:*}"; done
+versions=()
+if [ -n "${MATRIX_VERSIONS:-}" ]; then
+  read -r -a versions <<<"$MATRIX_VERSIONS"
+else
+  for entry in $MATRIX; do versions+=("${entry%%:*}"); done
 fi
 
 # A runnable interpreter for Python X.Y: python X.Y on PATH (not a pyenv shim that cannot run it),
@@ -141,16 +146,14 @@ steps=("$@")
 status=0
 for step in "${steps[@]}"; do
   case $step in
-    venv) for ver in $versions; do ensure_venv "$ver"; done ;;
-    units) each run_units $versions || status=1 ;;
-    sanity) each run_sanity $versions || status=1 ;;
+    venv) for ver in "${versions[@]}"; do ensure_venv "$ver"; done ;;
+    units) each run_units "${versions[@]}" || status=1 ;;
+    sanity) each run_sanity "${versions[@]}" || status=1 ;;
     integration)
-      ends=
-      for ver in $versions; do
-        case $ver in "$OLDEST"|"$NEWEST") ends="$ends $ver" ;; esac
-      done
-      # One at a time: these start containers on the one Docker engine.
-      for ver in $ends; do run_integration "$ver" || status=1; done ;;
+      # The oldest and the newest, one at a time: they start containers on the one Docker engine.
+      for ver in "${versions[@]}"; do
+        case $ver in "$OLDEST"|"$NEWEST") run_integration "$ver" || status=1 ;; esac
+      done ;;
     *) die "unknown step '$step' (venv, units, sanity, integration)" ;;
   esac
 done

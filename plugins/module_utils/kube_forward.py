@@ -112,7 +112,7 @@ def spawn(settings, environ):
     None for the defaults), context, validate_certs, namespace, pod, port, local_port."""
     spec = forward_spec(settings["local_port"], settings["namespace"], settings["pod"], settings["port"])
     errors = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-c", _BOOT, MARKER, spec], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", _BOOT, MARKER, spec], stdin=subprocess.PIPE,  # pylint: disable=ansible-bad-function
                             stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True, close_fds=True,
                             env=environ, cwd="/")
     try:

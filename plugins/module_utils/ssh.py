@@ -75,7 +75,7 @@ class SSHTarget(object):
         """The address ``ssh`` connects to for this host (its ``HostName`` in the ssh configuration)."""
         argv = ["ssh"] + (["-F", self.config] if self.config else []) + ["-G", "--", self.host]
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=15, check=False, env=ssh_environ())
+            proc = subprocess.run(argv, capture_output=True, timeout=15, check=False, env=ssh_environ())  # pylint: disable=ansible-bad-function
         except OSError as exc:
             raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
         except subprocess.TimeoutExpired:
@@ -94,7 +94,7 @@ class SSHTarget(object):
         remote = " ".join(w if isinstance(w, Raw) else shlex.quote(str(w)) for w in words)
         argv = self.argv(remote)
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False,
+            proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False,  # pylint: disable=ansible-bad-function
                                   env=ssh_environ())
         except OSError as exc:
             raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
@@ -184,7 +184,7 @@ def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
         "-L", spec])
     errors = tempfile.TemporaryFile()
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,  # pylint: disable=ansible-bad-function
                                 start_new_session=True, close_fds=True, env=ssh_environ())
     except OSError as exc:
         raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)

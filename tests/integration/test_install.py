@@ -95,8 +95,8 @@ def test_installed_from_the_tarball_the_demo_runs_outside_the_checkout(tmp_path,
         assert json.load(handle)["collection_info"]["version"] == _version()
     assert not os.path.islink(str(installed)) and ROOT not in os.path.realpath(str(installed))
 
-    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "tao.inference.demo"], capture_output=True, text=True, cwd=str(work), env=env, stdin=subprocess.DEVNULL,
-                          timeout=300, check=False)
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "tao.inference.demo"], capture_output=True,
+                          text=True, cwd=str(work), env=env, stdin=subprocess.DEVNULL, timeout=300, check=False)
     out = proc.stdout + proc.stderr
     registry = tmp_path / "state" / "tao-inference" / "registry.json"
     try:
@@ -107,7 +107,8 @@ def test_installed_from_the_tarball_the_demo_runs_outside_the_checkout(tmp_path,
         # meta/runtime.yml's requires_ansible admits the ansible-core running it.
         assert "does not support Ansible version" not in out, out
     finally:
-        left = docker("ps", "-aq", "--filter", "label=tao.inference.registry=%s" % registry, check=False).stdout.split()
+        label = "label=tao.inference.registry=%s" % registry
+        left = docker("ps", "-aq", "--filter", label, check=False).stdout.split()
         if left:
             docker("rm", "-f", *left, check=False)
     assert not left, "the demo left containers behind: %s" % left

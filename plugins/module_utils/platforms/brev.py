@@ -353,7 +353,7 @@ class BrevDriver(Driver):
         """(exit code, stdout, stderr on one line) of ``brev words...``: stdin closed, no secret in its
         environment, the token masked in what it printed."""
         try:
-            proc = self._run(["brev"] + list(words), stdin=subprocess.DEVNULL, capture_output=True,
+            proc = self._run(["brev"] + list(words), stdin=subprocess.DEVNULL, capture_output=True,  # pylint: disable=ansible-bad-function
                              timeout=timeout, check=False, env=child_environ(secret_names=self.secret_names))
         except OSError as exc:
             raise TaoInferenceError("cannot run the brev CLI (%s): install it (https://docs.nvidia.com/brev/) and log "
