@@ -166,6 +166,8 @@ class CredentialsFile(object):
         self.path = os.path.join(self.folder, CREDENTIALS)
 
     def _open_folder(self):
+        """(fd of ~/.brev, True when this call made the folder)."""
+        made = False
         try:
             home = os.open(self.home, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
@@ -177,6 +179,7 @@ class CredentialsFile(object):
                 folder = os.open(".brev", flags, dir_fd=home)
             except FileNotFoundError:
                 os.mkdir(".brev", 0o700, dir_fd=home)
+                made = True
                 folder = os.open(".brev", flags, dir_fd=home)
         except OSError as exc:
             raise TaoInferenceError("%s is a symbolic link or no folder (%s): the brev CLI's credentials are not "
@@ -188,7 +191,7 @@ class CredentialsFile(object):
         except TaoInferenceError:
             os.close(folder)
             raise
-        return folder
+        return folder, made
 
     @staticmethod
     def _read(folder, name):
@@ -228,9 +231,9 @@ class CredentialsFile(object):
 
     def write(self, token):
         """Log the CLI in with ``token`` as ``brev login --token`` would; what to hand to :meth:`put_back`."""
-        folder = self._open_folder()
+        folder, made = self._open_folder()
         try:
-            before = (self._read(folder, CREDENTIALS), self._read(folder, INVALID_REFRESH))
+            before = (self._read(folder, CREDENTIALS), self._read(folder, INVALID_REFRESH), made)
             self._replace(folder, CREDENTIALS, credentials_text(token).encode("utf-8"))
             return before
         except OSError as exc:
@@ -240,10 +243,11 @@ class CredentialsFile(object):
 
     def put_back(self, before, token):
         """Undo :meth:`write`: the credentials file as it was (or none), and no ``.invalid-refresh-token``
-        holding ``token`` that the CLI wrote meanwhile."""
-        folder = self._open_folder()
+        holding ``token`` that the CLI wrote meanwhile; ~/.brev itself goes again when :meth:`write` made it
+        and it is empty."""
+        folder = self._open_folder()[0]
         try:
-            for name, was in zip((CREDENTIALS, INVALID_REFRESH), before):
+            for name, was in zip((CREDENTIALS, INVALID_REFRESH), before[:2]):
                 now = self._read(folder, name)
                 if now is None or (was is not None and now[0] == was[0]):
                     continue
@@ -255,6 +259,11 @@ class CredentialsFile(object):
             raise TaoInferenceError("cannot put the brev CLI's credentials file %s back: %s" % (self.path, exc.strerror))
         finally:
             os.close(folder)
+        if before[2]:
+            try:
+                os.rmdir(self.folder)
+            except OSError:
+                pass  # something else is in it now: it stays
 
 
 def instance_problem(value):

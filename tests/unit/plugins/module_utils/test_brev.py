@@ -180,7 +180,7 @@ class LoginCLI(FakeCLI):
     def __call__(self, argv, **kwargs):
         self.calls.append((argv, kwargs))
         try:
-            with open(self.path) as handle:
+            with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)) as handle:
                 tokens = json.load(handle)
         except (OSError, ValueError):
             tokens = None
@@ -250,7 +250,7 @@ def test_a_refused_token_is_named_not_shown_and_the_file_is_put_back(home, befor
         driver.instances()
     assert "refused the token in BREV_API_TOKEN" in err.value.msg and token not in err.value.msg
     if before is None:
-        assert os.listdir(str(folder)) == []
+        assert os.listdir(str(folder)) == []  # the folder was there before: it stays
     else:
         assert (folder / "credentials.json").read_text() == before
         assert stat.S_IMODE((folder / "credentials.json").stat().st_mode) == 0o644
@@ -297,3 +297,35 @@ def test_never_into_a_folder_another_user_owns_or_can_write(home):
 def test_a_listing_after_a_line_of_the_cli_is_read():
     out = 'no oauth found for token\n{"workspaces": [{"name": "gpu-1", "id": "abc123def", "status": "RUNNING"}]}'
     assert BrevDriver(runner=FakeCLI({"ls": (0, out, "")})).instances()[0]["name"] == "gpu-1"
+
+
+@pytest.mark.parametrize("token", ["-", "--token", "$(touch /tmp/pwned)", "`id`", "a\"b'c", "<x>&y", "\\u0000", "{}"])
+def test_hostile_tokens_are_data_in_the_file_and_nowhere_else(home, token):
+    cli = LoginCLI(home)
+    assert BrevDriver(runner=cli, api_token=token).instances() == []
+    text = (home / ".brev" / "credentials.json").read_text()
+    assert json.loads(text)["refresh_token"] == token
+    assert all(token not in argv for argv, _kwargs in cli.calls)
+
+
+def test_a_folder_made_for_a_refused_token_goes_again(home):
+    with pytest.raises(TaoInferenceError):
+        BrevDriver(runner=LoginCLI(home, accept=lambda tokens: False), api_token="refused-token").instances()
+    assert os.listdir(str(home)) == []
+
+
+def test_no_fifo_or_other_odd_file_is_read_or_replaced(home):
+    (home / ".brev").mkdir(mode=0o700)
+    os.mkfifo(str(home / ".brev" / "credentials.json"))
+    with pytest.raises(TaoInferenceError) as err:
+        BrevDriver(runner=LoginCLI(home), api_token="some-token").instances()
+    assert "not a regular file" in err.value.msg
+    assert stat.S_ISFIFO((home / ".brev" / "credentials.json").lstat().st_mode)
+
+
+@pytest.mark.parametrize("value", ["", "relative/home"])
+def test_a_home_the_cli_could_not_use_is_refused(home, monkeypatch, value):
+    monkeypatch.setenv("HOME", value)
+    with pytest.raises(TaoInferenceError) as err:
+        BrevDriver(runner=LoginCLI(home), api_token="some-token").instances()
+    assert "HOME is" in err.value.msg
