@@ -6,7 +6,7 @@ import math
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tao.inference.plugins.module_utils import procs
+from ansible_collections.tao.inference.plugins.module_utils import ephemeral, procs
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError, fail
 from ansible_collections.tao.inference.plugins.module_utils.registry import DEFAULT_LOCK_TIMEOUT, Registry
 
@@ -50,7 +50,11 @@ def open_registry(module, read_only=False):
     if not 0 < params["lock_timeout"] <= 86400:
         module.fail_json(msg="lock_timeout must be more than 0 and at most 86400 seconds, got %s"
                          % params["lock_timeout"])
-    return Registry(params["registry_path"], read_only or module.check_mode, params["lock_timeout"])
+    registry = Registry(params["registry_path"], read_only or module.check_mode, params["lock_timeout"])
+    warning = ephemeral.registry_warning(registry.path)  # an AWX job's container takes it away
+    if warning:
+        module.warn(warning)
+    return registry
 
 
 def run(module, action, cleanup=None):
