@@ -116,7 +116,7 @@ EXAMPLES = r"""
 - name: Gather every host's services into one view (what the registry_facts role does)
   tao.inference.tao_inference_fleet:
     hosts: >-
-      {{ ansible_play_hosts_all | map('extract', hostvars, 'tao_registry_facts') | list }}
+      {{ ansible_play_hosts_all | map('extract', hostvars, 'registry_facts_host') | list }}
   delegate_to: localhost
   run_once: true
   register: fleet

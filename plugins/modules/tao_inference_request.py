@@ -184,7 +184,7 @@ options:
   fleet:
     description:
       - "Route across a fleet instead of this host's registry: the list of services the
-        C(tao.inference.registry_facts) role publishes as C(tao_fleet) (the RV(tao.inference.tao_inference_fleet#module:services)
+        C(tao.inference.registry_facts) role publishes as C(registry_facts_fleet) (the RV(tao.inference.tao_inference_fleet#module:services)
         of M(tao.inference.tao_inference_fleet)). Run the module on the controller. O(job_id), O(name) or
         O(network_arch) choose one service of any host (several matches fail, listing each candidate with
         its host), and the request goes to its C(controller_url)."

@@ -148,11 +148,11 @@ def test_fleet_start_view_request_spread_stop(harness, fleet_hosts, cleanup):
   post_tasks:
     - name: Show the view
       ansible.builtin.debug:
-        var: tao_fleet
+        var: registry_facts_fleet
       run_once: true
 """), inventory=inv)
     assert view.rc == 0, view.output[-3000:]
-    fleet = view.task("Show the view")["result"]["tao_fleet"]
+    fleet = view.task("Show the view")["result"]["registry_facts_fleet"]
     assert sorted((r["host"], r["name"]) for r in fleet) == sorted(
         (h, n) for h in names for n in ("eval-1", "eval-2"))
     assert all(r["state"] == "running" and r["ready"] and r["controller_url"].startswith("http://127.0.0.1:")
@@ -168,7 +168,7 @@ def test_fleet_start_view_request_spread_stop(harness, fleet_hosts, cleanup):
   hosts: localhost
   gather_facts: false
   vars:
-    view: "{{ hostvars['localhost'].tao_fleet }}"
+    view: "{{ hostvars['localhost'].registry_facts_fleet }}"
   tasks:
     - name: One request to one service of another host
       tao.inference.tao_inference_request:
@@ -203,7 +203,7 @@ def test_fleet_start_view_request_spread_stop(harness, fleet_hosts, cleanup):
   tasks:
     - name: A batch spread over every cosmos-rl service
       tao.inference.tao_inference_request:
-        fleet: "{{ hostvars['localhost'].tao_fleet }}"
+        fleet: "{{ hostvars['localhost'].registry_facts_fleet }}"
         network_arch: cosmos-rl
         spread: true
         concurrency: 2
@@ -318,7 +318,7 @@ def test_a_host_lost_mid_play_fails_alone_and_the_view_names_it(harness, fleet_h
   post_tasks:
     - name: Show the view
       ansible.builtin.debug:
-        var: tao_fleet
+        var: registry_facts_fleet
       run_once: true
 """)
     def cut_when_touched():
@@ -334,7 +334,7 @@ def test_a_host_lost_mid_play_fails_alone_and_the_view_names_it(harness, fleet_h
     names = fleet_hosts.names
     for name in names:
         assert run.task("Show where the controller reaches it", host=name)["status"] == "ok"
-    view = run.task("Show the view")["result"]["tao_fleet"]
+    view = run.task("Show the view")["result"]["registry_facts_fleet"]
     rows = dict((r["host"], r) for r in view)
     assert rows["lost"]["state"] == "unreachable" and rows["lost"]["job_id"] is None
     assert all(rows[name]["state"] == "running" and rows[name]["controller_url"] for name in names)

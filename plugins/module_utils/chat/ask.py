@@ -64,7 +64,7 @@ def ask(state, params, check_mode=False, tmpdir=None, warn=None):
     (sampling the server ignores)."""
     if params.get("spread") and params.get("fleet") is None:
         raise TaoInferenceError("spread sends a batch over the services of a fleet: give fleet (the services "
-                                "list of the registry_facts role, tao_fleet) and network_arch")
+                                "list of the registry_facts role, registry_facts_fleet) and network_arch")
     if params.get("fleet") is not None:
         return ask_fleet(params, check_mode, tmpdir, warn)
     entry = resolve_target(state, params["job_id"], params["network_arch"], params["name"])
