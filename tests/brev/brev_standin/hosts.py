@@ -5,12 +5,12 @@ import errno
 import hashlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
 
-from . import netns
+from . import netns  # first: it puts tests/ (the shared tests/hosts) on sys.path
+# pylint: disable=wrong-import-order,import-error
+from hosts import common  # noqa: I100
+from hosts import sshd as shared_sshd
 
 SSH_USER = "root"
 
@@ -34,54 +34,28 @@ ENTRY = """Host {alias}
 
 """
 
-SSHD_CONFIG = """# sshd of the Brev test instance {name} ({id})
-Port {port}
-ListenAddress {address}
-HostKey {keys}/host_ed25519
-PidFile {hostdir}/sshd.pid
-AuthorizedKeysFile {keys}/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-AllowTcpForwarding yes
-AllowStreamLocalForwarding yes
-GatewayPorts no
-X11Forwarding no
-PrintMotd no
-MaxStartups 100:30:200
-MaxSessions 50
-"""
+def sshd_config(settings, instance):
+    """The text of the instance's sshd_config (netns hosts: DOCKER_HOST for its logins names its own engine)."""
+    hostdir = _host_dir(settings, instance)
+    keys = settings.path("keys")
+    text = shared_sshd.render(settings.ssh_port, instance["address"], os.path.join(keys, "host_ed25519"),
+                              os.path.join(hostdir, "sshd.pid"), os.path.join(keys, "authorized_keys"),
+                              header="# sshd of the Brev test instance %s (%s)\n" % (instance["name"], instance["id"]))
+    if instance.get("hosts") == "netns":
+        text += "SetEnv DOCKER_HOST=unix://%s\n" % netns.names(settings, instance)["sock"]
+    return text
 
 
-def write_file(path, text, mode=0o644):
-    """Replace ``path`` atomically with ``text``."""
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+write_file = common.write_file
 
 
 def ensure_keys(settings):
     """The test host key and the user's key pair (``keys/``), generated once."""
-    keys = settings.path("keys")
-    os.makedirs(keys, mode=0o700, exist_ok=True)
-    for name in ("host_ed25519", "id_ed25519"):
-        if not os.path.exists(os.path.join(keys, name)):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "brev-standin", "-f", os.path.join(keys, name)],
-                           check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    authorized = os.path.join(keys, "authorized_keys")
-    if not os.path.exists(authorized):
-        with open(os.path.join(keys, "id_ed25519.pub"), encoding="utf-8") as handle:
-            write_file(authorized, handle.read(), 0o600)
-    return keys
+    return shared_sshd.ensure_keys(settings.path("keys"), "brev-standin")
 
 
 def _host_key(settings):
-    with open(os.path.join(settings.path("keys"), "host_ed25519.pub"), encoding="utf-8") as handle:
-        return " ".join(handle.read().split()[:2])
+    return shared_sshd.public_key(os.path.join(settings.path("keys"), "host_ed25519"))
 
 
 def bindable(address, port):
@@ -110,98 +84,30 @@ def _host_dir(settings, instance):
     return settings.path("hosts", instance["id"])
 
 
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _stat_fields(pid):
-    try:
-        with open("/proc/%d/stat" % pid, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
 def sshd_pid(settings, instance):
     """The pid of the instance's sshd when it runs (checked against its command line), else None."""
     hostdir = _host_dir(settings, instance)
-    try:
-        with open(os.path.join(hostdir, "sshd.pid"), encoding="utf-8") as handle:
-            pid = int(handle.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    fields = _stat_fields(pid)
-    if not fields or fields[0] == "Z":
-        return None
-    if os.path.join(hostdir, "sshd_config") not in _cmdline(pid):
-        return None
-    return pid
+    return shared_sshd.pid(os.path.join(hostdir, "sshd.pid"), os.path.join(hostdir, "sshd_config"))
 
 
 def start_sshd(settings, instance):
     """Start the instance's sshd on its address (no-op when it runs)."""
     if sshd_pid(settings, instance):
         return
-    keys = ensure_keys(settings)
+    ensure_keys(settings)
     hostdir = _host_dir(settings, instance)
     os.makedirs(hostdir, mode=0o700, exist_ok=True)
-    config = os.path.join(hostdir, "sshd_config")
-    text = SSHD_CONFIG.format(name=instance["name"], id=instance["id"], port=settings.ssh_port, address=instance["address"],
-                              keys=keys, hostdir=hostdir)
     prefix = []
     if instance.get("hosts") == "netns":
-        parts = netns.names(settings, instance)
-        text += "SetEnv DOCKER_HOST=unix://%s\n" % parts["sock"]
-        prefix = ["nsenter", "--net=/run/netns/" + parts["netns"]]
-    write_file(config, text, 0o600)
-    try:
-        os.unlink(os.path.join(hostdir, "sshd.pid"))
-    except FileNotFoundError:
-        pass
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    subprocess.run(prefix + [settings.sshd, "-f", config, "-E", os.path.join(hostdir, "sshd.log")], check=False,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if sshd_pid(settings, instance):
-            return
-        time.sleep(0.02)
-
-
-def _children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields and fields[1] == str(pid):
-                found.append(int(entry))
-    return found
+        prefix = ["nsenter", "--net=/run/netns/" + netns.names(settings, instance)["netns"]]
+    shared_sshd.start(settings.sshd, os.path.join(hostdir, "sshd_config"), sshd_config(settings, instance),
+                      os.path.join(hostdir, "sshd.pid"), os.path.join(hostdir, "sshd.log"), prefix=prefix)
 
 
 def stop_sshd(settings, instance):
     """Stop the instance's sshd and every connection it serves (the machine went away)."""
-    pid = sshd_pid(settings, instance)
-    if pid is None:
-        return
-    for child in _children(pid):
-        try:
-            os.kill(child, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and sshd_pid(settings, instance):
-        time.sleep(0.02)
+    hostdir = _host_dir(settings, instance)
+    shared_sshd.stop(os.path.join(hostdir, "sshd.pid"), os.path.join(hostdir, "sshd_config"))
 
 
 def remove_host(settings, instance):
@@ -257,8 +163,5 @@ def write_ssh_config(settings, running):
     if include not in current:
         write_file(user_config, include + current, 0o600)
     key = _host_key(settings)
-    lines = []
-    for instance in running:
-        host = instance["address"] if settings.ssh_port == 22 else "[%s]:%d" % (instance["address"], settings.ssh_port)
-        lines.append("%s %s\n" % (host, key))
+    lines = [shared_sshd.known_hosts_line(instance["address"], settings.ssh_port, key) for instance in running]
     write_file(settings.path("known_hosts"), "".join(lines))

@@ -9,12 +9,18 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 from .catalog import Settings
+
+_TESTS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)  # the test hosts' code shared with the fleet hosts: tests/hosts
+# pylint: disable=wrong-import-position,import-error
+from hosts import common, engine  # noqa: E402
+from hosts import netns as shared  # noqa: E402
 
 
 def names(settings, instance):
@@ -34,20 +40,9 @@ def names(settings, instance):
     }
 
 
-def host_addresses():
-    """IPv4 addresses configured on this machine's interfaces."""
-    proc = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=False)
-    found = set()
-    for line in proc.stdout.splitlines():
-        fields = line.split()
-        if "inet" in fields:
-            found.add(fields[fields.index("inet") + 1].split("/")[0])
-    return found
-
-
 def allocate_address(settings, taken):
     """``<net>.<n>.2`` for the lowest n (10-250) that no instance and no interface of this machine uses."""
-    used = host_addresses()
+    used = common.host_addresses()
     for number in range(10, 251):
         address = "%s.%d.2" % (settings.netns_net, number)
         if address not in taken and "%s.%d.1" % (settings.netns_net, number) not in used:
@@ -57,30 +52,13 @@ def allocate_address(settings, taken):
 
 def netns_exists(settings, instance):
     """Whether the instance's namespace is there."""
-    return os.path.exists("/run/netns/" + names(settings, instance)["netns"])
-
-
-def _pid(path, word):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            pid = int(handle.read().strip() or 0)
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            line = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
-        with open("/proc/%d/stat" % pid, encoding="utf-8") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError):
-        return None
-    return pid if word in line and state != "Z" else None
+    return shared.exists(names(settings, instance)["netns"])
 
 
 def dockerd_pid(settings, instance):
     """The instance's dockerd when it runs."""
     parts = names(settings, instance)
-    return _pid(parts["pidfile"], parts["sock"])
-
-
-def _run(*args):
-    return subprocess.run(list(args), capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+    return common.pid_from(parts["pidfile"], parts["sock"])
 
 
 def _marker(settings, instance, name):
@@ -119,79 +97,33 @@ def up(settings, instance):
     """Namespace, veth, dockerd (and the images on its first boot)."""
     parts = names(settings, instance)
     if not netns_exists(settings, instance):
-        steps = [
-            ["ip", "netns", "add", parts["netns"]],
-            ["ip", "link", "add", parts["host_if"], "type", "veth", "peer", "name", parts["ns_if"]],
-            ["ip", "link", "set", parts["ns_if"], "netns", parts["netns"]],
-            ["ip", "addr", "add", parts["gateway"] + "/24", "dev", parts["host_if"]],
-            ["ip", "link", "set", parts["host_if"], "up"],
-            ["ip", "netns", "exec", parts["netns"], "ip", "addr", "add", instance["address"] + "/24", "dev", parts["ns_if"]],
-            ["ip", "netns", "exec", parts["netns"], "ip", "link", "set", parts["ns_if"], "up"],
-            ["ip", "netns", "exec", parts["netns"], "ip", "link", "set", "lo", "up"],
-        ]
-        for step in steps:
-            proc = _run(*step)
-            if proc.returncode:
-                raise RuntimeError("%s: %s" % (" ".join(step), proc.stderr.strip()))
+        shared.create(parts["netns"], parts["host_if"], parts["gateway"], instance["address"], parts["ns_if"])
+    sock = "unix://" + parts["sock"]
     if dockerd_pid(settings, instance) is None:
         os.makedirs(parts["data_root"], exist_ok=True)
-        with open(os.path.join(settings.path("hosts", instance["id"]), "dockerd.log"), "a", encoding="utf-8") as log:
-            command = ["nsenter", "--net=/run/netns/" + parts["netns"], "dockerd", "--data-root", parts["data_root"],
-                       "--exec-root", parts["exec_root"], "--pidfile", parts["pidfile"], "-H", "unix://" + parts["sock"],
-                       "--bip", "172.31.0.1/24"]
-            subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)  # pylint: disable=consider-using-with
-        deadline = time.monotonic() + 60
-        while _run("docker", "-H", "unix://" + parts["sock"], "version").returncode:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the instance's dockerd did not answer within 60 s")
-            time.sleep(0.2)
+        engine.start(["nsenter", "--net=" + shared.path(parts["netns"])],
+                     ["--data-root", parts["data_root"], "--exec-root", parts["exec_root"], "--pidfile", parts["pidfile"],
+                      "-H", sock, "--bip", "172.31.0.1/24"],
+                     os.path.join(settings.path("hosts", instance["id"]), "dockerd.log"), lambda: engine.answers(sock))
     loaded = os.path.join(settings.path("hosts", instance["id"]), "images-loaded")
     if not os.path.exists(loaded):
-        for image in sorted(settings.images):
-            if _run("docker", "image", "inspect", image).returncode:
-                continue
-            save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)  # pylint: disable=consider-using-with
-            load = _run_with_input(["docker", "-H", "unix://" + parts["sock"], "load"], save.stdout)
-            save.wait()
-            if load.returncode or save.returncode:
-                raise RuntimeError("loading %s into the instance's engine failed: %s" % (image, load.stderr.strip()))
+        engine.copy_images(settings.images, sock)
         with open(loaded, "w", encoding="utf-8") as handle:
             handle.write("\n".join(sorted(settings.images)) + "\n")
-
-
-def _run_with_input(args, stream):
-    proc = subprocess.run(args, stdin=stream, capture_output=True, text=True, check=False)
-    stream.close()
-    return proc
 
 
 def stop_dockerd(settings, instance, wait=30.0):
     """Stop the instance's dockerd (its containers stop with it: live-restore is off)."""
     pid = dockerd_pid(settings, instance)
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + wait
-    while dockerd_pid(settings, instance) is not None:
-        if time.monotonic() > deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            time.sleep(0.5)
-            break
-        time.sleep(0.1)
+    if pid is not None:
+        engine.stop(pid, names(settings, instance)["sock"], wait=wait)
 
 
 def destroy(settings, instance):
     """Everything of the host: dockerd, namespace, veth, data."""
     stop_dockerd(settings, instance)
     parts = names(settings, instance)
-    _run("ip", "netns", "del", parts["netns"])
-    _run("ip", "link", "del", parts["host_if"])
+    shared.delete(parts["netns"], parts["host_if"])
     shutil.rmtree(parts["data_root"], ignore_errors=True)
     shutil.rmtree(parts["exec_root"], ignore_errors=True)
     for path in (parts["sock"], parts["pidfile"]):
