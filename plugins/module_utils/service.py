@@ -11,6 +11,7 @@ no platform: it asks drivers only what platforms/base.py defines (host ports,
 ``PlatformStatus.broken`` for a forward that is down, facts to report).
 """
 
+import collections
 import copy
 import os
 import socket
@@ -129,6 +130,7 @@ class ServiceManager(object):
         self.registry = registry
         self.inventory_host = inventory_host
         self.environ = environ
+        self.secrets = {}  # name -> value of secrets given as module options (no_log), beside secret_env names
         self.options = options or {}
         self._factory = driver_factory
         self._drivers = {}
@@ -172,16 +174,19 @@ class ServiceManager(object):
                     "recreated_because": _changes(before, after)}
 
         driver.preflight(spec, report=False)
-        driver.prepare(spec)
+        pulled = driver.prepare(spec)  # what the image pull did, when the platform pulls here
         for old in replace:
             self._stop_one(self.driver(old["platform"], old), old)
         job_id = str(uuid.uuid4())
-        plain, secret = container_env(spec, job_id, self.environ)
+        plain, secret = container_env(spec, job_id, self._secret_source())
         entry = self._entry(spec, job_id, fingerprint)
         entry["connection"] = driver.recorded_connection(entry["connection"])
         with procs.interruptible() as guard:
             try:
-                return self._start(driver, spec, entry, before, plain, secret, wait, wait_timeout, wait_sleep)
+                result = self._start(driver, spec, entry, before, plain, secret, wait, wait_timeout, wait_sleep)
+                if pulled:
+                    result["pull"] = pulled
+                return result
             except BaseException as exc:  # a failure, a signal, or Ctrl-C: remove what was made
                 guard.hold()  # a signal now must not cut the cleanup short
                 self._abandon(driver, entry, exc, secret)
@@ -290,9 +295,17 @@ class ServiceManager(object):
             result["readiness"] = mask_probe(probe, self._secrets_of(entry))
         return result
 
+    def _secret_source(self):
+        """Where secret values are looked up by name: this run's ``secrets`` option first, then the
+        environment (``secret_env``). Both reach the platform by one path (command.container_env)."""
+        return collections.ChainMap(self.secrets, self.environ)
+
     def _secrets_of(self, entry):
-        """Values of the entry's secret variables, as this run's environment has them (for masking)."""
-        return dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
+        """Values of the entry's secret variables, as this run's environment has them, and every secret this
+        run was given as an option (for masking)."""
+        values = dict((n, self.environ[n]) for n in entry.get("secret_env") or [] if n in self.environ)
+        values.update(("secrets.%s" % n, v) for n, v in self.secrets.items())
+        return values
 
     def _endpoint_headers(self, entry):
         """What requests to ``entry``'s service carry (its endpoint's token, from this run's options or

@@ -102,7 +102,7 @@ def _check_env(env, secret_names):
             raise TaoInferenceError(
                 "env %s looks like a credential: do not put its value in a playbook, where it would be stored "
                 "in the container's plain settings. Export it on the host that runs the module and list its "
-                "name in secret_env" % key
+                "name in secret_env, or give it in secrets (an option Ansible never logs)" % key
             )
         if isinstance(value, bool):
             value = "True" if value else "False"
@@ -110,14 +110,44 @@ def _check_env(env, secret_names):
     return clean
 
 
-def _check_secret_env(names, model_path, environ):
-    """Secret names to pass through. ``None`` means: HF_TOKEN when the model
-    comes from the hub and HF_TOKEN is set."""
+def check_secrets(secrets):
+    """The ``secrets`` option (name -> value, ``no_log``: e.g. an AWX credential) as ``{name: str}``. Messages
+    name the variable, never its value."""
+    if secrets is None:
+        return {}
+    if not isinstance(secrets, dict):
+        raise TaoInferenceError("secrets must be a mapping of variable names to values")
+    clean = {}
+    for name, value in secrets.items():
+        if not (isinstance(name, str) and _ENV_NAME.fullmatch(name)):  # a key may be a pasted value: never shown
+            raise TaoInferenceError("secrets has a key that is not a variable name (letters, digits and '_', not "
+                                    "starting with a digit); its keys are names such as HF_TOKEN")
+        if name in catalog.FORBIDDEN_ENV:
+            raise TaoInferenceError("secrets.%s must not be set: it turns on callbacks to a TAO API server; remove "
+                                    "it" % name)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TaoInferenceError("secrets.%s must be a string (the secret's value), not a %s"
+                                    % (name, "boolean" if isinstance(value, bool) else
+                                       "null" if value is None else type(value).__name__))
+        value = str(value)
+        if not value:
+            raise TaoInferenceError("secrets.%s is empty: give its value (an unset credential in AWX or a "
+                                    "variable that is not defined gives an empty one), or leave the name out" % name)
+        if "\0" in value:
+            raise TaoInferenceError("secrets.%s holds a NUL character, which no environment can carry" % name)
+        clean[name] = value
+    return clean
+
+
+def _check_secret_env(names, model_path, environ, given=()):
+    """Secret names to pass through: those of ``secret_env`` (read from ``environ``) and ``given`` (the
+    names of the ``secrets`` option). ``names`` None means: HF_TOKEN when the model comes from the hub and
+    HF_TOKEN is set (or given)."""
     if names is None:
         if model_path.startswith(_HF_PREFIX) and environ.get("HF_TOKEN"):
-            return ("HF_TOKEN",)
-        return ()
-    result = []
+            return tuple(sorted(set(("HF_TOKEN",)) | set(given)))
+        return tuple(sorted(given))
+    result = list(given)
     missing = []
     for name in names:
         name = str(name)
@@ -125,6 +155,10 @@ def _check_secret_env(names, model_path, environ):
             raise TaoInferenceError("secret_env entry %r is not a variable name (give names, never values)" % name)
         if name in catalog.FORBIDDEN_ENV:
             raise TaoInferenceError("secret_env %s must not be set: remove it" % name)
+        if name in given:
+            raise TaoInferenceError("%s is given both in secret_env (read from the environment) and in secrets (a "
+                                    "value): give it one way; remove it from secret_env to use the value in secrets"
+                                    % name)
         if name not in environ:
             missing.append(name)
         if name not in result:
@@ -282,7 +316,11 @@ def build_spec(params, environ):
             "model_key applies only to cosmos-predict2.5 with an hf_model:// model_path; remove it"
         )
 
-    secret_env = _check_secret_env(params.get("secret_env"), model_path, environ)
+    given = check_secrets(params.get("secrets"))
+    for key in sorted(given):
+        if key in (params.get("env") or {}):
+            raise TaoInferenceError("%s is given both in env and in secrets: give it once, in secrets" % key)
+    secret_env = _check_secret_env(params.get("secret_env"), model_path, environ, tuple(given))
     image, image_source = resolve_image(network_arch, environ, override=params.get("image"))
     if not _IMAGE.fullmatch(image):
         raise TaoInferenceError("image %r (from %s) is not an image reference such as "
@@ -302,5 +340,6 @@ def build_spec(params, environ):
         model_key=model_key,
         server_options=_check_server_options(network_arch, params.get("server_options")),
         shm_size=_check_shm_size(params["shm_size"]),
-        platform_options=driver_class.spec_options(with_defaults(driver_class.OPTIONS, params), environ),
+        platform_options=driver_class.spec_options(
+            with_defaults(driver_class.OPTIONS, dict(params, secret_env=list(secret_env))), environ),
     )

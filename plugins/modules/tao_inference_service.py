@@ -20,8 +20,8 @@ description:
     the container is removed and the registry entry dropped; the error carries the reason
     and the last lines of the container log.
   - Secret values (C(HF_TOKEN) and the other names in O(secret_env)) are read from the
-    environment of the host that runs the module and handed only to the container's
-    environment. They never appear in the command line, the registry, labels, results or diffs.
+    environment of the host that runs the module, or given in O(secrets), and handed only to the
+    container's environment. They never appear in the command line, the registry, labels, results or diffs.
 author:
   - tao.inference maintainers (@tao-inference)
 extends_documentation_fragment:
@@ -119,8 +119,23 @@ options:
       - Names (never values) of secret variables to pass from the environment of the host that
         runs the module to the container, e.g. V([HF_TOKEN]). Each must be set.
       - Default is C(HF_TOKEN) when O(model_path) is an V(hf_model://) model and C(HF_TOKEN) is set.
+      - A name may not be in both O(secret_env) and O(secrets).
     type: list
     elements: str
+  secrets:
+    description:
+      - Secret variables for the container given as values, e.g. from an AWX / Automation Platform
+        credential or Ansible Vault, as a mapping of variable names (e.g. C(HF_TOKEN)) to values. Ansible
+        never logs this option.
+      - They travel exactly as O(secret_env) values do (the container's environment through the Engine API
+        body, the Slurm job's exported environment over ssh's stdin, a Kubernetes Secret, Lepton secrets),
+        never on a command line, in the registry, a label, a result, a diff or a log. The registry and the
+        result's RV(secret_env) list their names only.
+      - A name given here and in O(secret_env) or O(env) is refused. Values must be non-empty strings.
+      - The value is not part of the spec's fingerprint (nothing about it is stored), so a changed value
+        alone does not recreate a service started with O(name); stop it (O(state=absent)) and start it
+        again to hand over a new value.
+    type: dict
   volumes:
     description:
       - Host folders to mount, as V(/host/path:/container/path[:ro|rw]), e.g. for a local checkpoint.
@@ -193,6 +208,14 @@ EXAMPLES = r"""
       - /srv/checkpoints/my-llm:/models/my-llm:ro
     host_port: 8090
     secret_env: [HF_TOKEN]
+
+- name: Start it with a token from an AWX credential or a vaulted variable (never logged)
+  tao.inference.tao_inference_service:
+    name: reason-awx
+    network_arch: cosmos-rl
+    model_path: hf_model://nvidia/Cosmos-Reason1-7B
+    secrets:
+      HF_TOKEN: "{{ hf_token }}"
 
 - name: Stop it
   tao.inference.tao_inference_service:
@@ -397,7 +420,7 @@ from ansible_collections.tao.inference.plugins.module_utils.common import REGIST
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id, check_text
 from ansible_collections.tao.inference.plugins.module_utils.service import ServiceManager
-from ansible_collections.tao.inference.plugins.module_utils.spec import SERVICE_OPTIONS, build_spec
+from ansible_collections.tao.inference.plugins.module_utils.spec import SERVICE_OPTIONS, build_spec, check_secrets
 
 
 def main():
@@ -406,6 +429,7 @@ def main():
         state=dict(type="str", choices=["present", "absent"], default="present"),
         job_id=dict(type="str"),
         inventory_host=dict(type="str"),
+        secrets=dict(type="dict", no_log=True),
         **SERVICE_OPTIONS
     )
     argument_spec.update(REGISTRY_ARGS)
@@ -425,6 +449,7 @@ def main():
     manager = ServiceManager(open_registry(module), os.environ, options, inventory_host=params["inventory_host"])
 
     def action():
+        manager.secrets = check_secrets(params["secrets"])
         if params["job_id"]:
             check_job_id(params["job_id"], allow_latest=True)
         if params["inventory_host"] is not None and not (

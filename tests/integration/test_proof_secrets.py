@@ -1,7 +1,9 @@
 """Proof suite, secrets: a canary value in every secret variable never leaks.
 
 Every secret name the collection knows gets its own canary value in the environment of
-``ansible-playbook``; each service lists them all in ``secret_env``. While the playbook runs
+``ansible-playbook``; each service lists them all in ``secret_env``. The same canaries given the other
+way, as values of the ``secrets`` option (no_log, as an AWX credential gives them, here from an extra-vars
+file so that no process's argv or environment holds them), are searched for in the same places. While the playbook runs
 (``-vvvv --diff``), a watcher reads the argv of every process on this machine and the
 environment of every ssh process. Afterwards the output, the results, the registry, the
 container's labels and command, the Slurm batch script and the environment of every process
@@ -165,3 +167,109 @@ def test_the_ssh_tunnel_and_dial_stdio_children_get_no_secret():
     env = dict(os.environ, **CANARIES)
     proc = subprocess.run(["env"], capture_output=True, text=True, env=ssh_environ(environ=env), check=True)
     assert leaked(proc.stdout) == []
+
+
+# -- the same promise for secrets given as values (the ``secrets`` option) -----------------------------
+# Ansible masks a no_log option's values in what it prints and returns, so the output is searched only as a
+# last line of defence: the proof is in what Ansible does not mask (argv, process environments, the registry,
+# the container's command and labels, the batch script, the platform's objects).
+SECRETS_OPTION = 'secrets: "{{ tao_test_secrets }}"'
+
+
+def secrets_file(tmp_path, values=None):
+    """An extra-vars file (mode 0600) holding the canaries: ``-e @file`` keeps them out of every argv."""
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"tao_test_secrets": values or CANARIES}))
+    os.chmod(str(path), 0o600)
+    return ["-e", "@%s" % path]
+
+
+def test_secrets_given_as_values_leak_nowhere_on_local_docker_over_ssh(harness, tmp_path):
+    name = "proof-opt-%s" % RUN
+    tasks = service_task(extra="name: %s\ndocker_host: ssh://tao-login\nssh_config: %s\n%s"
+                         % (name, SSH_CONFIG, SECRETS_OPTION)) + """\
+- name: Ask
+  tao.inference.tao_inference_request:
+    name: %(name)s
+    prompt: hello
+    media: ["%(png)s"]
+    sampling: {}
+- name: Info
+  tao.inference.tao_inference_info:
+    name: %(name)s
+- name: The same start again is kept
+  tao.inference.tao_inference_service:
+    name: %(name)s
+    network_arch: cosmos-rl
+    model_path: hf_model://nvidia/Cosmos-Reason1-7B
+    image: %(image)s
+    num_gpus: 0
+    docker_host: ssh://tao-login
+    ssh_config: %(config)s
+    %(secrets)s
+- name: A start that fails, with the secrets given
+  tao.inference.tao_inference_service:
+    network_arch: tao-dataservices
+    model_path: /no/such/model
+    image: %(image)s
+    num_gpus: 0
+    docker_host: ssh://tao-login
+    ssh_config: %(config)s
+    %(secrets)s
+  ignore_errors: true
+""" % {"name": name, "png": os.path.join(ROOT, "playbooks", "files", "demo.png"), "image": IMAGE,
+       "config": SSH_CONFIG, "secrets": SECRETS_OPTION}
+    with ProcessWatch() as watch:
+        run = harness.play(tasks, args=["-vvvv", "--diff"] + secrets_file(tmp_path))
+        assert run.rc == 0, run.output[-3000:]
+        job_id = run.task("Start")["result"]["job_id"]
+        [doc] = json.loads(docker("inspect", job_id).stdout)
+        stop = harness.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n"
+                            "    docker_host: ssh://tao-login\n    ssh_config: %s\n    state: absent\n"
+                            % (name, SSH_CONFIG), args=["-vvvv"] + secrets_file(tmp_path))
+    assert stop.rc == 0, stop.output[-3000:]
+    failed = run.task("A start that fails, with the secrets given")
+    assert failed["status"] == "failed" and "model_load_failed" in failed["result"]["msg"], failed
+    assert run.task("The same start again is kept")["status"] == "ok"
+    assert watch.seen > 100 and watch.leaks == []
+    assert leaked(run.output + stop.output) == [] and leaked(json.dumps(run.records + stop.records)) == []
+    assert leaked(open(harness.registry).read()) == []
+    assert leaked(json.dumps(doc["Config"]["Labels"]) + json.dumps(doc["Config"]["Cmd"]) + json.dumps(doc["Args"])) == []
+    for secret, value in CANARIES.items():  # the one place they must be: the container's environment
+        assert "%s=%s" % (secret, value) in doc["Config"]["Env"]
+    assert run.task("Start")["result"]["secret_env"] == sorted(CANARIES)
+    assert harness.containers() == []
+    print("secrets as values on local-docker over ssh: %d canaries, %d process reads, 0 leaks" % (len(CANARIES), watch.seen))
+
+
+def test_secrets_given_as_values_leak_nowhere_on_slurm(slurm, tmp_path):  # noqa: F811
+    name = uname("proof-opt")
+    with ProcessWatch() as watch:
+        run = slurm.play(slurm_task(name=name, extra=SECRETS_OPTION) + ASK, args=["-vvvv", "--diff"] + secrets_file(tmp_path))
+        assert run.rc == 0, run.output[-3000:]
+        entry = run.task("Start")["result"]
+        script = sh("scontrol", "write", "batch_script", str(entry["platform_job_id"]), "-").stdout
+        with open("/proc/%d/environ" % int(entry["tunnel_pid"]), "rb") as handle:
+            tunnel_env = handle.read().decode("utf-8", "replace")
+        stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    platform: slurm\n"
+                          "    slurm_login_host: tao-login\n    ssh_config: %s\n    state: absent\n"
+                          % (name, SSH_CONFIG), args=["-vvvv"])
+    assert stop.rc == 0, stop.output[-3000:]
+    assert run.task("Ask")["result"]["status"] == 200
+    assert "#SBATCH" in script and leaked(script) == [] and all(("-e %s" % n) in script for n in CANARIES)
+    assert leaked(tunnel_env) == []
+    assert watch.seen > 100 and watch.leaks == []
+    assert leaked(run.output + stop.output) == [] and leaked(json.dumps(run.records + stop.records)) == []
+    assert leaked(open(slurm.registry).read()) == []
+    print("secrets as values on slurm: %d canaries, %d process reads; batch script, tunnel, argv, registry clean"
+          % (len(CANARIES), watch.seen))
+
+
+def test_a_secret_given_both_ways_is_refused_naming_it_not_its_value(harness, tmp_path):
+    run = harness.play(service_task(extra="secret_env: [HF_TOKEN]\n" + SECRETS_OPTION),
+                       args=secrets_file(tmp_path, {"HF_TOKEN": CANARIES["HF_TOKEN"]}), env={"HF_TOKEN": "from-env"})
+    msg = run.task("Start")["result"]["msg"]
+    assert run.rc != 0 and "HF_TOKEN is given both in secret_env" in msg and "from-env" not in msg
+    assert leaked(run.output) == [] and harness.containers() == [] and harness.entries() == {}
+    empty = harness.play(service_task(extra=SECRETS_OPTION), args=secrets_file(tmp_path, {"HF_TOKEN": ""}))
+    assert empty.rc != 0 and "secrets.HF_TOKEN is empty" in empty.task("Start")["result"]["msg"]
