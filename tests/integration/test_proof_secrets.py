@@ -273,3 +273,36 @@ def test_a_secret_given_both_ways_is_refused_naming_it_not_its_value(harness, tm
     assert leaked(run.output) == [] and harness.containers() == [] and harness.entries() == {}
     empty = harness.play(service_task(extra=SECRETS_OPTION), args=secrets_file(tmp_path, {"HF_TOKEN": ""}))
     assert empty.rc != 0 and "secrets.HF_TOKEN is empty" in empty.task("Start")["result"]["msg"]
+
+
+def test_the_inference_service_role_passes_secrets_as_values_and_still_says_why_a_start_failed(harness, tmp_path):
+    role = """\
+- name: %(title)s
+  ansible.builtin.include_role:
+    name: tao.inference.inference_service
+  vars:
+    inference_service_name: %(name)s
+    inference_service_network_arch: %(arch)s
+    inference_service_model_path: %(model)s
+    inference_service_image: %(image)s
+    inference_service_num_gpus: 0
+    inference_service_secrets: "{{ tao_test_secrets }}"
+    inference_service_platform_options: %(options)s
+"""
+    started = harness.play(role % {"title": "Role", "name": "proof-role-%s" % RUN, "arch": "cosmos-rl",
+                                   "model": "hf_model://nvidia/Cosmos-Reason1-7B", "image": IMAGE, "options": "{}"},
+                           args=["-vvv"] + secrets_file(tmp_path))
+    assert started.rc == 0, started.output[-3000:]
+    [job_id] = list(harness.entries())
+    [doc] = json.loads(docker("inspect", job_id).stdout)
+    assert "HF_TOKEN=%s" % CANARIES["HF_TOKEN"] in doc["Config"]["Env"]
+    assert leaked(started.output) == [] and leaked(open(harness.registry).read()) == []
+    assert "Inference service started." in started.output and "ready after" in started.output
+    # A start the module refuses: the reason is shown although the start task's own output is hidden.
+    refused = harness.play(role % {"title": "Role", "name": "proof-role-bad-%s" % RUN, "arch": "cosmos-rl",
+                                   "model": "s3://bucket/model", "image": IMAGE, "options": "{}"},
+                           args=secrets_file(tmp_path))
+    assert refused.rc != 0 and "model_path scheme s3:// is not supported" in refused.output
+    assert leaked(refused.output) == []
+    harness.play("- name: Stop\n  tao.inference.tao_inference_service:\n    job_id: %s\n    state: absent\n" % job_id)
+    assert harness.containers() == []
