@@ -11,6 +11,7 @@ left running (the tunnel) are searched. The one place a value may be is the chan
 carry it: the container's (job's) environment.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -23,6 +24,9 @@ from ansible_collections.tao.inference.plugins.module_utils import catalog
 
 from .conftest import IMAGE, ROOT, docker, service_task
 from .test_slurm import ASK, SSH_CONFIG, sh, slurm, slurm_task, uname  # noqa: F401  pylint: disable=unused-import
+from . import test_kubernetes as kube, test_lepton as lepton
+from .test_kubernetes import k8s  # noqa: F401  pylint: disable=unused-import
+from .test_lepton import lep  # noqa: F401  pylint: disable=unused-import
 
 RUN = os.urandom(4).hex()
 # Every secret name the collection knows, and one of the user's own whose name looks like nothing.
@@ -306,3 +310,42 @@ def test_the_inference_service_role_passes_secrets_as_values_and_still_says_why_
     assert leaked(refused.output) == []
     harness.play("- name: Stop\n  tao.inference.tao_inference_service:\n    job_id: %s\n    state: absent\n" % job_id)
     assert harness.containers() == []
+
+
+def test_secrets_given_as_values_reach_a_kubernetes_pod_only_through_its_secret(k8s, tmp_path):  # noqa: F811
+    value = CANARIES["HF_TOKEN"]
+    run = k8s.play(kube.start_task(k8s, extra="name: opt-secret\n" + SECRETS_OPTION), args=["-vvvv", "--diff"]
+                   + secrets_file(tmp_path, {"HF_TOKEN": value}))
+    assert run.rc == 0, run.output[-3000:]
+    job, pod = k8s.cluster.items("jobs")[0], k8s.cluster.items("pods")[0]
+    for where, text in (("output", run.output), ("results", json.dumps(run.records)),
+                        ("registry", json.dumps(k8s.registry_data())), ("job", json.dumps(job)), ("pod", json.dumps(pod)),
+                        ("events", json.dumps(k8s.cluster.items("events")))):
+        assert value not in text, where
+    secret = k8s.cluster.items("secrets")[0]
+    assert base64.b64decode(secret["data"]["HF_TOKEN"]).decode() == value
+    stop = k8s.play(kube.stop_task(k8s, "opt-secret"))
+    assert stop.rc == 0, stop.output[-3000:]
+    kube.assert_gone(k8s)
+
+
+def test_secrets_given_as_values_reach_a_lepton_deployment_only_through_lepton_secrets(lep, tmp_path):  # noqa: F811
+    name = "lep-opt-%s" % RUN
+    value = CANARIES["HF_TOKEN"]
+    run = lep.play(lepton.start_task(name, extra=SECRETS_OPTION), args=["-vvvv", "--diff"]
+                   + secrets_file(tmp_path, {"HF_TOKEN": value}), env=lep.lepton_env)
+    assert run.rc == 0, run.output[-3000:]
+    job_id = run.task("Start")["result"]["job_id"]
+    lep.job_ids.add(job_id)
+    [cid] = lepton.containers(name)
+    assert "HF_TOKEN=" + value in json.loads(docker("inspect", cid).stdout)[0]["Config"]["Env"]
+    deployment = lep.workspace.get("/deployments/" + name)
+    ref = {"name": "HF_TOKEN", "value_from": {"secret_name_ref": "tao-%s-HF_TOKEN" % job_id.replace("-", "")}}
+    assert ref in deployment["spec"]["envs"]
+    for where, text in (("output", run.output), ("results", json.dumps(run.records)),
+                        ("registry", json.dumps(lep.registry_data())), ("deployment", json.dumps(deployment)),
+                        ("journal", json.dumps(lep.workspace.journal()))):
+        assert value not in text, where
+    stop = lep.play(lepton.stop_task(name), env=lep.lepton_env)
+    assert stop.rc == 0, stop.output[-3000:]
+    lepton.assert_nothing_left(lep)
