@@ -31,6 +31,9 @@ options:
         file then holds the token, as after C(brev login --token); the CLI keeps using that login afterwards.
       - A CLI that is logged in is left as it is, whatever the token. A token Brev refuses fails the task with a
         message naming C(BREV_API_TOKEN) (never its value) and leaves the credentials file as it was.
+      - The login happens whenever the CLI is needed and logged out, in check mode too (nothing can be read from
+        Brev without it), like C(brev refresh) writing Brev's SSH configuration. It is the CLI's own state, not
+        the service's, and the task's C(changed) does not count it.
       - The token never appears on a command line, in the environment of a child process, in the registry,
         results, diffs or logs. C(service.brev_logged_in_with_token) in the result of a start (and the preflight's
         C(brev_logged_in_with_token)) says whether this run logged the CLI in with it.
