@@ -173,6 +173,11 @@ def _url_parts(url):
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def _text(value):
+    """``value`` when it is text without control characters, else None (a field shown as it came)."""
+    return value if isinstance(value, str) and not trust.kind_problem("text", value) else None
+
+
 def _row(host, item):
     """One service of ``host`` (a tao_inference_info item: checked, it came from the host) as a row."""
     job_id = trust.check_job_id(item.get("job_id"), "job_id of a service of %s" % host)
@@ -190,13 +195,12 @@ def _row(host, item):
     shape = item.get("shape") if isinstance(item.get("shape"), dict) else {}
     bind = (shape.get("platform_options") or {}).get("bind_address") if isinstance(
         shape.get("platform_options"), dict) else None
-    text = lambda v: v if isinstance(v, str) and not trust.kind_problem("text", v) else None  # noqa: E731
     return {
-        "host": host, "machine": text(item.get("machine")), "job_id": job_id, "name": name,
-        "network_arch": arch, "platform": text(item.get("platform")),
-        "state": text(status.get("state")) or "unknown", "ready": item.get("ready") is True,
-        "readiness": text(readiness.get("reason")), "host_url": url, "controller_url": None,
-        "started_at": text(item.get("started_at")), "bind_address": text(bind),
+        "host": host, "machine": _text(item.get("machine")), "job_id": job_id, "name": name,
+        "network_arch": arch, "platform": _text(item.get("platform")),
+        "state": _text(status.get("state")) or "unknown", "ready": item.get("ready") is True,
+        "readiness": _text(readiness.get("reason")), "host_url": url, "controller_url": None,
+        "started_at": _text(item.get("started_at")), "bind_address": _text(bind),
     }
 
 
@@ -383,7 +387,6 @@ def table(rows):
         lines.append(layout % (row["host"], row["job_id"], row.get("name") or "-", row["network_arch"], row["state"],
                                "yes" if row.get("ready") else "no", row.get("controller_url") or "-"))
     return lines
-
 
 
 # -- requests across the view ---------------------------------------------------------------------

@@ -291,7 +291,7 @@ def test_a_host_lost_mid_play_fails_alone_and_the_view_names_it(harness, fleet_h
     proxy = Proxy(second["address"], second["port"])
     trigger = tmp_path / "cut"
     with open(fleet_hosts.inventory, encoding="utf-8") as handle:
-        line = next(l for l in handle.read().splitlines() if l.startswith(second["name"] + " "))
+        line = next(text for text in handle.read().splitlines() if text.startswith(second["name"] + " "))
     # A third inventory host: the second machine reached through the relay, and lost once the play is under way.
     flaky = line.replace(second["name"] + " ", "lost ", 1).replace(
         "ansible_host=%s" % second["address"], "ansible_host=127.0.0.1").replace(
@@ -321,6 +321,7 @@ def test_a_host_lost_mid_play_fails_alone_and_the_view_names_it(harness, fleet_h
         var: registry_facts_fleet
       run_once: true
 """)
+
     def cut_when_touched():
         deadline = time.monotonic() + 120
         while not trigger.exists() and time.monotonic() < deadline:

@@ -109,8 +109,8 @@ def test_merge_lists_every_service_and_unreachable_hosts():
 def test_merge_shows_a_shared_registrys_service_once_from_its_own_machine():
     shared = item("s", machine="m2")
     elsewhere = dict(shared, platform_status={"state": "elsewhere"})
-    rows, _ = fleet.merge([{"inventory_host": "gpu1", "services": [elsewhere]},
-                           {"inventory_host": "gpu2", "services": [shared]}])
+    rows = fleet.merge([{"inventory_host": "gpu1", "services": [elsewhere]},
+                        {"inventory_host": "gpu2", "services": [shared]}])[0]
     assert [(r["host"], r["state"]) for r in rows] == [("gpu2", "running")]
 
 
@@ -216,14 +216,20 @@ def test_failed_forward_leaves_no_reservation_and_is_reported(tmp_path):
 
 def test_check_mode_opens_nothing(tmp_path):
     registry = Registry(str(tmp_path / "reg.json"), check_mode=True)
-    result = fleet.view(registry, hosts_with(item("a")), check_mode=True,
-                        opener=lambda *a: pytest.fail("opened in check mode"))
+
+    def refuse(*_args):
+        pytest.fail("opened in check mode")
+
+    result = fleet.view(registry, hosts_with(item("a")), check_mode=True, opener=refuse)
     assert result["opened"] == [jid("a")] and not os.path.exists(str(tmp_path / "reg.json"))
 
 
 def test_not_running_and_local_services_get_no_forward(tmp_path):
     registry = Registry(str(tmp_path / "reg.json"))
-    never = lambda *a: pytest.fail("no forward was needed")  # noqa: E731
+
+    def never(*_args):
+        pytest.fail("no forward was needed")
+
     result = fleet.view(registry, hosts_with(item("a", state="exited")), opener=never)
     assert result["services"][0]["controller_url"] is None
     local = [{"inventory_host": "ctl", "services": [item("b")], "connection": {"ansible_connection": "local"}}]
@@ -266,7 +272,7 @@ def test_is_this_machine():
 
 # -- routing across the view ---------------------------------------------------------------------
 def rows_of(*hosts):
-    rows, _ = fleet.merge([{"inventory_host": h, "services": s} for h, s in hosts])
+    rows = fleet.merge([{"inventory_host": h, "services": s} for h, s in hosts])[0]
     for row in rows:
         row["controller_url"] = "http://127.0.0.1:%d" % (9000 + rows.index(row)) if row["state"] == "running" else None
     return fleet.checked_view(rows)
@@ -309,8 +315,8 @@ def test_checked_view_refuses_forged_rows():
 
 
 def test_table_has_a_header_and_a_line_per_row():
-    rows, _ = fleet.merge([{"inventory_host": "gpu1", "services": [item("a")]},
-                           {"inventory_host": "gpu2", "reachable": False, "error": "no route"}])
+    rows = fleet.merge([{"inventory_host": "gpu1", "services": [item("a")]},
+                        {"inventory_host": "gpu2", "reachable": False, "error": "no route"}])[0]
     lines = fleet.table(rows)
     assert lines[0].split() == ["HOST", "JOB_ID", "NAME", "ARCH", "STATE", "READY", "CONTROLLER_URL"]
     assert lines[1].split()[:6] == ["gpu1", jid("a"), "a", "cosmos-rl", "running", "yes"]
