@@ -1,8 +1,15 @@
-"""The shipped playbooks, as a user runs them (no terminal: every value given with -e)."""
+"""The shipped playbooks, as a user runs them: without a terminal (every value given with -e, as cron, CI
+or an AWX job does) and at a terminal (a pseudo-terminal answering each question)."""
 
+import json
 import os
+import pty
+import re
+import select
+import signal
+import time
 
-from .conftest import IMAGE, ROOT
+from .conftest import BIN, IMAGE, ROOT
 
 PLAYBOOKS = os.path.join(ROOT, "playbooks")
 PNG = os.path.join(PLAYBOOKS, "files", "demo.png")
@@ -15,7 +22,7 @@ def playbook(name):
 def test_start_status_request_stop(harness):
     start = harness.playbook(playbook("start"), {
         "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "tao_name": "pb",
-        "tao_image": IMAGE, "tao_num_gpus": 0, "tao_env": {"TAO_EMULATOR_LOAD_SECONDS": "1.5"}})
+        "tao_image": IMAGE, "tao_num_gpus": 0, "tao_env": {"TAO_EMULATOR_LOAD_SECONDS": "3"}})
     assert start.rc == 0, start.output
     out = start.stdout
     job_id = start.task("Start the service")["result"]["job_id"]
@@ -29,7 +36,7 @@ def test_start_status_request_stop(harness):
 
     status = harness.playbook(playbook("status"))
     assert status.rc == 0, status.output
-    assert job_id in status.stdout and "running" in status.stdout and "ready" in status.stdout
+    assert re.search(r"localhost +%s +pb +cosmos-rl +running +yes +http://localhost:" % job_id, status.stdout), status.stdout
 
     asked = harness.playbook(playbook("request"), {"tao_prompt": "Describe it", "tao_media": PNG,
                                                    "tao_sampling": {"max_tokens": 32}})
@@ -50,7 +57,8 @@ def test_start_status_request_stop(harness):
     assert "max_tokens 1024 (default)" in defaults.stdout and "temperature 0.5 (given)" in defaults.stdout
 
     unconfirmed = harness.playbook(playbook("stop"))
-    assert unconfirmed.rc != 0 and "Not stopped: there is no terminal to confirm on; set tao_confirm=yes" in unconfirmed.output
+    assert unconfirmed.rc != 0
+    assert "Not stopped: there is no terminal to confirm on; set tao_confirm=yes" in unconfirmed.output
     assert job_id in harness.entries()
     stop = harness.playbook(playbook("stop"), {"tao_confirm": "yes"})
     assert stop.rc == 0, stop.output
@@ -85,3 +93,96 @@ def test_demo_playbook(harness):
     assert "Inference service started." in demo.stdout
     assert "Answer: [tao-inference reference microservice] cosmos-rl answered 'What is in this image?'" in demo.stdout
     assert harness.entries() == {} and harness.containers() == []
+
+
+# -- questions: asked at a terminal, never without one ---------------------------------------------------------
+def on_terminal(harness, name, extra_vars, answers=(), timeout=180):
+    """Run a shipped playbook on a pseudo-terminal, as a user at a shell does, typing each answer when
+    its prompt (a regular expression) shows. Returns (exit code, output, answers never asked for)."""
+    argv = [os.path.join(BIN, "ansible-playbook"), playbook(name), "-e",
+            json.dumps(dict({"tao_registry_path": harness.registry}, **extra_vars))]
+    env = harness.env()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session of its own, the pty its controlling terminal
+        try:
+            os.chdir(ROOT)
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    out, pos, pending = b"", 0, list(answers)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # the child is gone
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            match = re.search(pending[0][0].encode(), out[pos:]) if pending else None
+            if match:
+                pos += match.end()
+                time.sleep(0.3)  # ansible flushes the terminal's input before it reads an answer
+                os.write(fd, pending.pop(0)[1].encode() + b"\r")
+        else:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace").replace("\r\n", "\n"), pending
+
+
+def test_at_a_terminal_every_missing_value_is_asked_for(harness):
+    rc, out, unasked = on_terminal(harness, "start", {"tao_name": "tty", "tao_image": IMAGE, "tao_num_gpus": 0}, [
+        (r"network_arch \(cosmos-rl, cosmos-predict2.5, tao-dataservices\)[^\n]*:", "cosmos-rl"),
+        (r"model_path \(hf_model://<org>/<model>, or an absolute path inside the container\)[^\n]*:",
+         "hf_model://nvidia/Cosmos-Reason1-7B")])
+    assert rc == 0 and not unasked, out[-3000:]
+    [job_id] = harness.entries()
+    assert "%s: ready after" % job_id in out and harness.entries()[job_id]["network_arch"] == "cosmos-rl"
+
+    # Each sampling field, its default shown; Enter takes it.
+    rc, out, unasked = on_terminal(harness, "request", {"tao_media": PNG}, [
+        (r"Prompt[^\n]*:", "What is it?"),
+        (r"max_tokens for cosmos-rl \[default 1024\][^\n]*:", "16"),
+        (r"temperature for cosmos-rl \[default 0.7\][^\n]*:", ""),
+        (r"top_p for cosmos-rl \[default 0.8\][^\n]*:", "")])
+    assert rc == 0 and not unasked, out[-3000:]
+    assert "answered 'What is it?'" in out and "max_tokens 16 (given)" in out and "top_p 0.8 (default)" in out
+
+    # An AWX job has a pseudo-terminal too, but nobody types into it: nothing is asked.
+    rc, out, _ = on_terminal(harness, "request", {"tao_prompt": "Hi", "tao_media": PNG, "awx_job_id": 42}, timeout=90)
+    assert rc != 0 and "Set tao_sampling: the sampling values for cosmos-rl" in out and "[default" not in out
+    rc, out, _ = on_terminal(harness, "start", {"tao_interactive": False}, timeout=90)
+    assert rc != 0 and "Set tao_network_arch and tao_model_path" in out and "network_arch (" not in out
+
+    confirm = r"Stop %s \(cosmos-rl, [^\n]*\? \[y/N\][^\n]*:" % job_id
+    rc, out, unasked = on_terminal(harness, "stop", {}, [(confirm, "y")])
+    assert rc == 0 and not unasked, out[-3000:]
+    assert "Stopped %s" % job_id in out and harness.entries() == {} and harness.containers() == []
+
+
+def test_without_a_terminal_a_missing_value_stops_the_play_and_names_its_variable(harness):
+    for name, given, says in [
+            ("start", {}, "Set tao_network_arch and tao_model_path (-e tao_network_arch=cosmos-rl"),
+            ("start", {"tao_network_arch": "cosmos-rl"}, "Set tao_model_path ("),
+            ("request", {}, "Set tao_prompt (-e tao_prompt="),
+            ("evaluate", {}, "Set tao_prompts_file: -e tao_prompts_file=")]:
+        run = harness.playbook(playbook(name), given)
+        assert run.rc != 0 and says in run.output, run.output[-2000:]
+        assert "there is no terminal to ask on" in run.output or name == "evaluate"
+    assert harness.entries() == {} and harness.containers() == []
+
+
+def test_the_names_used_before_the_prefix_are_refused_not_ignored(harness):
+    run = harness.playbook(playbook("start"), {"network_arch": "cosmos-rl", "model_path": "hf_model://a/b",
+                                               "tao_image": IMAGE})
+    assert run.rc != 0
+    assert ("These variables are not read: network_arch (now tao_network_arch), model_path (now tao_model_path)"
+            in run.output)
+    # Given both ways (an inventory may hold the old name for something else), the tao_ name is used.
+    run = harness.playbook(playbook("status"), {"registry_path": "/elsewhere", "tao_registry_path": harness.registry})
+    assert run.rc == 0 and "No service is running." in run.stdout
