@@ -19,6 +19,10 @@ options:
         in C(rejected) by M(tao.inference.tao_inference_info), never acted on. An ssh configuration or
         key recorded in an entry is used only when this run passes the same option.
       - Set it once for all modules with C(module_defaults) and the group C(group/tao.inference.service).
+      - In an AWX / Automation Platform job (an execution environment), the module runs in a container
+        removed when the job ends, and the default path is inside it. Set this to a file on a persistent
+        volume mounted into the execution environment, or run the module on a managed host; the module
+        warns when the registry is on the container's own root, a tmpfs, C(/runner) or an C(emptyDir).
     type: path
   lock_timeout:
     description:
