@@ -542,8 +542,8 @@ def main(argv):
                 log("removed %d host(s) and %s" % (len(gone), settings.dir))
             else:
                 for host in existing_hosts(settings):
-                    print("%s %s namespaces=%s dockerd=%s sshd=%s" % (host.name, host.address, host.namespaces_ok(),
-                                                                     host.dockerd_pid(), host.sshd_pid()))
+                    print("%s %s namespaces=%s dockerd=%s sshd=%s"
+                          % (host.name, host.address, host.namespaces_ok(), host.dockerd_pid(), host.sshd_pid()))
         return 0
     except (ValueError, RuntimeError, OSError) as exc:
         log(str(exc))

@@ -99,7 +99,7 @@ def test_each_host_has_its_own_engine(fleet_hosts):
 
 
 def _free_port():
-    for _ in range(50):
+    for _attempt in range(50):
         port = 20000 + int.from_bytes(os.urandom(2), "big") % 20000
         with socket.socket() as probe:
             try:
@@ -111,7 +111,7 @@ def _free_port():
 
 
 def _get(url, tries=50):
-    for _ in range(tries):
+    for _attempt in range(tries):
         try:
             with urllib.request.urlopen(url, timeout=2) as answer:
                 return answer.read().decode()

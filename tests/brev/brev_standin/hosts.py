@@ -34,6 +34,7 @@ ENTRY = """Host {alias}
 
 """
 
+
 def sshd_config(settings, instance):
     """The text of the instance's sshd_config (netns hosts: DOCKER_HOST for its logins names its own engine)."""
     hostdir = _host_dir(settings, instance)
