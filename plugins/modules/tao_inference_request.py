@@ -175,7 +175,7 @@ options:
     description:
       - With O(output_path), skip the requests the file already answered (a line with C(status=ok) and
         the same C(id) and C(prompt)) and send only the others, appending their answers; an evaluation
-        that was interrupted picks up where it stopped. Give each request an C(id): without one, its
+        that was interrupted picks up where it stopped. Give each request an C(id); without one, its
         position in the batch is its id.
       - The skipped requests are in RV(results) with C(resumed=true), as the file holds them, and
         RV(summary.resumed) counts them. A half-written last line (a run killed mid-write) is dropped.
