@@ -25,6 +25,7 @@ from ansible_collections.tao.inference.plugins.module_utils.registry import port
 
 LOCAL_SCOPE = "local"
 UNREACHABLE = "unreachable"
+ERROR = "error"
 ELSEWHERE = "elsewhere"
 
 # ssh -o options a fleet's ansible_ssh_common_args may carry (lower case, as ssh compares them). Left
@@ -212,11 +213,14 @@ def merge(hosts):
     rows, unreachable, seen = [], [], {}
     for data in hosts:
         host = _check_inventory_name((data or {}).get("inventory_host"))
-        if not data.get("reachable", True):
+        if not data.get("reachable", True) or data.get("error"):
+            # A host that could not be reached, or whose registry could not be read (state "error").
             reason = data.get("error") if isinstance(data.get("error"), str) else "the host could not be reached"
-            unreachable.append(host)
+            state = ERROR if data.get("reachable", True) else UNREACHABLE
+            if state == UNREACHABLE:
+                unreachable.append(host)
             rows.append({"host": host, "machine": None, "job_id": None, "name": None, "network_arch": None,
-                         "platform": None, "state": UNREACHABLE, "ready": False,
+                         "platform": None, "state": state, "ready": False,
                          "readiness": " ".join(reason.split())[:300], "host_url": None, "controller_url": None,
                          "started_at": None, "bind_address": None})
             continue
@@ -345,7 +349,7 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
     opened, errors = [], []
     records = registry.read().forwards()
     for row in rows:
-        if row["state"] in (UNREACHABLE, ELSEWHERE) or not row["host_url"]:
+        if row["state"] in (UNREACHABLE, ERROR, ELSEWHERE) or not row["host_url"]:
             continue
         where = connections[row["host"]]
         row["controller_url"] = direct_url(row, where)
@@ -381,8 +385,8 @@ def table(rows):
     layout = "%-14s %-36s %-16s %-18s %-11s %-5s %s"
     lines = [layout % ("HOST", "JOB_ID", "NAME", "ARCH", "STATE", "READY", "CONTROLLER_URL")]
     for row in rows:
-        if row["state"] == UNREACHABLE:
-            lines.append(layout % (row["host"], "-", "-", "-", UNREACHABLE, "-", row.get("readiness") or ""))
+        if row["state"] in (UNREACHABLE, ERROR):
+            lines.append(layout % (row["host"], "-", "-", "-", row["state"], "-", row.get("readiness") or ""))
             continue
         lines.append(layout % (row["host"], row["job_id"], row.get("name") or "-", row["network_arch"], row["state"],
                                "yes" if row.get("ready") else "no", row.get("controller_url") or "-"))
@@ -403,7 +407,7 @@ def checked_view(rows):
     for row in rows:
         if not isinstance(row, dict):
             raise TaoInferenceError("fleet holds something that is not a service row")
-        if row.get("state") == UNREACHABLE or not row.get("job_id"):
+        if row.get("state") in (UNREACHABLE, ERROR) or not row.get("job_id"):
             continue
         host = _check_inventory_name(row.get("host"))
         trust.check_job_id(row.get("job_id"), "job_id of a fleet service of %s" % host)

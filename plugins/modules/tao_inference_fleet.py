@@ -56,11 +56,13 @@ options:
         type: str
         required: true
       reachable:
-        description: False when the host could not be asked; it is listed as C(unreachable).
+        description: False when the host could not be reached; it is listed as C(unreachable).
         type: bool
         default: true
       error:
-        description: Why it could not be asked.
+        description:
+          - Why it could not be asked. A reachable host with an error (its registry could not be read) is listed
+            with C(state=error).
         type: str
       services:
         description: The RV(tao.inference.tao_inference_info#module:services) the host returned.
@@ -155,8 +157,8 @@ services:
       description: Its platform.
       type: str
     state:
-      description: What its platform says (V(running), V(exited), V(missing)...), or V(unreachable) for a host that
-        could not be asked.
+      description: What its platform says (V(running), V(exited), V(missing)...), V(unreachable) for a host that
+        could not be reached, or V(error) for a host whose registry could not be read.
       type: str
     ready:
       description: Whether it answered ready.

@@ -375,3 +375,27 @@ def test_the_playbooks_across_a_group(harness, fleet_hosts, cleanup):
     assert "forwards" not in harness.registry_data()
     after = harness.playbook(os.path.join(ROOT, "playbooks", "status.yml"), common, inventory=inv)
     assert after.task("Show the services")["result"]["msg"] == ["No service is running."]
+
+
+def test_a_host_whose_registry_cannot_be_read_is_named_in_the_table(harness, fleet_hosts, cleanup):
+    from .conftest import ROOT
+
+    broken = fleet_hosts.names[1]
+    fleet_hosts.ssh(broken, "mkdir -p %s && printf 'not json' > %s && chmod 600 %s" % (
+        os.path.dirname(harness.registry), harness.registry, harness.registry))
+    try:
+        status = harness.playbook(os.path.join(ROOT, "playbooks", "status.yml"),
+                                  {"tao_hosts": "gpu", "tao_registry_path": harness.registry},
+                                  inventory=inventory(fleet_hosts))
+        assert status.rc == 0, status.output[-3000:]
+        rows = dict((row["host"], row) for row in harness_rows(status))
+        assert any(line.split()[:2] == [broken, "-"] and "error" in line
+                   for line in status.task("Show the services")["result"]["msg"])
+        assert rows[broken]["state"] == "error" and "not valid JSON" in rows[broken]["readiness"]
+    finally:
+        fleet_hosts.ssh(broken, "rm -f %s" % harness.registry)
+
+
+def harness_rows(run):
+    """The view the registry_facts role published, from its merge task's result."""
+    return run.task("Merge every host's services on the controller")["result"]["services"]

@@ -321,3 +321,10 @@ def test_table_has_a_header_and_a_line_per_row():
     assert lines[0].split() == ["HOST", "JOB_ID", "NAME", "ARCH", "STATE", "READY", "CONTROLLER_URL"]
     assert lines[1].split()[:6] == ["gpu1", jid("a"), "a", "cosmos-rl", "running", "yes"]
     assert lines[2].split()[:5] == ["gpu2", "-", "-", "-", "unreachable"] and lines[2].endswith("no route")
+
+
+def test_a_host_whose_registry_cannot_be_read_is_an_error_row_not_unreachable():
+    rows, unreachable = fleet.merge([{"inventory_host": "gpu1", "reachable": True,
+                                      "error": "the registry /x is not valid JSON"}])
+    assert rows[0]["state"] == "error" and "not valid JSON" in rows[0]["readiness"] and unreachable == []
+    assert fleet.checked_view(rows) == []
