@@ -48,7 +48,7 @@ from ansible.module_utils.testing import patch_module_args
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 MODULES = ("tao_inference_service", "tao_inference_request", "tao_inference_info", "tao_inference_prune",
-           "tao_inference_preflight")
+           "tao_inference_preflight", "tao_inference_fleet")
 PACKAGE = "ansible_collections.tao.inference.plugins.modules."
 
 # One private folder for the whole file; its name is fixed at import so strategies can name
@@ -947,6 +947,43 @@ def test_prune(world):
     _report(test)
 
 
+# What a fleet's hosts publish and its inventory holds: each value valid-looking or hostile.
+FLEET_CONNECTION = st.fixed_dictionaries({}, optional=dict((key, st.one_of(hostile, valid)) for key, valid in (
+    ("ansible_host", st.sampled_from(["10.9.0.2", "gpu1.example", "::1"])),
+    ("ansible_user", st.sampled_from(["root", "ops"])),
+    ("ansible_port", st.sampled_from([22, "2222"])),
+    ("ansible_ssh_private_key_file", st.sampled_from(["/keys/id", "~/.ssh/id"])),
+    ("ansible_ssh_common_args", st.sampled_from(["-o StrictHostKeyChecking=no", "-o ProxyCommand=touch " + CANARY,
+                                                 "-oLocalCommand=touch %s" % CANARY, "-J a@b:22", "-F /etc/x"])),
+    ("ansible_connection", st.sampled_from(["ssh", "local"])))))
+FLEET_SERVICE = st.fixed_dictionaries({"job_id": st.one_of(st.just(ONE_JOB), hostile)}, optional={
+    "network_arch": st.one_of(st.just("cosmos-rl"), hostile), "name": st.one_of(SERVICE_NAME, hostile),
+    "host_url": st.one_of(st.sampled_from(["http://localhost:8080", "http://10.9.0.2:8080"]), hostile),
+    "platform_status": st.one_of(st.just({"state": "running"}), wrong_type), "machine": hostile,
+    "shape": st.one_of(st.just({"platform_options": {"bind_address": "0.0.0.0"}}), wrong_type)})
+FLEET_HOSTS = st.lists(st.fixed_dictionaries({"inventory_host": st.one_of(st.sampled_from(["gpu1", "gpu2"]), hostile)},
+                                             optional={"reachable": st.booleans(), "error": hostile,
+                                                       "services": st.lists(FLEET_SERVICE, max_size=2),
+                                                       "connection": FLEET_CONNECTION}), max_size=3)
+
+
+def test_fleet(world):
+    test = "fleet"
+
+    @_settings(300)
+    @given(drawn=module_args("tao_inference_fleet", core=("registry_path", "hosts"), fixed={
+        "hosts": FLEET_HOSTS, "job_ids": st.lists(st.one_of(st.just(ONE_JOB), hostile), max_size=2),
+        "missing_hosts": st.lists(st.one_of(st.just("gpu3"), hostile), max_size=2)}), check_mode=st.booleans())
+    def cases(drawn, check_mode):
+        args, bad = drawn
+        if not check_mode:
+            args["forward"] = False  # no ssh process outlives a case; the variables are checked all the same
+        run_case(test, "tao_inference_fleet", args, check_mode, bad=bad, registry={})
+
+    cases()
+    _report(test)
+
+
 def test_request_with_no_service(world):
     test = "request, no service"
 
@@ -1076,6 +1113,7 @@ def test_reports(world):
         "tao_inference_preflight": ("preflight",),
         "tao_inference_info": ("info",),
         "tao_inference_prune": ("prune",),
+        "tao_inference_fleet": ("fleet",),
         "tao_inference_request": ("request, no service", "request, closed port"),
     }
     for module, tests in by_module.items():
