@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from . import sshd
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SCRIPT = os.path.join(ROOT, "scripts", "ensure-fleet.sh")
@@ -38,6 +40,18 @@ class Fleet:
         if check and proc.returncode:
             raise AssertionError("ssh %s %r: exit %d: %s" % (name, command, proc.returncode, proc.stderr.strip()))
         return proc
+
+
+    def stop_sshd(self, name):
+        """Take host ``name`` off the network as Ansible sees it: its sshd (and every session) stops, by pid;
+        connections are refused at once. Its engine and containers keep running. :meth:`restore` undoes it."""
+        folder = self.host(name)["dir"]
+        sshd.stop(os.path.join(folder, "sshd.pid"), os.path.join(folder, "sshd_config"))
+
+    def restore(self, env=None):
+        """Bring every host back as ``scripts/ensure-fleet.sh`` left it (restarts what was stopped)."""
+        proc = ensure(len(self.hosts), dict({"TAO_FLEET_DIR": self.dir}, **(env or {})))
+        assert proc.returncode == 0, proc.stderr
 
 
 def ensure(size=SIZE, env=None, timeout=300):

@@ -204,6 +204,9 @@ class Host:
                 self.destroy(keep_dir=True)
             self.make_namespaces(needed)
             did.append("namespaces")
+        elif not netns.links_up(self.netns, self.host_if, "eth0"):
+            netns.set_up(self.netns, self.host_if, "eth0")
+            did.append("links")
         pid = self.dockerd_pid()
         if pid is None or not engine.answers(self.docker_host(pid)):
             if pid:

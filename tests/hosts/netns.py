@@ -17,15 +17,30 @@ def path(name):
 
 
 def link_ok(name, host_if, gateway, address, ns_if):
-    """Whether the namespace, both veth ends, their addresses and ``lo`` are up as :func:`create` makes them."""
+    """Whether the namespace and both veth ends with their addresses are there as :func:`create` makes them."""
     if not exists(name):
         return False
     here = run("ip", "-o", "-4", "addr", "show", "dev", host_if)
     there = run("ip", "-n", name, "-o", "-4", "addr", "show", "dev", ns_if)
-    state = run("ip", "-n", name, "-o", "link", "show", "dev", ns_if)
-    loopback = run("ip", "-n", name, "-o", "link", "show", "dev", "lo")
-    return (" %s/24 " % gateway in here.stdout and " %s/24 " % address in there.stdout
-            and ",UP" in state.stdout and ",UP" in loopback.stdout)
+    return " %s/24 " % gateway in here.stdout and " %s/24 " % address in there.stdout
+
+
+def _is_up(*command):
+    flags = run(*command).stdout.split("<", 1)[-1].split(">", 1)[0].split(",")
+    return "UP" in flags
+
+
+def links_up(name, host_if, ns_if):
+    """Whether both veth ends and the namespace's ``lo`` are up (someone may have set one down)."""
+    return (_is_up("ip", "-o", "link", "show", "dev", host_if) and _is_up("ip", "-n", name, "-o", "link", "show", "dev", ns_if)
+            and _is_up("ip", "-n", name, "-o", "link", "show", "dev", "lo"))
+
+
+def set_up(name, host_if, ns_if):
+    """Set both veth ends and the namespace's ``lo`` up."""
+    must("ip", "link", "set", host_if, "up")
+    must("ip", "-n", name, "link", "set", ns_if, "up")
+    must("ip", "-n", name, "link", "set", "lo", "up")
 
 
 def create(name, host_if, gateway, address, ns_if, veth_peer=None):
@@ -38,10 +53,8 @@ def create(name, host_if, gateway, address, ns_if, veth_peer=None):
     if peer != ns_if:
         must("ip", "-n", name, "link", "set", peer, "name", ns_if)
     must("ip", "addr", "add", gateway + "/24", "dev", host_if)
-    must("ip", "link", "set", host_if, "up")
     must("ip", "-n", name, "addr", "add", address + "/24", "dev", ns_if)
-    must("ip", "-n", name, "link", "set", ns_if, "up")
-    must("ip", "-n", name, "link", "set", "lo", "up")
+    set_up(name, host_if, ns_if)
 
 
 def pids(name):

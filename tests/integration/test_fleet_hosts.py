@@ -5,10 +5,10 @@ both at once and reached at each host's own address; a rerun changes nothing; ``
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -23,19 +23,24 @@ BIN = os.path.dirname(sys.executable)
 
 
 def ansible(fleet, module, args, limit=None, timeout=120):
-    """``ansible -i <inventory> gpu -m module -a args`` (one line per host); returns {host: (ok, text)}."""
-    cmd = [os.path.join(BIN, "ansible"), "-i", fleet.inventory, "gpu", "-m", module, "-a", args, "-o"]
+    """``ansible -i <inventory> gpu -m module -a args`` (each host's result through the tree callback);
+    returns {host: (ok, stdout or message)}."""
+    cmd = [os.path.join(BIN, "ansible"), "-i", fleet.inventory, "gpu", "-m", module, "-a", args]
     if limit:
         cmd += ["--limit", limit]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="True", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
-                          check=False)
-    results = {}
-    for line in proc.stdout.splitlines():
-        match = re.match(r"^(\S+) \| (\w+)(?: \| rc=(\d+))? (?:\| \(stdout\) |=> )?(.*)$", line)
-        if match:
-            results[match.group(1)] = (match.group(2) in ("CHANGED", "SUCCESS"), match.group(4))
-    assert results, "ansible printed no host line:\n%s\n%s" % (proc.stdout, proc.stderr)
+    with tempfile.TemporaryDirectory() as tree:
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="True", PYTHONWARNINGS="ignore",
+                   ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_CALLBACKS_ENABLED="ansible.builtin.tree",
+                   ANSIBLE_CALLBACK_TREE_DIR=tree)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
+                              check=False)
+        results = {}
+        for host in os.listdir(tree):
+            with open(os.path.join(tree, host), encoding="utf-8") as handle:
+                result = json.load(handle)
+            failed = result.get("failed") or result.get("unreachable") or result.get("rc", 0) != 0  # tree drops "failed"
+            results[host] = (not failed, result.get("stdout") if "stdout" in result else result.get("msg", ""))
+    assert results, "ansible left no result:\n%s\n%s" % (proc.stdout, proc.stderr)
     return results
 
 
@@ -183,6 +188,11 @@ def test_down_leaves_nothing(tmp_path):
     try:
         assert proc.returncode == 0, proc.stderr
         fleet = Fleet(folder, 2)
+        fleet.stop_sshd("downtest-2")  # a host gone from the network: Ansible says so, the other one answers
+        results = ansible(fleet, "ansible.builtin.command", "hostname")
+        assert results["downtest-1"][0] and results["downtest-2"][0] is False, results
+        fleet.restore(env)
+        assert all(ok for ok, _text in ansible(fleet, "ansible.builtin.command", "hostname").values())
         fleet.ssh("downtest-1", "docker run -d --init %s sleep 600" % IMAGE)
         sleeper = int(fleet.ssh("downtest-2", "nohup sleep 600 >/dev/null 2>&1 </dev/null & echo $!").stdout)
         pids = [pid for host in fleet.hosts for pid in _pids(fleet, host)]
