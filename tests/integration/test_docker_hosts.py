@@ -196,7 +196,7 @@ def test_the_start_and_stop_playbooks_reach_an_ssh_docker_host(harness, login):
     start = harness.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
         "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "tao_image": IMAGE,
         "tao_num_gpus": 0, "tao_platform_options": {"docker_host": "ssh://tao-login", "ssh_config": login,
-                                            "bind_address": "0.0.0.0"}})
+                                                    "bind_address": "0.0.0.0"}})
     assert start.rc == 0, start.output
     assert start.task("Report the platform")["result"]["msg"].startswith("Docker ")
     job_id = start.task("Start the service")["result"]["job_id"]

@@ -113,7 +113,7 @@ def on_terminal(harness, name, extra_vars, answers=(), timeout=180):
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
+            ready = select.select([fd], [], [], 0.2)[0]
             if ready:
                 try:
                     chunk = os.read(fd, 65536)
@@ -130,7 +130,7 @@ def on_terminal(harness, name, extra_vars, answers=(), timeout=180):
         else:
             os.kill(pid, signal.SIGKILL)
     finally:
-        _, status = os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
         os.close(fd)
     return os.waitstatus_to_exitcode(status), out.decode(errors="replace").replace("\r\n", "\n"), pending
 
@@ -154,9 +154,9 @@ def test_at_a_terminal_every_missing_value_is_asked_for(harness):
     assert "answered 'What is it?'" in out and "max_tokens 16 (given)" in out and "top_p 0.8 (default)" in out
 
     # An AWX job has a pseudo-terminal too, but nobody types into it: nothing is asked.
-    rc, out, _ = on_terminal(harness, "request", {"tao_prompt": "Hi", "tao_media": PNG, "awx_job_id": 42}, timeout=90)
+    rc, out = on_terminal(harness, "request", {"tao_prompt": "Hi", "tao_media": PNG, "awx_job_id": 42}, timeout=90)[:2]
     assert rc != 0 and "Set tao_sampling: the sampling values for cosmos-rl" in out and "[default" not in out
-    rc, out, _ = on_terminal(harness, "start", {"tao_interactive": False}, timeout=90)
+    rc, out = on_terminal(harness, "start", {"tao_interactive": False}, timeout=90)[:2]
     assert rc != 0 and "Set tao_network_arch and tao_model_path" in out and "network_arch (" not in out
 
     confirm = r"Stop %s \(cosmos-rl, [^\n]*\? \[y/N\][^\n]*:" % job_id
