@@ -87,7 +87,7 @@ def test_the_value_reaches_only_the_launch_and_is_masked(world, monkeypatch):  #
     monkeypatch.setattr(readiness, "probe", lambda url, timeout=2.0: readiness.Probe(
         readiness.FATAL, "model_load_failed", "bad token %s" % CANARY))
     # Drivers mask their logs with the secrets they are given (this run's option values among them).
-    monkeypatch.setattr(driver, "logs", lambda entry, lines=40, secrets=None: mask("auth with %s failed" % CANARY,
-                                                                                    secrets))
+    monkeypatch.setattr(driver, "logs",
+                        lambda entry, lines=40, secrets=None: mask("auth with %s failed" % CANARY, secrets))
     info = manager.info()
     assert CANARY not in json.dumps(info) and "********" in json.dumps(info)
