@@ -556,8 +556,15 @@ class DockerEngine(object):
     def image_inspect(self, ref):
         return self._json("GET", "/images/%s/json" % quote(ref, safe="/:@"))
 
-    def image_pull(self, ref):
-        """Pull ``ref`` (``:latest`` when it names no tag), with the docker CLI's stored credentials."""
+    def image_pull(self, ref, on_progress=None, every=1.0):
+        """Pull ``ref`` (``:latest`` when it names no tag), with the docker CLI's stored credentials.
+
+        Returns the engine's last status line. ``on_progress(progress)`` (a :class:`PullProgress`) is
+        called as the engine's per-layer progress comes, at most once every ``every`` seconds, and once
+        at the end.
+        """
+        import time
+
         repository, tag, digest = split_image(ref)
         if digest:
             query = {"fromImage": "%s@%s" % (repository, digest)}
@@ -575,7 +582,8 @@ class DockerEngine(object):
                     % (registry or "Docker Hub", self.host, ref))
             headers["X-Registry-Auth"] = auth
         response = self.request("POST", "/images/create", query=query, headers=headers, stream=True)[2]
-        last = None
+        progress = PullProgress()
+        told = time.monotonic()
         try:
             while True:
                 line = response.readline(LINE_LIMIT + 1)
@@ -594,18 +602,21 @@ class DockerEngine(object):
                     continue
                 if event.get("error"):
                     raise EngineError(event.get("error"))
-                status = event.get("status")
-                if status and isinstance(status, str):
-                    last = status
+                progress.take(event)
+                if on_progress is not None and time.monotonic() - told >= every:
+                    told = time.monotonic()
+                    on_progress(progress)
         except (OSError, http_client.HTTPException) as exc:
             self.close()
             raise EngineError("the pull of %s was cut off: %s" % (ref, exc))
-        except EngineError:
+        except BaseException:
             self.close()  # the rest of the stream is unread: this connection cannot serve another request
             raise
         if response.will_close:
             self.close()
-        return last
+        if on_progress is not None:
+            on_progress(progress)
+        return progress.last
 
     # -- containers ------------------------------------------------------------
     def container_create(self, name, config):
@@ -651,6 +662,62 @@ class DockerEngine(object):
             raise EngineError("the logs of %s were cut off: %s" % (ident, exc))
         text = demux(data).decode("utf-8", "replace")
         return text if complete else text + "\n[... the rest is cut: the logs are longer than %s]\n" % _size(LOG_LIMIT)
+
+
+class PullProgress(object):
+    """What a pull has done so far, from the engine's ``/images/create`` progress stream.
+
+    The engine sends one JSON object per event; those with an ``id`` that is a layer's short digest
+    say what that layer does (``Pulling fs layer``, ``Waiting``, ``Downloading`` with
+    ``progressDetail.current``/``total`` in bytes, ``Verifying Checksum``, ``Download complete``,
+    ``Extracting``, ``Pull complete``, ``Already exists``). ``bytes_done``/``bytes_total`` count the
+    compressed bytes downloaded of the layers whose size the engine told; a layer that already
+    exists counts as done with no bytes.
+    """
+
+    _LAYER_EVENTS = ("Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum", "Download complete",
+                     "Extracting", "Pull complete", "Already exists", "Retrying")
+    _DOWNLOADED = ("Verifying Checksum", "Download complete", "Extracting", "Pull complete")
+
+    def __init__(self):
+        self.layers = {}  # id -> [status, bytes done, bytes total or None]
+        self.last = None
+
+    def take(self, event):
+        status = event.get("status")
+        if not isinstance(status, str):
+            return
+        self.last = status
+        ident = event.get("id")
+        if not isinstance(ident, str) or not any(status.startswith(word) for word in self._LAYER_EVENTS):
+            return
+        layer = self.layers.setdefault(ident, [status, 0, None])
+        layer[0] = status
+        detail = event.get("progressDetail")
+        detail = detail if isinstance(detail, dict) else {}
+        current, total = detail.get("current"), detail.get("total")
+        if status == "Downloading":
+            if _count(total):
+                layer[2] = total
+            if _count(current):
+                layer[1] = current
+        elif status in self._DOWNLOADED and layer[2]:
+            layer[1] = layer[2]
+
+    @property
+    def layers_done(self):
+        return sum(1 for layer in self.layers.values() if layer[0] in ("Pull complete", "Already exists"))
+
+    def as_dict(self):
+        """``{bytes_done, bytes_total, layers_done, layers_total, status}``."""
+        return {"bytes_done": sum(layer[1] for layer in self.layers.values()),
+                "bytes_total": sum(layer[2] or 0 for layer in self.layers.values()),
+                "layers_done": self.layers_done, "layers_total": len(self.layers),
+                "status": (self.last or "")[:200]}
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 50
 
 
 def demux(data):

@@ -30,7 +30,7 @@ What a driver does::
 
     preflight(spec, report)              -> dict of facts, or TaoInferenceError (changes nothing);
                                             report=False: only the checks a start needs, fast
-    prepare(spec)                        -> None: make the image available (pull)
+    prepare(spec)                        -> None, or what the pull did: make the image available (pull)
     port_scope(spec)                     -> str (ports are unique per scope) or None
     port_is_free(spec, port)             -> bool
     start(launch)                        -> dict of entry fields (host_url, platform_job_id, ...)

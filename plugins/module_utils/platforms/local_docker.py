@@ -13,7 +13,7 @@ import ipaddress
 
 from urllib.parse import urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog
+from ansible_collections.tao.inference.plugins.module_utils import catalog, pulls
 from ansible_collections.tao.inference.plugins.module_utils.docker_engine import (
     DockerEngine, EngineConfigError, EngineError, UnsupportedEngine, resolve_endpoint,
 )
@@ -274,6 +274,14 @@ class LocalDockerDriver(Driver):
             "image_present": self._has_image(spec.image),
         }
 
+    def has_image(self, image):
+        """Whether the engine has ``image``."""
+        return self._has_image(image)
+
+    def ensure_image(self, image):
+        """Pull ``image`` as ``pull`` says (joining a pull of it under way); what the pull did."""
+        return self._ensure_image(image)
+
     def _has_image(self, image):
         try:
             self.engine.image_inspect(image)
@@ -284,19 +292,21 @@ class LocalDockerDriver(Driver):
             raise TaoInferenceError("cannot inspect image %s: %s" % (image, exc))
 
     def prepare(self, spec):
-        """Make the image available on the engine (pull per ``self.pull``)."""
-        self._ensure_image(spec.image)
+        """Make the image available on the engine (pull per ``self.pull``); what the pull did (see
+        :func:`pulls.outcome`: ``pulled`` false when the image was there)."""
+        return self._ensure_image(spec.image)
 
     def _ensure_image(self, image):
         if self.pull != "always" and self._has_image(image):
-            return
+            return pulls.outcome(False)
         if self.pull == "never":
             raise TaoInferenceError(
                 "image %s is not on the Docker host and pull is 'never'; load or build it there, "
                 "or set pull: missing" % image
             )
         try:
-            self.engine.image_pull(image)
+            # Joins a pull of the same image on this engine that another run has under way.
+            return pulls.pull_or_join(self.engine, image)
         except EngineError as exc:
             hint = ""
             if image.startswith("nvcr.io/"):
