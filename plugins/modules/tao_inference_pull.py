@@ -11,7 +11,7 @@ description:
     C(platform=local-docker) (the local one, or O(docker_host)), and reports how long it took and how
     much it pulled. An image the engine already has is not pulled (unless O(pull=always)).
   - A pull of the same image on the same engine that another run has under way is joined, not started
-    twice: this run waits for it and reports its outcome (RV(pull.joined)).
+    twice; this run waits for it and reports its outcome (RV(pull.joined)).
   - While it pulls, its progress (bytes and layers done and in all) is kept in a state file of the user's
     (C(pulls/) beside the default registry, C(~/.local/state/tao-inference/pulls), mode C(0600), never a
     credential). With O(watch=true) the module only reads it, so that a play can run the pull as an
@@ -29,6 +29,7 @@ extends_documentation_fragment:
   - tao.inference.kubernetes
   - tao.inference.brev
   - tao.inference.lepton
+  - tao.inference.attributes.action_group
 attributes:
   check_mode:
     description: Says whether the image would be pulled (RV(changed)) and pulls nothing.
@@ -42,7 +43,7 @@ attributes:
 options:
   platform:
     description:
-      - The platform whose engine pulls. Only V(local-docker); the other platforms pull where the service runs.
+      - The platform whose engine pulls. Only V(local-docker) (the other platforms pull where the service runs).
     type: str
     choices: [local-docker]
     default: local-docker
@@ -58,7 +59,7 @@ options:
     type: str
   watch:
     description:
-      - Pull nothing: wait up to O(watch_timeout) seconds for the pull under way (or that ended last) to
+      - Pull nothing; wait up to O(watch_timeout) seconds for the pull under way (or that ended last) to
         report, and return its RV(state) and RV(progress).
     type: bool
     default: false

@@ -387,6 +387,15 @@ repaired:
   returned: state=present with O(name)
   type: list
   elements: str
+pull:
+  description:
+    - What getting the image took, on the platforms that pull it here (local-docker). C(pulled) false when the
+      engine had it (nothing was pulled, no time spent), else C(seconds) the pull took, C(bytes) (as the registry
+      sent them) and C(layers) it had, and C(joined) true when a pull of it that another run had under way was
+      waited for. M(tao.inference.tao_inference_pull) pulls ahead of the start with its progress shown.
+  returned: state=present when a service was started on local-docker, not in check mode
+  type: dict
+  sample: {pulled: true, seconds: 742.3, bytes: 21474836480, layers: 31, joined: false}
 readiness:
   description:
     - The last readiness observation (C(state), C(reason), C(message), C(http_status)) and
