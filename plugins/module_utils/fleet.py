@@ -341,17 +341,23 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
     hosts = list(hosts) + [{"inventory_host": name, "reachable": False,
                             "error": "failed or unreachable earlier in the play"} for name in missing]
     rows, unreachable = merge(hosts)
-    connections = {}
+    connections, errors = {}, []
     for data in hosts:
         if data.get("reachable", True):
             name = _check_inventory_name(data.get("inventory_host"))
-            connections[name] = InventoryHost.from_dict(dict(data.get("connection") or {}, inventory_host=name))
-    opened, errors = [], []
+            try:
+                connections[name] = InventoryHost.from_dict(dict(data.get("connection") or {}, inventory_host=name))
+            except TaoInferenceError as exc:  # this host's services are listed, with no URL from here
+                connections[name] = None
+                errors.append({"host": name, "job_id": None, "error": exc.msg})
+    opened = []
     records = registry.read().forwards()
     for row in rows:
         if row["state"] in (UNREACHABLE, ERROR, ELSEWHERE) or not row["host_url"]:
             continue
         where = connections[row["host"]]
+        if where is None:
+            continue
         row["controller_url"] = direct_url(row, where)
         if row["controller_url"] or row["state"] != "running":
             continue
@@ -371,7 +377,7 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
     # A forward whose service a reachable host no longer lists (stopped, pruned) is closed.
     listed = set(r["job_id"] for r in rows if r["job_id"])
     stale = [job_id for job_id, record in records.items()
-             if close_stale and record["inventory_host"] in connections and job_id not in listed]
+             if close_stale and connections.get(record["inventory_host"]) and job_id not in listed]
     closed = stale if check_mode else close_forwards(registry, stale)
     for row in rows:
         row.pop("bind_address", None)

@@ -202,7 +202,9 @@ closed:
   type: list
   elements: str
 errors:
-  description: Services whose forward could not be opened, with why (the others are still listed).
+  description:
+    - Services whose forward could not be opened, and hosts whose connection variables were refused
+      (C(job_id) null), each with why. Everything else is still listed; their services have no C(controller_url).
   returned: state=present
   type: list
   elements: dict

@@ -328,3 +328,17 @@ def test_a_host_whose_registry_cannot_be_read_is_an_error_row_not_unreachable():
                                       "error": "the registry /x is not valid JSON"}])
     assert rows[0]["state"] == "error" and "not valid JSON" in rows[0]["readiness"] and unreachable == []
     assert fleet.checked_view(rows) == []
+
+
+def test_one_hosts_bad_connection_variables_do_not_hide_the_others(tmp_path, fake_ssh):
+    registry = Registry(str(tmp_path / "reg.json"))
+    hosts = hosts_with(item("a")) + [{"inventory_host": "gpu2", "services": [item("b")],
+                                      "connection": {"ansible_host": "10.9.0.3",
+                                                     "ansible_ssh_common_args": "-o ProxyCommand=nc %h %p"}}]
+    result = fleet.view(registry, hosts)
+    rows = dict((r["host"], r) for r in result["services"])
+    assert rows["gpu1"]["controller_url"].startswith("http://127.0.0.1:")
+    assert rows["gpu2"]["controller_url"] is None and rows["gpu2"]["state"] == "running"
+    assert result["errors"][0]["host"] == "gpu2" and "ProxyCommand" in result["errors"][0]["error"]
+    assert list(registry.read().forwards()) == [jid("a")]
+    fleet.close_forwards(registry, [jid("a")])
