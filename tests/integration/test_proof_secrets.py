@@ -349,3 +349,23 @@ def test_secrets_given_as_values_reach_a_lepton_deployment_only_through_lepton_s
     stop = lep.play(lepton.stop_task(name), env=lep.lepton_env)
     assert stop.rc == 0, stop.output[-3000:]
     lepton.assert_nothing_left(lep)
+
+
+def test_the_start_playbook_takes_secret_values_as_tao_secrets(harness, tmp_path):
+    """As an AWX credential hands them over: extra vars (here a file), never a command line or an environment."""
+    path = tmp_path / "credential.json"
+    path.write_text(json.dumps({"tao_secrets": {"HF_TOKEN": CANARIES["HF_TOKEN"]}}))
+    os.chmod(str(path), 0o600)
+    start = harness.playbook(os.path.join(ROOT, "playbooks", "start.yml"), {
+        "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://nvidia/Cosmos-Reason1-7B", "tao_image": IMAGE,
+        "tao_num_gpus": 0}, args=["-e", "@%s" % path, "-vvv"])
+    assert start.rc == 0, start.output[-3000:]
+    assert start.task("Start the service")["result"].get("censored")  # the task's output is hidden
+    [job_id] = list(harness.entries())
+    [doc] = json.loads(docker("inspect", job_id).stdout)
+    assert "HF_TOKEN=%s" % CANARIES["HF_TOKEN"] in doc["Config"]["Env"]
+    assert "ready after" in start.output and leaked(start.output) == [] and leaked(open(harness.registry).read()) == []
+    assert harness.registry_data()[job_id]["secret_env"] == ["HF_TOKEN"]
+    stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"tao_job_id": job_id})
+    assert stop.rc == 0, stop.output[-3000:]
+    assert harness.containers() == []
