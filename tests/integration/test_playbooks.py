@@ -186,3 +186,10 @@ def test_the_names_used_before_the_prefix_are_refused_not_ignored(harness):
     # Given both ways (an inventory may hold the old name for something else), the tao_ name is used.
     run = harness.playbook(playbook("status"), {"registry_path": "/elsewhere", "tao_registry_path": harness.registry})
     assert run.rc == 0 and "No service is running." in run.stdout
+
+
+def test_platform_options_come_as_a_dict_or_its_json_text(harness):
+    run = harness.playbook(playbook("status"), {"tao_platform_options": "- docker_host"})
+    assert run.rc != 0 and "tao_platform_options must be a dict of the platform's own options" in run.output
+    run = harness.playbook(playbook("status"), {"tao_platform_options": '{"docker_host": "unix:///var/run/docker.sock"}'})
+    assert run.rc == 0 and "No service is running." in run.stdout, run.output[-2000:]
