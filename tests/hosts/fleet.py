@@ -20,6 +20,7 @@ Files (``TAO_FLEET_DIR``, default ``.build/fleet``): ``inventory.ini`` (group ``
 import concurrent.futures
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import pwd
@@ -224,9 +225,10 @@ class Host:
         """The network namespace and veth, then the mount and UTS namespaces set up by :func:`setup_inside`."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         common.write_file(self.file("host.json"), json.dumps(self.record()) + "\n", 0o600)
-        if self.gateway in common.host_addresses():
-            raise RuntimeError("%s is already an address of this machine: set TAO_FLEET_NET to a free /16 "
-                               "(e.g. 10.197)" % self.gateway)
+        clash = self.route_clash()
+        if self.gateway in common.host_addresses() or clash:
+            raise RuntimeError("%s/24 is already in use on this machine (%s): set TAO_FLEET_NET to a free /16 "
+                               "(e.g. 10.197)" % (self.gateway, clash or "an address of an interface"))
         netns.create(self.netns, self.host_if, self.gateway, self.address, "eth0", veth_peer=self.peer)
         home = self.file("home")
         tmp = self.file("tmp")
@@ -253,6 +255,21 @@ class Host:
         common.must("nsenter", "--net=" + netns.path(self.netns), "unshare", "--mount=" + self.mnt, "--uts=" + self.uts,
                     "--propagation", "private", "--", sys.executable, "-I", "-c", code, os.path.dirname(HERE),
                     json.dumps(plan), cwd="/")
+
+    def route_clash(self):
+        """A route of this machine (other than the default one) that overlaps the host's /24, or None."""
+        mine = ipaddress.ip_network(self.gateway + "/24", strict=False)
+        for line in common.run("ip", "-4", "-o", "route", "show").stdout.splitlines():
+            words = line.split()
+            if not words or words[0] == "default" or ("dev" in words and words[words.index("dev") + 1:][:1] == [self.host_if]):
+                continue
+            try:
+                network = ipaddress.ip_network(words[0], strict=False)
+            except ValueError:
+                continue
+            if network.overlaps(mine):
+                return line.strip()
+        return None
 
     def start_dockerd(self):
         """dockerd inside the host, waited on until it answers."""
@@ -529,6 +546,12 @@ def main(argv):
             if not 1 <= count <= 250:
                 raise ValueError("the number of hosts must be between 1 and 250, not %d" % count)
             interpreter = settings.interpreter_paths()
+            for index in range(1, count + 1):
+                host = Host(settings, index)
+                clash = None if host.namespaces_ok() else host.route_clash()
+                if clash:
+                    raise ValueError("%s/24 of %s is already in use on this machine (%s): set TAO_FLEET_NET to a "
+                                     "free /16 (e.g. 10.197)" % (host.gateway, host.name, clash))
             for image in settings.images:
                 if engine.image_id(image) is None:
                     raise ValueError("this machine's Docker engine has no %s: run `make emulator-image`" % image)

@@ -233,6 +233,7 @@ def test_down_leaves_nothing(tmp_path):
     ({"TAO_FLEET_NAME": "a\nb"}, ["1"], "TAO_FLEET_NAME"),
     ({"TAO_FLEET_NET": "10.198.1"}, ["1"], "TAO_FLEET_NET"),
     ({"TAO_FLEET_PYTHON": "/usr/bin/python3"}, ["1"], "import httpx"),
+    ({"TAO_FLEET_NET": "172.17"}, ["1"], "already in use on this machine"),
 ])
 def test_bad_input_is_refused_before_anything_is_made(tmp_path, env, args, message):
     base = dict(os.environ, TAO_FLEET_DIR=os.path.join(ROOT, ".build", "fleet-bad-%d" % os.getpid()),
@@ -245,6 +246,7 @@ def test_bad_input_is_refused_before_anything_is_made(tmp_path, env, args, messa
     assert message in proc.stderr, proc.stderr
     assert not os.path.exists("/tmp/pwned")
     assert not os.path.exists(os.path.join(ROOT, ".build", "fleet-bad-%d" % os.getpid()))
+    assert not os.path.exists(os.path.join(ROOT, ".build", "fleet-bad-%d.lock" % os.getpid()))
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout == before
 
 
