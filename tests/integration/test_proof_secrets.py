@@ -369,3 +369,28 @@ def test_the_start_playbook_takes_secret_values_as_tao_secrets(harness, tmp_path
     stop = harness.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {"tao_job_id": job_id})
     assert stop.rc == 0, stop.output[-3000:]
     assert harness.containers() == []
+
+
+def test_hostile_secret_values_arrive_unchanged_and_run_nothing(slurm, tmp_path):  # noqa: F811
+    """Values with quotes, $(...), backticks, a leading '-', option-looking text and a newline reach the container
+    as they are, on local-docker (the Engine API body) and on Slurm (base64 over ssh's stdin, exported to the job),
+    and nothing in them runs."""
+    canary = str(tmp_path / "pwned")
+    values = {"HF_TOKEN": "-oProxyCommand=touch %s" % canary,
+              "MYCORP_LOGIN": "a'b\"c $(touch %s) `touch %s` ;touch %s\nsecond line \\ %%s" % (canary, canary, canary)}
+    args = secrets_file(tmp_path, values)
+    local = slurm.play(service_task(extra="name: hostile-%s\n%s" % (RUN, SECRETS_OPTION)), args=args)
+    on_slurm = slurm.play(slurm_task(name=uname("hostile"), extra=SECRETS_OPTION), args=args)
+    assert local.rc == 0, local.output[-3000:]
+    assert on_slurm.rc == 0, on_slurm.output[-3000:]
+    for job_id in slurm.entries():
+        [doc] = json.loads(docker("inspect", job_id).stdout)
+        for name, value in values.items():
+            assert "%s=%s" % (name, value) in doc["Config"]["Env"], (job_id, name)
+    assert not os.path.exists(canary)
+    stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    platform: slurm\n"
+                      "    slurm_login_host: tao-login\n    ssh_config: %s\n    state: absent\n"
+                      "- name: Stop local\n  tao.inference.tao_inference_service:\n    name: hostile-%s\n"
+                      "    state: absent\n" % (uname("hostile"), SSH_CONFIG, RUN))
+    assert stop.rc == 0, stop.output[-3000:]
+    assert slurm.entries() == {} and not os.path.exists(canary)
