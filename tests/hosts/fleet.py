@@ -554,7 +554,8 @@ def main(argv):
                                      "free /16 (e.g. 10.197)" % (host.gateway, host.name, clash))
             for image in settings.images:
                 if engine.image_id(image) is None:
-                    raise ValueError("this machine's Docker engine has no %s: run `make emulator-image`" % image)
+                    raise ValueError("this machine's Docker engine has no %s: build or load it first (`make "
+                                     "emulator-image` builds the reference image)" % image)
         os.makedirs(os.path.dirname(settings.dir), exist_ok=True)
         # One run at a time per fleet; the lock sits next to the fleet's folder (--down removes both).
         with open(os.open(settings.dir + ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600), "w",

@@ -69,6 +69,16 @@ def test_each_host_has_its_own_hostname(fleet_hosts):
     assert socket.gethostname() not in names.values()
 
 
+def test_a_host_reaches_only_this_machines_end_and_itself(fleet_hosts):
+    """No default route: the other host's address and this machine's other addresses are unreachable."""
+    first, second = fleet_hosts.hosts[:2]
+    routes = fleet_hosts.ssh(first["name"], "ip -4 route").stdout
+    assert "default" not in routes and "%s.0/24" % first["address"].rsplit(".", 1)[0] in routes
+    probe = fleet_hosts.ssh(first["name"], "timeout 3 bash -c 'echo > /dev/tcp/%s/22'" % second["address"], check=False)
+    assert probe.returncode != 0 and "unreachable" in probe.stderr
+    assert fleet_hosts.ssh(second["name"], "hostname").stdout.strip() == second["name"]  # it is up: only not routed
+
+
 def test_tmp_and_home_are_each_hosts_own(fleet_hosts):
     """A file written in /tmp and in the home on one host is absent on the other host and on this machine."""
     first, second = fleet_hosts.names[:2]
