@@ -19,7 +19,7 @@ import shlex
 
 from urllib.parse import urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, ssh, trust
+from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, ssh, trust
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 
@@ -284,17 +284,22 @@ def ensure_forward(registry, row, inventory_host, opener=ssh.open_tunnel, is_fre
     hosts' forwards open at once), then recorded with its pid; a failure drops the reservation."""
     job_id = row["job_id"]
     _host, remote_port = _url_parts(row["host_url"])
+    me = procs.this_process()
     with registry.transaction() as state:
         record = state.forwards().get(job_id)
         if record is not None and _same_route(record, row, inventory_host) and forward_alive(record):
             return "http://127.0.0.1:%d" % record["local_port"], False
+        if record is not None and not record.get("pid") and record.get("owner_pid") and \
+                procs.alive(record["owner_pid"], record.get("owner_start_time")):
+            raise TaoInferenceError("another run (pid %s) is opening the forward to service %s right now; run again "
+                                    "once it is done" % (record["owner_pid"], job_id), job_id=job_id)
         if record is not None:
             close_forward(record)
             state.remove_forward(job_id)
         local_port = state.allocate_port(LOCAL_SCOPE, is_free=is_free)
         record = {"inventory_host": inventory_host.name, "local_port": local_port, "remote_host": "127.0.0.1",
                   "remote_port": remote_port, "ssh_host": inventory_host.address, "ssh_user": inventory_host.user,
-                  "ssh_port": inventory_host.port}
+                  "ssh_port": inventory_host.port, "owner_pid": me["pid"], "owner_start_time": me["start_time"]}
         state.put_forward(job_id, _reservation(record))  # no pid yet: the port is held while ssh starts
     try:
         pid, started = opener(inventory_host.target(), local_port, "127.0.0.1", remote_port)
@@ -306,6 +311,10 @@ def ensure_forward(registry, row, inventory_host, opener=ssh.open_tunnel, is_fre
     record.update(pid=pid, start_time=str(started))
     try:
         with registry.transaction() as state:
+            current = state.forwards().get(job_id) or {}
+            if current.get("owner_pid") != me["pid"] or current.get("pid"):
+                raise TaoInferenceError("the forward to service %s was replaced by another run while it opened; run "
+                                        "again" % job_id, job_id=job_id)
             state.put_forward(job_id, _reservation(record))
     except BaseException:
         ssh.close_tunnel(pid, started, ssh.forward_spec(local_port, "127.0.0.1", remote_port))

@@ -166,7 +166,7 @@ def is_this_machine(entry):
 
 _FORWARD_KINDS = {"inventory_host": "text", "local_port": "port", "remote_host": "host", "remote_port": "port",
                   "pid": "pid", "start_time": "digits", "ssh_host": "host", "ssh_user": "user", "ssh_port": "port",
-                  "machine": "host"}
+                  "machine": "host", "owner_pid": "pid", "owner_start_time": "digits"}
 # A record without pid is a port held while its ssh starts (or one a killed run left: replaced when seen).
 _FORWARD_REQUIRED = ("inventory_host", "local_port", "remote_host", "remote_port", "ssh_host")
 

@@ -342,3 +342,24 @@ def test_one_hosts_bad_connection_variables_do_not_hide_the_others(tmp_path, fak
     assert result["errors"][0]["host"] == "gpu2" and "ProxyCommand" in result["errors"][0]["error"]
     assert list(registry.read().forwards()) == [jid("a")]
     fleet.close_forwards(registry, [jid("a")])
+
+
+def test_a_forward_another_run_is_opening_is_left_to_it(tmp_path, fake_ssh):
+    from ansible_collections.tao.inference.plugins.module_utils import procs
+
+    registry = Registry(str(tmp_path / "reg.json"))
+    sleeper = subprocess.Popen(["sleep", "60"])  # the other run, still at work
+    try:
+        with registry.transaction() as state:
+            state.put_forward(jid("a"), {"inventory_host": "gpu1", "local_port": 8099, "remote_host": "127.0.0.1",
+                                         "remote_port": 8080, "ssh_host": "10.9.0.2", "owner_pid": sleeper.pid,
+                                         "owner_start_time": procs.stat_of(sleeper.pid)[1]})
+        result = fleet.view(registry, hosts_with(item("a")))
+        assert "opening the forward" in result["errors"][0]["error"] and result["opened"] == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # Its run is gone: the reservation is stale and replaced.
+    result = fleet.view(registry, hosts_with(item("a")))
+    assert result["opened"] == [jid("a")] and registry.read().forwards()[jid("a")]["pid"]
+    fleet.close_forwards(registry, [jid("a")])
