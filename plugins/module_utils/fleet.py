@@ -326,14 +326,16 @@ def _reservation(record):
     return dict((k, v) for k, v in record.items() if v is not None)
 
 
-def close_forwards(registry, job_ids):
-    """Close the controller forwards of ``job_ids`` and drop their records; the job_ids closed or dropped."""
+def close_forwards(registry, job_ids, inventory_host=None):
+    """Close the controller forwards of ``job_ids`` (only those to ``inventory_host`` when given: a host
+    reports what it stopped, and must not close forwards to another host) and drop their records; the
+    job_ids closed or dropped."""
     closed = []
     with registry.transaction() as state:
         forwards = state.forwards()
         for job_id in job_ids:
             record = forwards.get(job_id)
-            if record is None:
+            if record is None or (inventory_host is not None and record["inventory_host"] != inventory_host):
                 continue
             close_forward(record)
             state.remove_forward(job_id)

@@ -103,6 +103,11 @@ options:
     type: list
     elements: str
     default: []
+  inventory_host:
+    description:
+      - With O(state=absent), close only forwards to this inventory host (the role passes the host whose stop
+        reported O(job_ids), so that a host's answer never closes a forward to another host).
+    type: str
 requirements:
   - Python 3.8 or newer and an OpenSSH client (C(ssh)) on the host that runs the module (the controller), which
     must reach each host's C(ansible_host) and C(ansible_port) over SSH with its key, in batch mode.
@@ -229,6 +234,7 @@ def main():
         missing_hosts=dict(type="list", elements="str", default=[]),
         close_stale=dict(type="bool", default=True),
         job_ids=dict(type="list", elements="str", default=[]),
+        inventory_host=dict(type="str"),
     )
     argument_spec.update(REGISTRY_ARGS)
     module = new_module(argument_spec=argument_spec, supports_check_mode=True)
@@ -238,10 +244,12 @@ def main():
     def action():
         if params["state"] == "absent":
             job_ids = [check_job_id(j) for j in params["job_ids"]]
+            host = params["inventory_host"]
             if module.check_mode:
-                closed = [j for j in job_ids if j in registry.read().forwards()]
+                forwards = registry.read().forwards()
+                closed = [j for j in job_ids if j in forwards and host in (None, forwards[j]["inventory_host"])]
             else:
-                closed = fleet.close_forwards(registry, job_ids)
+                closed = fleet.close_forwards(registry, job_ids, host)
             return {"changed": bool(closed), "closed": closed}
         return fleet.view(registry, params["hosts"], params["forward"], module.check_mode,
                           missing=params["missing_hosts"], close_stale=params["close_stale"])

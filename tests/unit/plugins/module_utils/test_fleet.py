@@ -363,3 +363,11 @@ def test_a_forward_another_run_is_opening_is_left_to_it(tmp_path, fake_ssh):
     result = fleet.view(registry, hosts_with(item("a")))
     assert result["opened"] == [jid("a")] and registry.read().forwards()[jid("a")]["pid"]
     fleet.close_forwards(registry, [jid("a")])
+
+
+def test_a_hosts_stop_closes_only_forwards_to_that_host(tmp_path, fake_ssh):
+    registry = Registry(str(tmp_path / "reg.json"))
+    fleet.view(registry, hosts_with(item("a")))
+    assert fleet.close_forwards(registry, [jid("a")], inventory_host="gpu2") == []
+    assert fleet.forward_alive(registry.read().forwards()[jid("a")])
+    assert fleet.close_forwards(registry, [jid("a")], inventory_host="gpu1") == [jid("a")]
