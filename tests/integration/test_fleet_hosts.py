@@ -193,7 +193,9 @@ def test_down_leaves_nothing(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the fleet test hosts need root")
     folder = os.path.join(ROOT, ".build", "fleet-down-%d" % os.getpid())
-    env = {"TAO_FLEET_DIR": folder, "TAO_FLEET_NET": "10.197", "TAO_FLEET_NAME": "downtest"}
+    # Networks of its own (10.150-10.189: not the shared fleet's 10.198, nor the Brev tests' 10.200-10.249),
+    # so that two runs of this test at once do not take each other's.
+    env = {"TAO_FLEET_DIR": folder, "TAO_FLEET_NET": "10.%d" % (150 + os.getpid() % 40), "TAO_FLEET_NAME": "downtest"}
     proc = ensure(2, env)
     try:
         assert proc.returncode == 0, proc.stderr
