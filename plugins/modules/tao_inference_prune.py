@@ -31,6 +31,7 @@ extends_documentation_fragment:
   - tao.inference.kubernetes
   - tao.inference.brev
   - tao.inference.lepton
+  - tao.inference.attributes.action_group
 attributes:
   check_mode:
     description:
@@ -43,11 +44,6 @@ attributes:
   idempotent:
     description: A second run finds nothing gone left to prune (C(changed=false)).
     support: full
-  action_group:
-    description: Use C(group/tao.inference.service) in C(module_defaults) to set defaults for this module.
-    support: full
-    membership:
-      - tao.inference.service
 options:
   job_id:
     description:
@@ -63,6 +59,11 @@ options:
     description:
       - Every service in the registry (of this machine).
     type: bool
+requirements:
+  - Python 3.8 or newer on the host that runs the module.
+  - To ask a service's platform and release what this host holds for it, what that platform needs there, as
+    for M(tao.inference.tao_inference_service) (access to the Docker engine, an C(ssh) client, the C(brev) CLI,
+    the Python packages C(kubernetes) or C(httpx)).
 seealso:
   - module: tao.inference.tao_inference_info
   - module: tao.inference.tao_inference_service
