@@ -11,8 +11,8 @@ description:
     container or job exited, or the platform no longer knows it), it releases what this host still holds
     for it (the SSH tunnel of a Slurm job cancelled elsewhere, a Brev tunnel, a Kubernetes port forward),
     removes what the platform kept of it (an exited container, a failed Job with its Service and Secret,
-    a Lepton deployment and its secrets), exactly as O(tao.inference.tao_inference_service#module:state=absent)
-    would, and drops its registry entry.
+    a Lepton deployment and its secrets, or the Lepton secrets of a deployment deleted in the workspace),
+    exactly as O(tao.inference.tao_inference_service#module:state=absent) would, and drops its registry entry.
   - "It only ever acts on entries of this machine: a registry shared between machines (an NFS home) keeps
     the entries of services another machine started, since only that machine can see their platform and
     what it holds for them. It also keeps: a service whose start is under way (its run is alive), a service

@@ -5,7 +5,9 @@ nothing meanwhile."""
 import json
 import os
 
+from . import test_lepton as lepton
 from .conftest import docker, service_task
+from .test_lepton import lep  # noqa: F401  pylint: disable=unused-import
 
 PRUNE = "- name: Prune\n  tao.inference.tao_inference_prune:\n    all: true\n"
 
@@ -50,3 +52,23 @@ def test_prune_says_what_to_select(harness):
     assert run.rc != 0 and "job_id, name, or all: true" in msg
     both = harness.play("- name: Prune\n  tao.inference.tao_inference_prune:\n    all: true\n    name: x\n")
     assert both.rc != 0 and "mutually exclusive" in both.task("Prune")["result"]["msg"]
+
+
+def test_prune_deletes_the_lepton_secrets_a_deployment_deleted_elsewhere_left(lep):  # noqa: F811
+    name = "lep-prune-%s" % lepton.RUN
+    run = lep.play(lepton.start_task(name, extra="secret_env: [HF_TOKEN]\nwait: false"),
+                   env=dict(lep.lepton_env, HF_TOKEN=lepton.CANARY))
+    assert run.rc == 0, run.output[-3000:]
+    job_id = run.task("Start")["result"]["job_id"]
+    lep.job_ids.add(job_id)
+    assert lep.workspace.secrets([job_id])
+    lep.workspace.delete(name)  # deleted in the workspace, behind the collection's back
+    assert lepton.wait_for(lambda: not lep.workspace.deployments(lep.registry), 30)
+    prune = "- name: Prune\n  tao.inference.tao_inference_prune:\n    name: %s\n" % name
+    info = lep.play("- name: Info\n  tao.inference.tao_inference_info:\n", env=lep.lepton_env).task("Info")
+    assert info["status"] == "ok" and info["result"]["services"][0]["platform_status"]["state"] == "missing"
+    assert lep.workspace.secrets([job_id])  # info changed nothing
+    pruned = lep.play(prune, env=lep.lepton_env).task("Prune")
+    assert pruned["status"] == "changed" and pruned["result"]["released"] == [job_id]
+    assert lep.workspace.secrets([job_id]) == [] and lep.entries() == {}
+    lepton.assert_nothing_left(lep)

@@ -929,6 +929,34 @@ class LeptonDriver(Driver):
         name = self._name_of(entry)
         return self._replica_logs(name, lines, secrets) if name else ""
 
+    def _delete_secrets(self, job_id):
+        """Delete the secrets of service ``job_id`` (its name prefix, and our tag where Lepton lists tags); True
+        when there were some."""
+        deleted = False
+        prefix = secret_name(job_id, "")
+        for item in self._list("/usersecrets", "list secrets"):
+            secret = item.get("name") if isinstance(item, dict) else None
+            tags = item.get("tags") if isinstance(item, dict) else None
+            # The prefix holds the whole job_id; where Lepton lists tags, ours must be among them too.
+            if isinstance(secret, str) and secret.startswith(prefix) and \
+                    (tags is None or (isinstance(tags, list) and SECRET_TAG in tags)):
+                try:
+                    self._request("DELETE", "/usersecrets/%s" % quote(secret, safe=""), "delete secret %s" % secret)
+                    deleted = True
+                except LeptonError as exc:
+                    if exc.status != 404:
+                        raise
+        return deleted
+
+    def release(self, entry):
+        """A service whose deployment is gone (deleted in the workspace, say): delete the secrets it left there,
+        which hold the values. Only this service's (see :meth:`_delete_secrets`), only in its own workspace."""
+        job_id = entry.get("job_id")
+        if not is_uuid(job_id):
+            return False
+        self._check_entry(entry)
+        return self._delete_secrets(job_id)
+
     def stop(self, entry):
         """Delete the service's deployment and its secrets: only a deployment labelled as ours for this job_id,
         and secrets with its name prefix (and our tag). True when something was there. Waits (a while) until
@@ -956,19 +984,7 @@ class LeptonDriver(Driver):
             except LeptonError as exc:
                 if exc.status != 404:
                     raise
-        prefix = secret_name(job_id, "")
-        for item in self._list("/usersecrets", "list secrets"):
-            secret = item.get("name") if isinstance(item, dict) else None
-            tags = item.get("tags") if isinstance(item, dict) else None
-            # The prefix holds the whole job_id; where Lepton lists tags, ours must be among them too.
-            if isinstance(secret, str) and secret.startswith(prefix) and \
-                    (tags is None or (isinstance(tags, list) and SECRET_TAG in tags)):
-                try:
-                    self._request("DELETE", "/usersecrets/%s" % quote(secret, safe=""), "delete secret %s" % secret)
-                    stopped = True
-                except LeptonError as exc:
-                    if exc.status != 404:
-                        raise
+        stopped = self._delete_secrets(job_id) or stopped
         deadline = time.monotonic() + STOP_WAIT
         delay = 0.02
         for found in names:
