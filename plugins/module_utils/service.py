@@ -75,6 +75,16 @@ def _changes(before, after):
     return fields or ["(nothing in the spec: the service it replaces had failed or was not running)"]
 
 
+def watched_state(item):
+    """What a watch compares, of an info ``item``: the readiness reason, else the platform's state with the
+    reason it keeps the service waiting when it gives one (``pending (Resources)``)."""
+    status = item.get("platform_status") or {}
+    reason = (item.get("readiness") or {}).get("reason")
+    if reason:
+        return reason
+    return "%s (%s)" % (status.get("state"), status["reason"]) if status.get("reason") else status.get("state")
+
+
 def public_entry(entry):
     """The entry as modules return it (it never holds secret values)."""
     if not entry:
@@ -591,7 +601,8 @@ class ServiceManager(object):
 
     def watch(self, job_id, previous, timeout, sleep_max=0.5):
         """Wait up to ``timeout`` s for the readiness reason of ``job_id`` to
-        differ from ``previous``; return :meth:`info` of that service."""
+        differ from ``previous`` (see :func:`watched_state`: a platform that keeps the service waiting says
+        why, e.g. Slurm's pending reason); return :meth:`info` of that service."""
         deadline = readiness.Deadline(timeout)
         delay = 0.05
         while True:
@@ -599,8 +610,9 @@ class ServiceManager(object):
             if not result["services"]:
                 return result
             item = result["services"][0]
-            current = (item.get("readiness") or {}).get("reason") or item["platform_status"]["state"]
-            if current != previous or item["ready"] or not item["running"] or deadline.expired:
+            pending = item["platform_status"]["state"] == "pending"
+            if watched_state(item) != previous or item["ready"] or not (item["running"] or pending) or \
+                    deadline.expired:
                 return result
             time.sleep(min(delay, deadline.remaining()))
             delay = min(delay * 2, sleep_max)

@@ -114,6 +114,9 @@ services:
       description:
         - What the platform says (C(state) running/pending/exited/missing/unknown, C(detail), C(exit_code)).
         - For slurm also C(slurm_state) and C(tunnel_alive) (false when the SSH tunnel process is gone).
+        - While the platform keeps the service waiting, C(reason) says why when it tells (for slurm, the job's
+          pending reason as C(squeue) gives it, such as V(Resources), V(Priority) or V(ReqNodeNotAvail)). O(watch_from)
+          then compares the state together with its reason, so a new reason ends the wait too.
       type: dict
     log_tail:
       description: The last log lines of a service that failed to load or is gone (secret values masked).

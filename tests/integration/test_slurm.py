@@ -641,3 +641,76 @@ def test_a_second_fixed_port_service_on_the_node_fails_at_once_and_says_why(slur
     log = (tmp_path / ("%s.log" % two[0])).read_text()
     assert why in log and "port 8080 on %s is taken" % socket.gethostname().split(".")[0] in log
     assert not docker("ps", "-aq", "--filter", "name=tao-shim-" + two[1]).stdout.strip()
+
+
+def test_a_start_waiting_in_the_queue_shows_pending_with_slurms_reason_until_it_runs(slurm):
+    """A partition of its own holds one CPU of the node, and a blocking job takes it: the service's job
+    pends and the start role shows it with Slurm's reason, until the blocker ends and the service comes
+    up. (The test partitions share cores, so a full node would not make a job wait.)"""
+    partition = "queue%s" % RUN
+    made = sh("scontrol", "create", "PartitionName=%s" % partition, "Nodes=ALL", "MaxCPUsPerNode=1",
+              "OverSubscribe=NO", "State=UP", "MaxTime=INFINITE")
+    assert made.returncode == 0, made.stderr
+    blocker_id = proc = None
+    name = uname("s-queued")
+    try:
+        blocker = sh("sbatch", "--parsable", "-p", partition, "-c", "1", "-J", uname("blocker"), "-o", "/dev/null",
+                     "--wrap", "sleep 300")
+        assert blocker.returncode == 0, blocker.stderr
+        blocker_id = blocker.stdout.strip().split(";")[0]
+        assert wait_for(lambda: sh("squeue", "-h", "-j", blocker_id, "-o", "%T").stdout.strip() == "RUNNING", 20)
+        options = {"slurm_login_host": "tao-login", "ssh_config": SSH_CONFIG, "slurm_container_runtime": "docker",
+                   "partition": partition}
+        proc = slurm.spawn("""\
+- name: Start through the role
+  ansible.builtin.include_role:
+    name: tao.inference.inference_service
+  vars:
+    inference_service_platform: slurm
+    inference_service_platform_options: %s
+    inference_service_network_arch: cosmos-rl
+    inference_service_model_path: hf_model://a/b
+    inference_service_image: %s
+    inference_service_num_gpus: 0
+    inference_service_name: %s
+    inference_service_watch_interval: 20
+""" % (json.dumps(options), IMAGE, name))
+
+        def queued():
+            for line in sh("squeue", "-h", "-o", "%i|%T|%r|%k").stdout.splitlines():
+                if line.endswith(",name=%s" % name):
+                    return line.split("|")[1:3]
+            return None
+
+        # Slurm says Resources, or that the node is held for another partition's waiting job.
+        assert wait_for(lambda: (queued() or [""])[0] == "PENDING", 60), queued()
+        time.sleep(3)  # long enough for the role to have shown it
+        reason = queued()[1]
+        assert reason and reason != "None"
+        assert sh("scancel", blocker_id).returncode == 0
+        run = slurm.finish(proc, timeout=180)
+        proc = None
+        assert run.rc == 0, run.output
+        shown = [r["result"]["msg"] for r in run.records if r["task"].endswith("Show the job in the queue")]
+        pending = [line for line in shown if ": pending (%s)" % reason in line]
+        assert pending and "PENDING (%s)" % reason in pending[0], shown
+        assert "pending" not in shown[-1], shown  # then it ran
+        print("queue watch: %s" % shown)
+        # The reason reached the role through the info module, as the platform's reason.
+        watched = [r["result"] for r in run.records if r["task"].endswith("Wait for a change of the job in the queue")]
+        assert reason in [s["platform_status"].get("reason") for w in watched for s in w.get("services", [])]
+        # Each change was shown as it happened, not at the next interval (20 s).
+        times = [r["finished"] for r in run.records if r["task"].endswith("Show the job in the queue")]
+        assert max(b - a for a, b in zip(times, times[1:])) < 15, (times, shown)
+        ready = [r["result"]["msg"] for r in run.records if r["task"].endswith("Show the readiness state")]
+        assert ready and ": ready after" in ready[-1], run.output
+        stop = slurm.play("- name: Stop\n  tao.inference.tao_inference_service:\n    name: %s\n    state: absent\n%s"
+                          % (name, CONNECTION))
+        assert stop.task("Stop")["status"] == "changed", stop.output
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            slurm.finish(proc, timeout=60)
+        if blocker_id:
+            sh("scancel", blocker_id)
+        sh("scontrol", "delete", "PartitionName=%s" % partition)

@@ -859,6 +859,8 @@ class SlurmDriver(Driver):
                 slurm_id, node, "up" if alive else "down"))
         elif is_active(state):
             status = PlatformStatus(PlatformStatus.PENDING, "job %s %s (%s)" % (slurm_id, state, reason))
+            if reason and reason != "None":
+                extra["reason"] = reason  # why Slurm keeps it waiting (squeue %r): Resources, Priority...
         else:
             status = PlatformStatus(PlatformStatus.EXITED, "job %s %s (%s)" % (slurm_id, state, reason or "-"))
         status.extra.update(extra)

@@ -17,6 +17,7 @@ import pytest
 from ansible_collections.tao.inference.plugins.module_utils import procs
 from ansible_collections.tao.inference.plugins.module_utils.command import container_env, inner_command
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
+from ansible_collections.tao.inference.plugins.module_utils.service import watched_state
 from ansible_collections.tao.inference.plugins.module_utils.platforms import slurm as slurm_mod
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import MASK, Launch
 from ansible_collections.tao.inference.plugins.module_utils.platforms.slurm import (
@@ -770,7 +771,8 @@ class FakeLogin(object):
         if self.squeue_down and words[0] in ("squeue", "scontrol"):
             return 1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
         if words == ["squeue", "--me", "-t", "all", "-h", "-o", "%i|%T|%N|%r|%k"]:
-            return 0, "".join("%s|%s|%s|None|%s\n" % (i, j["state"], j["node"], j["comment"] or "(null)")
+            return 0, "".join("%s|%s|%s|%s|%s\n" % (i, j["state"], j["node"], j.get("reason", "None"),
+                                                     j["comment"] or "(null)")
                               for i, j in self.jobs.items() if j["user"] == "me"), ""
         if words[:5] == ["squeue", "-h", "-t", "all", "-j"] and words[6:] == ["-o", "%T|%N|%r"]:
             job = self.jobs.get(words[5])
@@ -1217,6 +1219,26 @@ def test_status_of_the_services_own_job(login, state, expected, detail):
     status = driver.status({"job_id": JOB_ID, "platform_job_id": slurm_id})
     assert status.state == expected and detail in status.detail and status.extra["slurm_state"] == state
     assert status.broken == ("tunnel_down" if state == "RUNNING" else None)  # the entry has no tunnel
+
+
+@pytest.mark.parametrize("state, reason, shown", [
+    ("PENDING", "Resources", "pending (Resources)"),
+    ("PENDING", "ReqNodeNotAvail, UnavailableNodes:n1", "pending (ReqNodeNotAvail, UnavailableNodes:n1)"),
+    ("PENDING", "None", "pending"),
+    ("RUNNING", "None", "running"),
+])
+def test_a_waiting_job_says_why_and_a_watch_sees_the_reason_change(login, state, reason, shown):
+    fake, driver = login
+    slurm_id = fake.add(JOB_ID, state=state)
+    fake.jobs[slurm_id]["reason"] = reason
+    status = driver.status({"job_id": JOB_ID, "platform_job_id": slurm_id})
+    assert status.as_dict().get("reason") == (None if reason == "None" else reason)
+    if reason != "None":
+        assert "%s (%s)" % (state, reason) in status.detail
+    assert watched_state({"platform_status": status.as_dict(), "readiness": None}) == shown
+    # Readiness, once there is some, is what a watch compares.
+    assert watched_state({"platform_status": status.as_dict(), "readiness": {"reason": "model_loading"}}) == \
+        "model_loading"
 
 
 def test_status_of_a_job_slurm_no_longer_knows(login):
