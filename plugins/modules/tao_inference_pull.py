@@ -11,7 +11,7 @@ description:
     C(platform=local-docker) (the local one, or O(docker_host)), and reports how long it took and how
     much it pulled. An image the engine already has is not pulled (unless O(pull=always)).
   - A pull of the same image on the same engine that another run has under way is joined, not started
-    twice; this run waits for it and reports its outcome (RV(pull.joined)).
+    twice; this run waits for it and reports its outcome (C(joined) in RV(pull)).
   - While it pulls, its progress (bytes and layers done and in all) is kept in a state file of the user's
     (C(pulls/) beside the default registry, C(~/.local/state/tao-inference/pulls), mode C(0600), never a
     credential). With O(watch=true) the module only reads it, so that a play can run the pull as an
@@ -32,7 +32,7 @@ extends_documentation_fragment:
   - tao.inference.attributes.action_group
 attributes:
   check_mode:
-    description: Says whether the image would be pulled (RV(changed)) and pulls nothing.
+    description: Says whether the image would be pulled (C(changed)) and pulls nothing.
     support: full
   diff_mode:
     description: Nothing to show.

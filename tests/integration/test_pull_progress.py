@@ -8,15 +8,15 @@ sending each blob slowly, so the engine really pulls and its progress is seen as
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
 import pytest
 
-from .conftest import HERE, IMAGE, ROOT, docker, service_task
+from .conftest import IMAGE, ROOT, docker, service_task
 
 SERVE = os.path.join(ROOT, "tests", "registry", "serve.py")
 
@@ -145,7 +145,7 @@ def test_a_second_pull_joins_the_first(harness, registry):
     assert a["joined"] is False and b["joined"] is True and a["pulled"] and b["pulled"]
     assert a["layers"] == b["layers"] == 3 and a["bytes"] == b["bytes"]
     # The registry sent each blob once: the second run did not pull it again.
-    with __import__("urllib.request").request.urlopen("http://127.0.0.1:%d/stats" % server.port) as answer:
+    with urllib.request.urlopen("http://127.0.0.1:%d/stats" % server.port) as answer:
         fetches = json.loads(answer.read())["fetches"]
     assert sorted(fetches.values()) == [1, 1, 1, 1]
 

@@ -49,7 +49,7 @@ def make_image(sizes):
     built = [_layer(index, size) for index, size in enumerate(sizes)]
     config = {"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/true"]},
               "rootfs": {"type": "layers", "diff_ids": [diff_id for _blob, diff_id in built]},
-              "history": [{"created_by": "tests/registry/serve.py"} for _ in sizes]}
+              "history": [{"created_by": "tests/registry/serve.py"}] * len(sizes)}
     return _manifest(config, [blob for blob, _diff_id in built])
 
 
