@@ -17,13 +17,13 @@ PLAYBOOK := $(BIN)/ansible-playbook
 MODULES := tao_inference_service tao_inference_request tao_inference_info tao_inference_prune tao_inference_preflight tao_inference_fleet
 ROLES := local_docker slurm kubernetes brev lepton inference_service registry_facts
 
-.PHONY: help venv host emulator-image catalog link demo test units integration sanity lint \
+.PHONY: help venv host emulator-image catalog link demo test units integration sanity lint changelog matrix \
         build docs syntax bench clean real-server-image demo-real
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(VENV)/.stamp: requirements.txt requirements-dev.txt scripts/ensure-venv.sh
+$(VENV)/.stamp: requirements.txt requirements-test.txt requirements-dev.txt scripts/ensure-venv.sh
 	scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
 	touch $@
 
@@ -65,6 +65,12 @@ integration: venv emulator-image link ## Integration tests through ansible-playb
 sanity: venv ## ansible-test sanity (empty ignore files)
 	scripts/ansible-test.sh sanity --venv --python 3.11
 
+changelog: venv ## antsibull-changelog lint (changelogs/fragments)
+	$(BIN)/antsibull-changelog lint
+
+matrix: venv emulator-image link ## ansible-core 2.17/2.18/2.20/2.21: units + sanity on each, integration on 2.17 and 2.21
+	scripts/matrix.sh
+
 lint: venv link ## ansible-lint --profile production
 	scripts/lint.sh
 
@@ -81,7 +87,7 @@ syntax: venv link ## ansible-playbook --syntax-check for every playbook
 	@for p in playbooks/*.yml; do $(PLAYBOOK) --syntax-check "$$p" >/dev/null; done
 	@echo "syntax-check: playbooks/*.yml ok"
 
-test: venv emulator-image real-server-image link ## Every test: checks, sanity, lint, build, docs, then unit + integration tests
+test: venv emulator-image real-server-image link ## Every test: checks, sanity, lint, build, docs, changelog, the ansible-core matrix, then unit + integration tests
 	scripts/ensure-host.sh --tests
 	scripts/ensure-slurm.sh
 	scripts/ensure-sshd.sh
@@ -90,7 +96,8 @@ test: venv emulator-image real-server-image link ## Every test: checks, sanity, 
 	scripts/ensure-lepton.sh
 	scripts/ensure-fleet.sh 2
 	$(BIN)/python scripts/gen-catalog.py --check
-	$(MAKE) --no-print-directory syntax docs build lint sanity
+	$(MAKE) --no-print-directory syntax docs build lint sanity changelog
+	scripts/matrix.sh
 	$(BIN)/pytest -q tests/unit tests/integration
 
 bench: venv emulator-image real-server-image link ## Benchmarks under bench/ (each prints one JSON line last)

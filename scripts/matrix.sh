@@ -12,9 +12,12 @@
 #                ansible-playbook (tests/integration/test_playbooks.py) and the collection
 #                built, installed from its tarball into an empty path and its demo run from
 #                there (tests/integration/test_install.py)
-# Each version has its own virtualenv (.build/matrix/<version>/venv: ansible-core==<version>.*
-# plus requirements-test.txt) and its own ansible-test copy (.build/matrix/<version>/).
-# Units and sanity of different versions run two at a time; each leg's time is printed.
+# Each version has its own virtualenv (ansible-core==<version>.* plus requirements-test.txt) and
+# its own ansible-test copy, kept in $TAO_MATRIX_CACHE (default ~/.cache/tao.inference-matrix/<version>)
+# so that a fresh clone on the same machine reuses them; a virtualenv is remade when the
+# requirements change. Logs go to .build/matrix/<version>/<step>.log; each leg prints its time.
+# Sanity runs two versions at a time while the units of each version run one after another
+# beside it (they bind ports, sanity does not); the integration legs run last, one at a time.
 
 # The run_* functions are called through each() by name.
 # shellcheck disable=SC2317
@@ -25,6 +28,7 @@ die() { log "$*"; exit 2; }
 
 cd "$(dirname -- "$0")/.."
 ROOT=$(pwd -P)
+CACHE=${TAO_MATRIX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tao.inference-matrix}
 
 # version:python. The oldest and the newest are the first and the last. 2.19 is the main .venv.
 MATRIX="2.17:3.11 2.18:3.12 2.20:3.12 2.21:3.13"
@@ -46,6 +50,7 @@ if [ -n "${MATRIX_VERSIONS:-}" ]; then
 else
   for entry in $MATRIX; do versions+=("${entry%%:*}"); done
 fi
+for ver in "${versions[@]}"; do python_of "$ver" >/dev/null; done
 
 # A runnable interpreter for Python X.Y: python X.Y on PATH (not a pyenv shim that cannot run it),
 # else the newest pyenv build of it.
@@ -60,32 +65,36 @@ find_python() {
       [ -x "$candidate" ] && "$candidate" -c 'import ensurepip, venv' >/dev/null 2>&1 && found=$candidate
     done
   fi
-  [ -n "$found" ] || die "no runnable python$want (with venv and ensurepip) for ansible-core ${ver:-}: \
-install Python $want (e.g. 'pyenv install $want' or 'apt-get install python$want-venv')"
+  [ -n "$found" ] || die "no runnable python$want (with venv and ensurepip): install Python $want \
+(e.g. 'pyenv install $want' or 'apt-get install python$want-venv'), or leave that version out with MATRIX_VERSIONS"
   printf '%s\n' "$found"
 }
 
-venv_of() { printf '%s\n' "$ROOT/.build/matrix/$1/venv"; }
+venv_of() { printf '%s\n' "$CACHE/$1/venv"; }
 
 ensure_venv() {
   local ver=$1 py venv want
   py=$(find_python "$(python_of "$ver")")
   venv=$(venv_of "$ver")
+  mkdir -p "$CACHE/$ver"
   want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -c1-16)" ansible-core==$ver.* $py"
-  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$want" ]; then
-    return 0
-  fi
-  rm -rf "$venv"
-  "$py" -m venv "$venv"
-  log "ansible-core $ver: making $venv with $py"
-  if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-      "ansible-core==$ver.*" -r requirements-test.txt >"$venv.log" 2>&1; then
-    grep -v '^WARNING: Location' "$venv.log" | tail -n 20 >&2
-    die "ansible-core $ver: pip install failed (log: $venv.log)"
-  fi
-  printf '%s\n' "$want" >"$venv/.stamp"
-  log "ansible-core $ver: $("$venv/bin/python" -c 'import ansible.release as r; print(r.__version__)') \
+  (
+    flock 9
+    if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.stamp" 2>/dev/null)" = "$want" ]; then
+      exit 0
+    fi
+    rm -rf "$venv"
+    log "ansible-core $ver: making $venv with $py"
+    "$py" -m venv "$venv"
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        "ansible-core==$ver.*" -r requirements-test.txt >"$CACHE/$ver/pip.log" 2>&1; then
+      grep -v '^WARNING: Location' "$CACHE/$ver/pip.log" | tail -n 20 >&2
+      die "ansible-core $ver: pip install failed (log: $CACHE/$ver/pip.log)"
+    fi
+    printf '%s\n' "$want" >"$venv/.stamp"
+    log "ansible-core $ver: $("$venv/bin/python" -c 'import ansible.release as r; print(r.__version__)') \
 on $("$venv/bin/python" -V)"
+  ) 9>"$CACHE/$ver/venv.lock"
 }
 
 # Runs "$@" with its output in .build/matrix/<ver>/<step>.log; prints one line with the time.
@@ -100,10 +109,12 @@ leg() {
     log "ansible-core $ver $step: ok in $(( $(date +%s) - start )) s ($(tail -n1 "$logf"))"
   else
     log "ansible-core $ver $step: FAILED (exit $rc) in $(( $(date +%s) - start )) s; the end of $logf:"
-    tail -n 40 "$logf" >&2
+    grep -v '^WARNING: ' "$logf" | tail -n 40 >&2
   fi
   return "$rc"
 }
+
+run_venv() { ensure_venv "$1"; }
 
 run_units() {
   local ver=$1
@@ -115,7 +126,7 @@ run_sanity() {
   py=$(find_python "$(python_of "$ver")")
   pydir=$(dirname -- "$py")
   # ansible-test finds pythonX.Y on PATH: the real one first, not a pyenv shim.
-  leg "$ver" sanity env PATH="$pydir:$PATH" VENV="$(venv_of "$ver")" BUILD_ROOT="$ROOT/.build/matrix/$ver" \
+  leg "$ver" sanity env PATH="$pydir:$PATH" VENV="$(venv_of "$ver")" BUILD_ROOT="$CACHE/$ver/build" \
     scripts/ansible-test.sh sanity --venv --python "$(python_of "$ver")"
 }
 
@@ -125,14 +136,14 @@ run_integration() {
     tests/integration/test_playbooks.py tests/integration/test_install.py
 }
 
-# Runs STEP for every version, JOBS at a time; fails when any failed.
+# Runs STEP for each version given, JOBS at a time; fails when any failed.
 each() {
-  local step=$1 ver pids=() failed=0 pid
-  shift
+  local step=$1 jobs=$2 ver pids=() failed=0 pid
+  shift 2
   for ver in "$@"; do
     "$step" "$ver" &
     pids+=("$!")
-    if [ "${#pids[@]}" -ge "$JOBS" ]; then
+    if [ "${#pids[@]}" -ge "$jobs" ]; then
       wait "${pids[0]}" || failed=1
       pids=("${pids[@]:1}")
     fi
@@ -141,20 +152,32 @@ each() {
   return "$failed"
 }
 
+want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
 steps=("$@")
 [ "${#steps[@]}" -gt 0 ] || steps=(venv units sanity integration)
-status=0
 for step in "${steps[@]}"; do
-  case $step in
-    venv) for ver in "${versions[@]}"; do ensure_venv "$ver"; done ;;
-    units) each run_units "${versions[@]}" || status=1 ;;
-    sanity) each run_sanity "${versions[@]}" || status=1 ;;
-    integration)
-      # The oldest and the newest, one at a time: they start containers on the one Docker engine.
-      for ver in "${versions[@]}"; do
-        case $ver in "$OLDEST"|"$NEWEST") run_integration "$ver" || status=1 ;; esac
-      done ;;
-    *) die "unknown step '$step' (venv, units, sanity, integration)" ;;
-  esac
+  case $step in venv|units|sanity|integration) ;; *) die "unknown step '$step' (venv, units, sanity, integration)" ;; esac
 done
+
+started=$(date +%s)
+status=0
+# Virtualenvs first (units, sanity and integration need them), all at once.
+each run_venv 4 "${versions[@]}" || exit 1
+if want units && want sanity; then
+  each run_units 1 "${versions[@]}" &
+  units_pid=$!
+  each run_sanity "$JOBS" "${versions[@]}" || status=1
+  wait "$units_pid" || status=1
+elif want units; then
+  each run_units 1 "${versions[@]}" || status=1
+elif want sanity; then
+  each run_sanity "$JOBS" "${versions[@]}" || status=1
+fi
+if want integration; then
+  for ver in "${versions[@]}"; do
+    case $ver in "$OLDEST"|"$NEWEST") run_integration "$ver" || status=1 ;; esac
+  done
+fi
+log "ansible-core ${versions[*]}: $([ "$status" = 0 ] && echo ok || echo FAILED) in $(( $(date +%s) - started )) s"
 exit "$status"

@@ -39,8 +39,11 @@ class CallbackModule(CallbackBase):
         path = os.environ.get("TAO_TEST_RECORD")
         if not path:
             return
+        name = result.task_name if hasattr(result, "task_name") else result._task.get_name()
+        if getattr(result._task, "_role", None) is not None and " : " in name:
+            name = name.split(" : ", 1)[1]  # ansible-core 2.21 puts "<role> : " before a role's task names
         data = {
-            "task": result.task_name if hasattr(result, "task_name") else result._task.get_name(),
+            "task": name,
             "host": result._host.get_name(),
             "status": status,
             "task_started": self._task_started,
