@@ -8,6 +8,7 @@ reference microservice with the `docker` container runtime.
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import stat
@@ -293,8 +294,10 @@ def test_start_playbook_on_slurm_runs_the_preflight_role(slurm):
         "tao_image": IMAGE, "tao_num_gpus": 0, "tao_name": uname("s-play")})
     assert run.rc == 0, run.output
     assert "tao-login; image" in run.stdout  # the preflight's report
-    job_id = run.task("Start the service")["result"]["job_id"]
+    # On Slurm the start runs in the background while the job is queued; its outcome is taken after.
+    job_id = run.task("Take the start's outcome")["result"]["job_id"]
     assert "%s: ready after" % job_id in run.stdout
+    assert re.search(r"%s: (submitting|pending|running|ready)" % uname("s-play"), run.stdout)  # the queue watch
     stop = slurm.playbook(os.path.join(ROOT, "playbooks", "stop.yml"), {
         "tao_name": uname("s-play"), "tao_platform": "slurm", "tao_platform_options": options})
     assert stop.rc == 0, stop.output
