@@ -14,7 +14,7 @@ export ANSIBLE_DEPRECATION_WARNINGS := 0
 export ANSIBLE_LOCALHOST_WARNING := 0
 export ANSIBLE_INVENTORY_UNPARSED_WARNING := 0
 PLAYBOOK := $(BIN)/ansible-playbook
-MODULES := tao_inference_service tao_inference_request tao_inference_info tao_inference_prune tao_inference_preflight tao_inference_fleet
+MODULES := tao_inference_service tao_inference_request tao_inference_info tao_inference_prune tao_inference_preflight tao_inference_fleet tao_inference_pull
 ROLES := local_docker slurm kubernetes brev lepton inference_service registry_facts
 
 .PHONY: help venv host emulator-image catalog link demo test units integration sanity lint changelog matrix \
