@@ -68,6 +68,12 @@ options:
       - With O(watch=true), how long to wait, in seconds (0.1 to 3600); it returns sooner when the pull ends.
     type: float
     default: 5
+requirements:
+  - Python 3.8 or newer on the host that runs the module (the managed host), and only its standard library.
+  - A Docker engine (API 1.40 or newer, Docker 19.03+) that host can reach, with read and write access to its
+    socket (root, or a member of the C(docker) group), or O(docker_host) over C(tcp://) or C(ssh://) (an ssh
+    client then).
+  - Registry credentials, where the registry needs them, stored with C(docker login) by the user that runs it.
 seealso:
   - module: tao.inference.tao_inference_service
   - module: tao.inference.tao_inference_preflight
