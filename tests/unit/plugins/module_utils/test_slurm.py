@@ -771,9 +771,9 @@ class FakeLogin(object):
         if self.squeue_down and words[0] in ("squeue", "scontrol"):
             return 1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
         if words == ["squeue", "--me", "-t", "all", "-h", "-o", "%i|%T|%N|%r|%k"]:
-            return 0, "".join("%s|%s|%s|%s|%s\n" % (i, j["state"], j["node"], j.get("reason", "None"),
-                                                     j["comment"] or "(null)")
-                              for i, j in self.jobs.items() if j["user"] == "me"), ""
+            lines = ("%s|%s|%s|%s|%s\n" % (i, j["state"], j["node"], j.get("reason", "None"), j["comment"] or "(null)")
+                     for i, j in self.jobs.items() if j["user"] == "me")
+            return 0, "".join(lines), ""
         if words[:5] == ["squeue", "-h", "-t", "all", "-j"] and words[6:] == ["-o", "%T|%N|%r"]:
             job = self.jobs.get(words[5])
             if job is None:
