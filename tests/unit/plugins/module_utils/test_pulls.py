@@ -44,8 +44,8 @@ def test_progress_counts_bytes_and_layers_from_the_engines_events():
 class FakeEngine(object):
     host = "unix:///fake.sock"
 
-    def __init__(self, events=EVENTS, gate=None, fail=None):
-        self.events = events
+    def __init__(self, events=None, gate=None, fail=None):
+        self.events = EVENTS if events is None else events
         self.gate = gate
         self.fail = fail
         self.pulls = 0
