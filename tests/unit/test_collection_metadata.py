@@ -81,3 +81,21 @@ def test_installing_the_requirements_never_changes_ansible_core():
     with open(os.path.join(ROOT, "requirements.txt")) as handle:
         lines = [line.split("#")[0].strip() for line in handle]
     assert not [line for line in lines if re.match(r"(?i)ansible(-core|-base)?\b", line)]
+
+
+def test_a_first_release_has_nothing_to_break_fix_or_remove():
+    """Until the first release is in changelogs/changelog.yaml, there is no earlier version a fragment
+    could break, fix, deprecate or remove something of: say what the collection does instead."""
+    with open(os.path.join(ROOT, "changelogs", "changelog.yaml")) as handle:
+        if (yaml.safe_load(handle) or {}).get("releases"):
+            pytest.skip("a release exists")
+    folder = os.path.join(ROOT, "changelogs", "fragments")
+    wrong = {}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as handle:
+            sections = set(yaml.safe_load(handle) or {})
+        found = sections & {"breaking_changes", "bugfixes", "security_fixes", "deprecated_features", "removed_features"}
+        if found:
+            wrong[name] = sorted(found)
+    assert not wrong, ("no version was released yet: move these entries to minor_changes or major_changes, "
+                       "written as what the collection does: %s" % wrong)
