@@ -91,7 +91,7 @@ SIZES = "1500000,1000000,500000"
 
 
 def test_the_role_pulls_as_its_own_step_showing_steady_progress(harness, registry):
-    server = registry("--layers", SIZES, "--rate", "250000")
+    server = registry("--layers", SIZES, "--rate", "200000")
     image = server.image()
     run = harness.play(pull_role(image))
     assert run.rc == 0, run.output
@@ -114,7 +114,7 @@ def test_the_role_pulls_as_its_own_step_showing_steady_progress(harness, registr
     assert docker("image", "inspect", image, check=False).returncode == 0
     # The progress lines came at a steady pace while it pulled: no line waited much over the interval.
     times = [r["finished"] for r in named(run, "Show the pull's progress") if r["status"] == "ok"]
-    assert all(b - a < 4 for a, b in zip(times, times[1:])), times
+    assert all(b - a < 8 for a, b in zip(times, times[1:])), times
 
     again = harness.play(pull_role(image))
     assert again.rc == 0, again.output
@@ -130,7 +130,7 @@ def test_the_role_pulls_as_its_own_step_showing_steady_progress(harness, registr
 
 
 def test_a_second_pull_joins_the_first(harness, registry):
-    server = registry("--layers", SIZES, "--rate", "300000")
+    server = registry("--layers", SIZES, "--rate", "150000")
     image = server.image()
     task = "- name: Pull\n  tao.inference.tao_inference_pull: {image: '%s'}\n  register: pulled\n" % image
     first = harness.spawn(task)
