@@ -34,7 +34,7 @@ _PORT_RETRIES = 5
 
 
 def utc_now():
-    return datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def mask_probe(probe, secrets):
