@@ -354,7 +354,8 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
     rows, unreachable = merge(hosts)
     connections, errors = {}, []
     for data in hosts:
-        if data.get("reachable", True):
+        # A host whose registry could not be read (error) lists nothing: its forwards are neither used nor closed.
+        if data.get("reachable", True) and not data.get("error"):
             name = _check_inventory_name(data.get("inventory_host"))
             try:
                 connections[name] = InventoryHost.from_dict(dict(data.get("connection") or {}, inventory_host=name))

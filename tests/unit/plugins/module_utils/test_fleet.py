@@ -371,3 +371,15 @@ def test_a_hosts_stop_closes_only_forwards_to_that_host(tmp_path, fake_ssh):
     assert fleet.close_forwards(registry, [jid("a")], inventory_host="gpu2") == []
     assert fleet.forward_alive(registry.read().forwards()[jid("a")])
     assert fleet.close_forwards(registry, [jid("a")], inventory_host="gpu1") == [jid("a")]
+
+
+def test_a_host_whose_registry_cannot_be_read_keeps_its_forwards(tmp_path, fake_ssh):
+    # Its registry was busy (a lock timeout) or unreadable: it did not say its services are gone.
+    registry = Registry(str(tmp_path / "reg.json"))
+    fleet.view(registry, hosts_with(item("a")))
+    record = registry.read().forwards()[jid("a")]
+    busy = [dict(hosts_with()[0], error="the registry lock was not free within 30 s")]
+    result = fleet.view(registry, busy)
+    assert result["closed"] == [] and not result["changed"]
+    assert fleet.forward_alive(record) and list(registry.read().forwards()) == [jid("a")]
+    fleet.close_forwards(registry, [jid("a")])
