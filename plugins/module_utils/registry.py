@@ -261,10 +261,15 @@ class RegistryState(object):
     def _valid_forward(self, record):
         return isinstance(record, dict) and forward_problem(record.get("job_id"), record) is None
 
+    def _our_forward(self, record, job_id=None):
+        """A valid record of a forward of this machine (of ``job_id`` when given): a registry shared between
+        machines (an NFS home) holds each controller's own forwards, which only that machine can see or stop."""
+        return self._valid_forward(record) and is_this_machine(record) and job_id in (None, record["job_id"])
+
     def forwards(self):
-        """``{job_id: record}`` of every valid forward record (others stay in the file, untouched)."""
+        """``{job_id: record}`` of every valid forward record of this machine (others stay in the file, untouched)."""
         return dict((record["job_id"], dict((k, v) for k, v in copy.deepcopy(record).items() if k != "job_id"))
-                    for record in self._forward_list() if self._valid_forward(record))
+                    for record in self._forward_list() if self._our_forward(record))
 
     def rejected_forwards(self):
         return [forward_problem(r.get("job_id") if isinstance(r, dict) else None, r)
@@ -278,18 +283,17 @@ class RegistryState(object):
         self.dirty = True
 
     def put_forward(self, job_id, record):
-        record = dict(copy.deepcopy(record), job_id=job_id)
+        record = dict(copy.deepcopy(record), job_id=job_id, machine=this_machine())
         problem = forward_problem(job_id, record)
         if problem is not None:
             raise TaoInferenceError("refusing to record the forward of %s in the registry %s: %s"
                                     % (job_id, self.path, problem))
-        self._set_forwards([r for r in self._forward_list() if not (self._valid_forward(r) and r["job_id"] == job_id)]
-                           + [record])
+        self._set_forwards([r for r in self._forward_list() if not self._our_forward(r, job_id)] + [record])
 
     def remove_forward(self, job_id):
         if job_id not in self.forwards():
             return False
-        self._set_forwards([r for r in self._forward_list() if not (self._valid_forward(r) and r["job_id"] == job_id)])
+        self._set_forwards([r for r in self._forward_list() if not self._our_forward(r, job_id)])
         return True
 
     # -- changing ----------------------------------------------------------

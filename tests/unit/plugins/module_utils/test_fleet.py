@@ -383,3 +383,22 @@ def test_a_host_whose_registry_cannot_be_read_keeps_its_forwards(tmp_path, fake_
     assert result["closed"] == [] and not result["changed"]
     assert fleet.forward_alive(record) and list(registry.read().forwards()) == [jid("a")]
     fleet.close_forwards(registry, [jid("a")])
+
+
+def test_two_controllers_sharing_a_registry_keep_each_others_forwards(tmp_path, fake_ssh, monkeypatch):
+    # One NFS home, two controllers (login1, login2): each opens, keeps and closes its own forwards only.
+    registry = Registry(str(tmp_path / "reg.json"))
+    monkeypatch.setattr(socket, "gethostname", lambda: "login1")
+    fleet.view(registry, hosts_with(item("a")))
+    first = registry.read().forwards()[jid("a")]
+    assert first["machine"] == "login1"
+    monkeypatch.setattr(socket, "gethostname", lambda: "login2")
+    second = fleet.view(registry, hosts_with(item("a")))
+    assert second["opened"] == [jid("a")] and registry.read().forwards()[jid("a")]["pid"] != first["pid"]
+    assert fleet.view(registry, hosts_with())["closed"] == [jid("a")]  # login2's own, not login1's
+    assert registry.read().forwards() == {}
+    monkeypatch.setattr(socket, "gethostname", lambda: "login1")
+    assert fleet.forward_alive(first), "login1's forward was left running untracked"
+    again = fleet.view(registry, hosts_with(item("a")))
+    assert not again["changed"] and registry.read().forwards()[jid("a")]["pid"] == first["pid"]
+    assert fleet.close_forwards(registry, [jid("a")]) == [jid("a")] and not fleet.forward_alive(first)
