@@ -41,7 +41,6 @@ class Fleet:
             raise AssertionError("ssh %s %r: exit %d: %s" % (name, command, proc.returncode, proc.stderr.strip()))
         return proc
 
-
     def stop_sshd(self, name):
         """Take host ``name`` off the network as Ansible sees it: its sshd (and every session) stops, by pid;
         connections are refused at once. Its engine and containers keep running. :meth:`restore` undoes it."""
