@@ -20,12 +20,24 @@ argv is checked: no destination starts with ``-``. ``state: present`` runs in ch
 ``state: absent`` sees a fresh, empty registry, tao_inference_request sees no service or one whose
 port is closed, and outside check mode every wait is cut to a fraction of a second.
 
+tao_inference_pull pulls from that fake engine (directly or through the fake login host), which
+answers as the real one does for a registry or repository that does not exist, or sends a hostile,
+erroneous or cut-off progress stream at once (no pull lasts); each case has its own state folder
+(XDG_STATE_HOME, removed with the case), and may find another run's pull under way (a lock this
+process holds) or a tampered state file. Check mode and watching must ask the engine for no pull and
+write no state file; state files stay private; a failed or cut pull is never reported done; no
+process the case started outlives it. The docker config holds a registry login: it never shows in a
+result, a message or a state file.
+
 ``TAO_HOSTILE_EXAMPLES=n`` runs n cases per property (quick runs); ``TAO_HOSTILE_MESSAGES=n`` prints
 the n commonest fail_json messages of each (to see how deep the cases get).
 """
 
+import base64
 import collections
 import contextlib
+import fcntl
+import glob
 import importlib
 import json
 import math
@@ -37,9 +49,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -48,7 +62,7 @@ from ansible.module_utils.testing import patch_module_args
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 MODULES = ("tao_inference_service", "tao_inference_request", "tao_inference_info", "tao_inference_prune",
-           "tao_inference_preflight", "tao_inference_fleet")
+           "tao_inference_preflight", "tao_inference_fleet", "tao_inference_pull")
 PACKAGE = "ansible_collections.tao.inference.plugins.modules."
 
 # One private folder for the whole file; its name is fixed at import so strategies can name
@@ -60,6 +74,10 @@ DEAD_SOCKET = os.path.join(BASE, "no-such-dir", "docker.sock")
 FAKE_SOCKET = os.path.join(BASE, "engine.sock")  # the fake Docker engine (read-only, empty)
 REMOTE_LOG = os.path.join(BASE, "remote.log")  # what the fake login host was asked to change
 CASE = "@CASE@"  # replaced by each case's own fresh folder
+# A registry login the docker config holds (``docker login registry.example:5000``): no result, message
+# or state file may show it.
+REGISTRY_SECRET = "hostile-registry-password-%s" % uuid.uuid4().hex[:12]
+REGISTRY_AUTH = base64.b64encode(("alice:" + REGISTRY_SECRET).encode("ascii")).decode("ascii")
 CASE_LIMIT = 30  # seconds one case may take before it counts as a hang
 
 EXAMPLES = int(os.environ.get("TAO_HOSTILE_EXAMPLES", "0")) or None  # override the per-test counts
@@ -508,16 +526,53 @@ def upstream_overflow(exc):
     return isinstance(exc, OverflowError) and bool(frames) and frames[-1].name == "check_type_int"
 
 
-def run_case(test, module, args, check_mode, bad=(), registry=None):
-    """Run ``module`` with ``args``; count the outcome; record anything but exit_json/fail_json."""
+def call_main(module, args, check_mode, folder):
+    """Run ``module``'s main() with ``args`` (exit_json / fail_json raise Exited / Failed)."""
+    shown = json.dumps(args, sort_keys=True, default=repr)
+    module_args_ = dict(args, _ansible_check_mode=check_mode, _ansible_diff=bool(len(shown) % 2),
+                        _ansible_tmpdir=folder, _ansible_verbosity=0)
+    with patch_module_args(module_args_), mock_attr(basic.AnsibleModule, "exit_json", _exit_json), \
+            mock_attr(basic.AnsibleModule, "fail_json", _fail_json), \
+            mock_attr(basic.AnsibleModule, "_log_invocation", lambda self: None):
+        importlib.import_module(PACKAGE + module).main()
+
+
+def _children():
+    """This process's live child processes (pid -> command line); zombies are not counted."""
+    found = {}
+    me = str(os.getpid())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found[pid] = command
+    return found
+
+
+# Modules whose cases each get their own state folder (XDG_STATE_HOME), removed with the case.
+OWN_STATE = ("tao_inference_pull",)
+
+
+def run_case(test, module, args, check_mode, bad=(), registry=None, prepare=None, judge=None):
+    """Run ``module`` with ``args``; count the outcome; record anything but exit_json/fail_json.
+    ``prepare(folder, args)`` runs first (within the case's time limit), and may return a function that
+    undoes what it set up; ``judge(folder, args, outcome, result)`` looks at what the case left."""
     for option in bad:
         WORLD.hostile_options[module][option] += 1
     folder = _case_folder(registry)
     args = _substitute(dict(args), folder)
-    shown = json.dumps(args, sort_keys=True, default=repr)
-    module_args_ = dict(args, _ansible_check_mode=check_mode, _ansible_diff=bool(len(shown) % 2),
-                        _ansible_tmpdir=folder, _ansible_verbosity=0)
-    mod = importlib.import_module(PACKAGE + module)
+    saved_state = os.environ.get("XDG_STATE_HOME")
+    children = _children() if module in OWN_STATE else {}
+    if module in OWN_STATE:
+        os.makedirs(os.path.join(folder, "state"), 0o700)
+        os.environ["XDG_STATE_HOME"] = os.path.join(folder, "state")
 
     def on_alarm(_signum, _frame):
         raise Hang()
@@ -526,21 +581,25 @@ def run_case(test, module, args, check_mode, bad=(), registry=None):
     signal.setitimer(signal.ITIMER_REAL, CASE_LIMIT)
     began = time.monotonic()
     outcome = "exception"
+    result = {}
+    undo = None
     try:
         try:
-            with patch_module_args(module_args_), mock_attr(basic.AnsibleModule, "exit_json", _exit_json), \
-                    mock_attr(basic.AnsibleModule, "fail_json", _fail_json), \
-                    mock_attr(basic.AnsibleModule, "_log_invocation", lambda self: None):
-                mod.main()
+            undo = prepare(folder, args) if prepare is not None else None
+            call_main(module, args, check_mode, folder)
             outcome = "returned"
             _defect(test, module, "main() returned without exit_json or fail_json", args, "")
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
-    except Exited:
+            if undo is not None:
+                undo()
+    except Exited as exited:
         outcome = "exit_json"
+        result = exited.args[0]
     except Failed as failed:
         outcome = "fail_json"
+        result = failed.args[0]
         WORLD.messages[test][" ".join(str(failed.args[0].get("msg"))[:70].split())] += 1
     except Hang:
         _defect(test, module, "no answer within %d s" % CASE_LIMIT, args, traceback.format_exc())
@@ -559,8 +618,38 @@ def run_case(test, module, args, check_mode, bad=(), registry=None):
     if os.path.lexists(CANARY):
         _defect(test, module, "the canary %s was created" % CANARY, args, "")
         os.unlink(CANARY)
+    _check_secrets(test, module, args, json.dumps(result, default=repr), "its result")
+    if judge is not None:
+        judge(folder, args, outcome, result)
+    if module in OWN_STATE:
+        if saved_state is None:
+            os.environ.pop("XDG_STATE_HOME", None)
+        else:
+            os.environ["XDG_STATE_HOME"] = saved_state
+        _check_children(test, module, args, children)
     shutil.rmtree(folder, ignore_errors=True)
     return outcome
+
+
+def _check_children(test, module, args, before):
+    """No process the case started may outlive it (a second's grace for one that is ending)."""
+    for _ in range(10):
+        left = dict((pid, command) for pid, command in _children().items() if pid not in before)
+        if not left:
+            return
+        time.sleep(0.1)
+    _defect(test, module, "a process outlived the case", args, json.dumps(left))
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _check_secrets(test, module, args, text, where):
+    """No registry credential the docker config holds (nor the header made of it) may show in ``text``."""
+    secrets = [REGISTRY_SECRET, REGISTRY_AUTH] + (WORLD.engine.auth if WORLD.engine else [])
+    for secret in secrets:
+        if secret and secret in text:
+            _defect(test, module, "a registry credential shows in " + where, args, text[:2000])
 
 
 # -- the world the cases run in ----------------------------------------------------------------
@@ -646,7 +735,15 @@ STUBS = ("sinfo", "squeue", "scontrol", "sbatch", "scancel", "srun", "salloc", "
 
 class FakeEngine(object):
     """A Docker Engine API on a unix socket that answers what a check or a status needs (ping, info,
-    no images, no containers) and refuses, and logs, every request that would change something."""
+    no images, no containers) and refuses, and logs, every request that would change something.
+
+    While ``pull`` is set (tao_inference_pull's cases), ``POST /images/create`` is answered as it says
+    instead, and logged in ``pulls`` (the ``X-Registry-Auth`` headers in ``auth``): ``("status", code,
+    message)`` an error as the real engine gives for a registry or repository that does not exist;
+    ``("stream", lines)`` a 200 progress stream of those lines (chunked, as the engine sends it), then
+    its end; ``("cut", lines)`` the same stream cut off, as when the engine stops mid-pull. The stream
+    comes at once, so no pull lasts; an image whose stream ended without an error is in ``images``
+    (its inspect answers) until the case ends."""
 
     def __init__(self, path):
         import http.server
@@ -654,6 +751,11 @@ class FakeEngine(object):
         import threading
 
         changes = self.changes = []
+        engine = self
+        self.pull = None
+        self.pulls = []
+        self.auth = []
+        self.images = set()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -684,11 +786,40 @@ class FakeEngine(object):
                     return self._send(200, {"ApiVersion": "1.45", "Version": "27.0.0"})
                 if path == "containers/json":
                     return self._send(200, [])
+                if path.startswith("images/") and path.endswith("/json") and \
+                        unquote(path[len("images/"):-len("/json")]) in engine.images:
+                    return self._send(200, {"Id": "sha256:" + "c" * 64, "RepoTags": []})
                 return self._send(404, {"message": "no such object: %s" % path})
+
+            def _pull(self):
+                engine.pulls.append(self.path)
+                if self.headers.get("X-Registry-Auth"):
+                    engine.auth.append(self.headers["X-Registry-Auth"])
+                answer = engine.pull
+                if answer[0] == "stream" and not _answer_fails(answer):
+                    query = parse_qs(urlsplit(self.path).query)
+                    image = query.get("fromImage", [""])[0]
+                    engine.images.add(image + (":" + query["tag"][0] if "tag" in query else ""))
+                if answer[0] == "status":
+                    return self._send(answer[1], {"message": answer[2]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("API-Version", "1.45")
+                self.end_headers()
+                for line in answer[1]:
+                    data = line.encode("utf-8", "surrogatepass") + b"\r\n"
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                if answer[0] == "stream":
+                    self.wfile.write(b"0\r\n\r\n")
+                self.close_connection = True
 
             def _change(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
+                if engine.pull is not None and self.command == "POST" and \
+                        self.path.split("?")[0].endswith("/images/create"):
+                    return self._pull()
                 changes.append("%s %s" % (self.command, self.path))
                 self._send(500, {"message": "the hostile-input test's engine changes nothing"})
 
@@ -759,6 +890,8 @@ def world():
     _write(_fixed("bad.jsonl"), '{"prompt": "x"}\nnot json\n[1, 2]\n')
     _write(_fixed("requests.txt"), "prompt\n")
     _write(_fixed("empty.csv"), "")
+    _write(os.path.join(BASE, "docker-config", "config.json"),
+           json.dumps({"auths": {"registry.example:5000": {"auth": REGISTRY_AUTH}}}))
 
     # Hypothesis also draws constants it finds in the local modules loaded so far, so what it generates
     # would depend on which tests ran before; without them a run is the same alone and in `make test`.
@@ -983,6 +1116,308 @@ def test_fleet(world):
     cases()
     _report(test)
 
+# -- tao_inference_pull -------------------------------------------------------------------------
+# Images of registries that do not exist (the fake engine answers for them as the real one would).
+PULL_IMAGES = st.sampled_from(["registry.example:5000/team/img:1", "registry.example:5000/team/img@sha256:" + "a" * 64,
+                               "no-such-registry.invalid/x/y:1", "nvcr.io/nvidia/tao/tao-toolkit:7.0.0-cosmos-rl",
+                               "tao-inference-emulator:latest"])
+PULL_REFUSALS = st.sampled_from([
+    ("status", 404, "pull access denied for team/img, repository does not exist or may require 'docker login': "
+                    "denied: requested access to the resource is denied"),
+    ("status", 500, 'Get "https://registry.example:5000/v2/": dial tcp: lookup registry.example on 127.0.0.11:53: '
+                    "no such host"),
+    ("status", 500, 'Head "https://nvcr.io/v2/nvidia/tao/tao-toolkit/manifests/7.0.0-cosmos-rl": unauthorized: '
+                    "authentication required"),
+    ("status", 404, "manifest for registry.example:5000/team/img:1 not found: manifest unknown"),
+    ("status", 500, "$(touch %s)\n-oProxyCommand=touch %s" % (CANARY, CANARY)),
+])
+_LAYER = st.sampled_from(["a1b2c3d4e5f6", "0f0f0f0f0f0f", "1"])
+_STATUSES = st.sampled_from(["Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum", "Download complete",
+                             "Extracting", "Pull complete", "Already exists", "Retrying in 5 seconds",
+                             "Digest: sha256:" + "b" * 64, "Status: Downloaded newer image for x:1"])
+_BIG = st.one_of(st.integers(-2 ** 70, 2 ** 70), wrong_type)
+PULL_EVENT = st.one_of(
+    st.fixed_dictionaries({"status": _STATUSES}, optional={
+        "id": _LAYER, "progress": st.just("[==>    ] 1MB/20MB"),
+        "progressDetail": st.fixed_dictionaries({}, optional={"current": st.integers(0, 2 ** 40),
+                                                              "total": st.integers(1, 2 ** 40)})}),
+    st.fixed_dictionaries({"status": st.one_of(_STATUSES, hostile, wrong_type)}, optional={
+        "id": st.one_of(_LAYER, hostile, wrong_type),
+        "progressDetail": st.one_of(st.fixed_dictionaries({}, optional={"current": _BIG, "total": _BIG}), wrong_type)}),
+    st.fixed_dictionaries({"error": st.one_of(hostile, wrong_type)},
+                          optional={"errorDetail": st.one_of(st.fixed_dictionaries({"message": hostile}), wrong_type)}),
+    wrong_type)
+PULL_LINE = st.one_of(PULL_EVENT.map(json.dumps), PULL_EVENT.map(json.dumps),
+                      st.text(_chars, max_size=40).map(lambda t: t.replace("\n", " ").replace("\r", " ")))
+PULL_DONE = ("stream", [json.dumps(e) for e in (
+    {"status": "Pulling from team/img", "id": "1"}, {"status": "Pulling fs layer", "id": "a1b2c3d4e5f6"},
+    {"status": "Downloading", "id": "a1b2c3d4e5f6", "progressDetail": {"current": 512, "total": 1024}},
+    {"status": "Pull complete", "id": "a1b2c3d4e5f6"}, {"status": "Status: Downloaded newer image for x:1"})])
+PULL_ANSWER = st.one_of(PULL_REFUSALS, st.just(PULL_DONE),
+                        st.tuples(st.sampled_from(["stream", "stream", "cut"]), st.lists(PULL_LINE, max_size=8)))
+PULL_CORE = ("network_arch", "image", "docker_host", "pull")
+PULL_FIXED = {"image": PULL_IMAGES, "docker_host": st.sampled_from(ENGINES[:4]), "platform": st.just("local-docker"),
+              "pull": st.sampled_from(["missing", "always", "missing", "never"]), "watch_timeout": st.floats(0.1, 0.3),
+              "tolerations": st.lists(st.just({"key": "gpu", "operator": "Exists"}), max_size=1)}
+
+
+def _answer_fails(answer):
+    """Whether the engine's answer is a failed pull (an error status, a cut stream, an error event)."""
+    if answer[0] != "stream":
+        return True
+    for line in answer[1]:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("error"):
+            return True
+    return False
+
+
+def _pulls_folder(folder):
+    return os.path.join(folder, "state", "tao-inference", "pulls")
+
+
+def _pull_files(folder):
+    """Each file of the case's pulls folder: name -> (mode, size, mtime)."""
+    found = {}
+    for path in glob.glob(os.path.join(_pulls_folder(folder), "*")):
+        st_ = os.lstat(path)
+        found[os.path.basename(path)] = (st_.st_mode, st_.st_size, st_.st_mtime_ns)
+    return found
+
+
+def _pre_pull(folder, args, answer):
+    """Run the pull once as a real run would (not a case: it only leaves a state file and a lock)."""
+    WORLD.engine.pull = answer
+    try:
+        call_main("tao_inference_pull", dict(args, watch=False), False, folder)
+    except (Exited, Failed):
+        pass
+
+
+class _Holder(object):
+    """Another run's pull under way: it holds the lock, its state file says pulling; ``end()`` lets go,
+    leaving the state file saying ``end_state`` (None: as it was, pulling)."""
+
+    def __init__(self, folder, end_state):
+        self.fd = None
+        self.end_state = end_state
+        self.timer = None
+        self.images = set(WORLD.engine.images)  # what its pull brings, once it is done
+        WORLD.engine.images.clear()
+        locks = glob.glob(os.path.join(_pulls_folder(folder), "*.lock"))
+        if not locks:
+            return
+        self.state_path = locks[0][:-len(".lock")] + ".json"
+        self.fd = os.open(locks[0], os.O_RDWR)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._rewrite("pulling")
+
+    def _rewrite(self, state):
+        try:
+            with open(self.state_path) as handle:
+                document = json.load(handle)
+        except (OSError, ValueError):
+            return
+        document.update(state=state, pid=1, updated_at=time.time(),
+                        error="the other run's pull failed" if state == "failed" else None)
+        with open(self.state_path + ".new", "w") as handle:
+            json.dump(document, handle)
+        os.chmod(self.state_path + ".new", 0o600)
+        os.rename(self.state_path + ".new", self.state_path)
+
+    def end(self):
+        if self.fd is None:
+            return
+        if self.end_state:
+            self._rewrite(self.end_state)
+        if self.end_state == "done":
+            WORLD.engine.images.update(self.images)
+        os.close(self.fd)
+        self.fd = None
+
+    def end_in(self, seconds):
+        self.timer = threading.Timer(seconds, self.end)
+        self.timer.start()
+
+    def undo(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer.join()
+        self.end()
+
+
+def _judge_pull(test, check_mode, watch, answer, baseline):
+    """What every pull case must leave: no pull asked of the engine in check mode or when watching, and
+    then no state file written; state files private (0600 in a 0700 folder) and free of credentials;
+    nothing in the shared state folder (each case has its own); a failed pull never reported done."""
+    def judge(folder, args, outcome, result):
+        pulls_asked, WORLD.engine.pulls[:] = list(WORLD.engine.pulls), []
+        WORLD.engine.pull = None
+        WORLD.engine.images.clear()
+        if (check_mode or watch) and pulls_asked:
+            _defect(test, "tao_inference_pull", "a pull was asked of the engine in check mode or when watching",
+                    args, json.dumps(pulls_asked))
+        files = _pull_files(folder)
+        if (check_mode or watch) and files != baseline.get(folder, {}):
+            _defect(test, "tao_inference_pull", "a state file was written in check mode or when watching", args,
+                    json.dumps([baseline.get(folder), files]))
+        directory = _pulls_folder(folder)
+        if os.path.isdir(directory) and not os.path.islink(directory) and folder not in baseline.get("forged", ()):
+            if os.stat(directory).st_mode & 0o077:
+                _defect(test, "tao_inference_pull", "the pulls folder is not private", args,
+                        oct(os.stat(directory).st_mode))
+            for name, (mode, _size, _mtime) in files.items():
+                if name.endswith(".json") and mode & 0o077:
+                    _defect(test, "tao_inference_pull", "a state file is not private", args, "%s %o" % (name, mode))
+        for path in glob.glob(os.path.join(directory, "*")):
+            if os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    _check_secrets(test, "tao_inference_pull", args, handle.read().decode("utf-8", "replace"),
+                                   "a state file")
+        if os.path.lexists(os.path.join(BASE, "state", "tao-inference", "pulls")):
+            _defect(test, "tao_inference_pull", "a state file was written outside the case's folder", args, "")
+        pull = result.get("pull") if isinstance(result, dict) else None
+        if outcome == "exit_json" and pulls_asked and _answer_fails(answer) and isinstance(pull, dict) \
+                and pull.get("pulled") and not pull.get("joined"):
+            _defect(test, "tao_inference_pull", "a failed pull was reported done", args,
+                    "engine's answer: %s\nresult: %s" % (json.dumps(answer)[:2000], json.dumps(result)[:2000]))
+    return judge
+
+
+def test_pull(world):
+    """The pull, from a fake engine whose registry does not exist (or that sends a hostile or cut
+    progress stream), in check mode (nothing pulled) and not; now and then another run holds the pull
+    and lets it go after 0.3 s, saying it is done, failed, or saying nothing (so this run takes over)."""
+    test = "pull"
+
+    @_settings(500)
+    @given(drawn=module_args("tao_inference_pull", core=PULL_CORE, fixed=dict(PULL_FIXED, watch=st.just(False))),
+           check_mode=st.booleans(), answer=PULL_ANSWER,
+           held=st.sampled_from([None, None, None, "done", "failed", "pulling"]))
+    def cases(drawn, check_mode, answer, held):
+        args, bad = drawn
+        args = no_real_engine(keep_short(args, "tao_inference_pull"))
+        baseline = {}
+
+        def prepare(folder, args):
+            holder = None
+            if held and not check_mode:
+                _pre_pull(folder, args, PULL_DONE)
+                holder = _Holder(folder, None if held == "pulling" else held)
+                holder.end_in(0.3)
+            del WORLD.engine.pulls[:]
+            WORLD.engine.pull = answer
+            baseline[folder] = _pull_files(folder)
+            return holder.undo if holder else None
+
+        run_case(test, "tao_inference_pull", args, check_mode, bad=bad, prepare=prepare,
+                 judge=_judge_pull(test, check_mode, False, answer, baseline))
+
+    cases()
+    _report(test)
+
+
+# What a state file may hold when watched: another run's (held: its pull is under way), or one that
+# was tampered with (fields of the wrong type, a link, a folder, a fifo, too big, not JSON...).
+FORGED_FIELDS = st.fixed_dictionaries({}, optional=dict((key, st.one_of(hostile, wrong_type)) for key in (
+    "image", "engine", "state", "error", "progress", "seconds", "updated_at", "pid", "started_at")))
+FORGED_PROGRESS = st.fixed_dictionaries({}, optional=dict((key, _BIG) for key in (
+    "bytes_done", "bytes_total", "layers_done", "layers_total", "status")))
+FORGERY = st.one_of(st.none(), st.none(), st.just("held"), st.tuples(st.just("fields"), FORGED_FIELDS),
+                    st.tuples(st.just("progress"), FORGED_PROGRESS, st.sampled_from(["pulling", "done", "failed"])),
+                    st.sampled_from(["link", "folder", "fifo", "big", "not-json", "open-mode", "folder-open",
+                                     "folder-link", "lock-link"]))
+
+
+def _forge(folder, forgery, undo):
+    directory = _pulls_folder(folder)
+    states = glob.glob(os.path.join(directory, "*.json"))
+    if forgery == "held":
+        holder = _Holder(folder, None)
+        undo.append(holder.undo)
+        return
+    if forgery in ("folder-open", "folder-link"):
+        if os.path.isdir(directory):
+            if forgery == "folder-open":
+                os.chmod(directory, 0o755)
+            else:
+                os.rename(directory, directory + "-real")
+                os.symlink(directory + "-real", directory)
+        return
+    for path in states:
+        if isinstance(forgery, tuple):
+            with open(path) as handle:
+                document = json.load(handle)
+            if forgery[0] == "fields":
+                document.update(forgery[1])
+            else:
+                document.update(progress=forgery[1], state=forgery[2], updated_at=time.time())
+            with open(path, "w") as handle:
+                json.dump(document, handle)
+        elif forgery == "link":
+            os.unlink(path)
+            os.symlink("/etc/passwd", path)
+        elif forgery == "folder":
+            os.unlink(path)
+            os.mkdir(path, 0o700)
+        elif forgery == "fifo":
+            os.unlink(path)
+            os.mkfifo(path, 0o600)
+        elif forgery == "big":
+            with open(path, "a") as handle:
+                handle.write(" " * (70 << 10) + "}")
+        elif forgery == "not-json":
+            with open(path, "wb") as handle:
+                handle.write(b"\xff\xfe{not json")
+        elif forgery == "open-mode":
+            os.chmod(path, 0o666)
+        elif forgery == "lock-link":
+            lock = path[:-len(".json")] + ".lock"
+            if os.path.lexists(lock):
+                os.unlink(lock)
+            os.symlink(CASE_LOCK_TARGET, lock)
+
+
+CASE_LOCK_TARGET = os.path.join(BASE, "no-such-dir", "lock")
+
+
+def test_pull_watch(world):
+    """Watching a pull: none known, one that failed or ended (a first run against the fake engine left
+    its state file), one another run holds, or a state file tampered with; in check mode and not.
+    Watching pulls nothing and writes nothing."""
+    test = "pull, watch"
+
+    @_settings(400)
+    @given(drawn=module_args("tao_inference_pull", core=PULL_CORE + ("watch_timeout",),
+                             fixed=dict(PULL_FIXED, watch=st.just(True))),
+           check_mode=st.booleans(), answer=PULL_ANSWER, forgery=FORGERY)
+    def cases(drawn, check_mode, answer, forgery):
+        args, bad = drawn
+        args = no_real_engine(keep_short(args, "tao_inference_pull"))
+        baseline = {"forged": set()}
+
+        def prepare(folder, args):
+            undo = []
+            if args.get("watch") is True:
+                _pre_pull(folder, args, answer)
+                if forgery is not None:
+                    _forge(folder, forgery, undo)
+                    baseline["forged"].add(folder)
+            del WORLD.engine.pulls[:]
+            WORLD.engine.pull = answer
+            baseline[folder] = _pull_files(folder)
+            return (lambda: [step() for step in undo]) if undo else None
+
+        run_case(test, "tao_inference_pull", args, check_mode, bad=bad, prepare=prepare,
+                 judge=_judge_pull(test, check_mode, args.get("watch") is True, answer, baseline))
+
+    cases()
+    _report(test)
+
+
 
 def test_request_with_no_service(world):
     test = "request, no service"
@@ -1078,7 +1513,8 @@ TOP_UP = (HOSTILE_PLAIN[0], HOSTILE_PLAIN[4], HOSTILE_PLAIN[11], {"$(touch %s)" 
           ["--wrap=touch " + CANARY, None])
 TOP_UP_BASE = {"tao_inference_service": {"network_arch": "cosmos-rl", "model_path": "hf_model://a/b"},
                "tao_inference_request": {"prompt": "hi", "sampling": {}},
-               "tao_inference_preflight": {"network_arch": "cosmos-rl"}}
+               "tao_inference_preflight": {"network_arch": "cosmos-rl"},
+               "tao_inference_pull": {"network_arch": "cosmos-rl"}}
 
 
 def test_every_option_got_hostile_values(world):
@@ -1114,6 +1550,7 @@ def test_reports(world):
         "tao_inference_info": ("info",),
         "tao_inference_prune": ("prune",),
         "tao_inference_fleet": ("fleet",),
+        "tao_inference_pull": ("pull", "pull, watch"),
         "tao_inference_request": ("request, no service", "request, closed port"),
     }
     for module, tests in by_module.items():
