@@ -4,7 +4,7 @@
 
 A pull of an image (tens of GB for TAO images) on one engine is tracked in a folder of this
 user's, ``pulls/`` beside the default registry (``~/.local/state/tao-inference/pulls``), made
-``0700``. Each (engine, image) has two files named by a hash of both:
+``0700``. Each (machine, engine, image) has two files named by a hash of the three:
 
 - ``<key>.lock``: the process that pulls holds an exclusive ``flock`` on it for as long as it
   pulls. The kernel drops it when that process ends, however it ends (even SIGKILL), so a lock
@@ -16,6 +16,10 @@ user's, ``pulls/`` beside the default registry (``~/.local/state/tao-inference/p
 
 A second pull of the same image on the same engine, while one is under way, joins it: it follows
 the state file until the first process lets the lock go, and reports that pull's outcome.
+
+The machine is in the key because a home shared between machines (NFS) holds one ``pulls/`` for all
+of them, and the same engine address (the local socket) names another engine on each: a pull on one
+machine never stands in for another machine's.
 """
 
 import errno
@@ -29,7 +33,7 @@ import time
 
 from ansible_collections.tao.inference.plugins.module_utils.docker_engine import EngineError
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
-from ansible_collections.tao.inference.plugins.module_utils.registry import default_path, write_atomically
+from ansible_collections.tao.inference.plugins.module_utils.registry import default_path, this_machine, write_atomically
 
 STATE_LIMIT = 64 << 10
 PULLING, DONE, FAILED = "pulling", "done", "failed"
@@ -80,7 +84,8 @@ class Pull(object):
         self.engine_host = engine_host
         self.image = image
         self.directory = directory or pulls_dir()
-        key = hashlib.sha256(("%s\0%s" % (engine_host, image)).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        key = hashlib.sha256(("%s\0%s\0%s" % (this_machine(), engine_host, image)).encode(
+            "utf-8", "surrogateescape")).hexdigest()[:32]
         self.lock_path = os.path.join(self.directory, key + ".lock")
         self.state_path = os.path.join(self.directory, key + ".json")
         self._lock_fd = None

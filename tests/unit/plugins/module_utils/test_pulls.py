@@ -154,3 +154,26 @@ def test_a_pulls_folder_that_is_not_private_is_refused(tmp_path):
     link.symlink_to(target)
     with pytest.raises(TaoInferenceError, match="not a private folder of yours"):
         pulls.pull_or_join(FakeEngine(), "img:1", str(link))
+
+
+def test_machines_sharing_a_home_each_pull_on_their_own_engine(tmp_path, monkeypatch):
+    # An NFS home: one pulls folder for every machine, and the same engine address (the local socket) on each;
+    # a fleet's start pulls on every host at once. gpu2's engine must get the image: it never joins gpu1's pull.
+    import socket
+
+    folder = str(tmp_path / "pulls")
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu1")
+    first = pulls.Pull(FakeEngine.host, "img:1", folder)
+    assert first.claim()
+    try:
+        monkeypatch.setattr(socket, "gethostname", lambda: "gpu2")
+        engine, results = FakeEngine(), {}
+        thread = threading.Thread(target=lambda: results.update(b=pulls.pull_or_join(engine, "img:1", folder)))
+        thread.daemon = True
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "gpu2 waited for gpu1's pull instead of pulling on its own engine"
+        assert engine.pulls == 1 and results["b"]["joined"] is False
+        assert pulls.Pull(FakeEngine.host, "img:1", folder).read()["state"] == "done"
+    finally:
+        first.release()
