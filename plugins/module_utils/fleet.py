@@ -14,8 +14,10 @@ ssh argv or a URL. ``ansible_ssh_common_args`` is split with shlex (never a shel
 that cannot run a command or hand the forward to another process are kept.
 """
 
+import ipaddress
 import os
 import shlex
+import socket
 
 from urllib.parse import urlsplit
 
@@ -237,17 +239,32 @@ def merge(hosts):
     return rows, unreachable
 
 
+def _points_here(host):
+    """True when connecting to ``host`` from the controller reaches the controller itself: a loopback or
+    unspecified address in any spelling the resolver takes (``0``, ``127.1``, ``2130706433``, ``[::]``,
+    ``[::ffff:127.0.0.1]``), or a name under ``localhost``."""
+    name = (host or "").strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost") or trust.is_loopback(name):
+        return True
+    try:
+        address = ipaddress.ip_address(name if ":" in name else socket.inet_aton(name))
+    except (OSError, ValueError):
+        return False  # a name: the host's own (a load balancer, a platform's endpoint...)
+    address = getattr(address, "ipv4_mapped", None) or address
+    return address.is_loopback or address.is_unspecified
+
+
 def direct_url(row, inventory_host):
     """The URL the controller reaches ``row``'s service at without a forward, or None when it needs one."""
     if not row.get("host_url"):
         return None
     host, port = _url_parts(row["host_url"])
-    if not trust.is_loopback(host):
+    if not _points_here(host):
         return row["host_url"]  # a platform's own address (a load balancer, a Lepton endpoint...)
     if inventory_host.local:
         return row["host_url"]  # the host is the controller itself
     bind = row.get("bind_address")
-    if bind and not trust.is_loopback(bind):
+    if bind and (bind in ("0.0.0.0", "::") or not _points_here(bind)):
         address = inventory_host.address if bind in ("0.0.0.0", "::") else bind
         if ":" in address:
             address = "[%s]" % address.strip("[]")

@@ -402,3 +402,17 @@ def test_two_controllers_sharing_a_registry_keep_each_others_forwards(tmp_path, 
     again = fleet.view(registry, hosts_with(item("a")))
     assert not again["changed"] and registry.read().forwards()[jid("a")]["pid"] == first["pid"]
     assert fleet.close_forwards(registry, [jid("a")]) == [jid("a")] and not fleet.forward_alive(first)
+
+
+@pytest.mark.parametrize("url,bind", [
+    ("http://0.0.0.0:8085", None), ("http://[::]:8085", None), ("http://0:8085", None), ("http://127.1:8085", None),
+    ("http://2130706433:8085", None), ("http://0x7f000001:8085", None), ("http://[::ffff:127.0.0.1]:8085", None),
+    ("http://a.localhost:8085", None), ("http://localhost.:8085", None),
+    ("http://localhost:8085", "::ffff:127.0.0.1"), ("http://localhost:8085", "127.1"),
+])
+def test_a_hosts_url_never_sends_the_controller_to_its_own_loopback(url, bind):
+    # Each of these, connected to from the controller, is the controller itself: a host's service there is
+    # reached through a forward to that host, never directly (a forged row could aim at the controller's own ports).
+    remote = fleet.InventoryHost.from_dict({"inventory_host": "gpu1", "ansible_host": "10.9.0.2"})
+    row = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", url=url, bind=bind)]}])[0][0]
+    assert fleet.direct_url(row, remote) is None
