@@ -167,7 +167,8 @@ options:
         one object a line (C(id), C(prompt) and the keys of RV(results)). Missing folders are made.
       - Each answer is appended as it arrives and flushed to disk, so a batch that is cut short (a
         signal, a lost controller) keeps every answer it got. Once the batch is done the file is
-        rewritten atomically in input order, one line per request.
+        rewritten atomically in input order, one line per request, keeping its mode (a new file gets the
+        user's umask), so a private file stays private.
       - Without O(resume), an existing file is started afresh. It must be a regular file of the user
         running the module (not a folder, a symbolic link, a FIFO or another user's file).
     type: path

@@ -58,10 +58,10 @@ def _line(item, record):
     return (json.dumps(line) + "\n").encode("utf-8")
 
 
-def write_jsonl(path, items, records):
-    """Every full answer, one JSON object a line, in input order (with the prompt)."""
+def write_jsonl(path, items, records, mode=0o644):
+    """Every full answer, one JSON object a line, in input order (with the prompt), with ``mode``."""
     try:
-        write_atomically(path, (_line(item, record) for item, record in zip(items, records)))
+        write_atomically(path, (_line(item, record) for item, record in zip(items, records)), mode=mode)
     except OSError as exc:
         raise TaoInferenceError("cannot write output_path %s: %s (the answers are in the result)"
                                 % (path, exc.strerror or exc))
@@ -105,6 +105,7 @@ class ResultsFile(object):
         self.path = path
         self.resume = resume
         self._fd = None
+        self._mode = 0o644
         self._lock = threading.Lock()
 
     def _lstat(self):
@@ -161,6 +162,7 @@ class ResultsFile(object):
             os.close(fd)
             raise
         self._fd = fd
+        self._mode = stat.S_IMODE(st.st_mode)  # the user's (or their umask's): kept by the final rewrite
 
     @staticmethod
     def _drop_half_line(fd, size):
@@ -195,7 +197,7 @@ class ResultsFile(object):
     def finish(self, items, records):
         """Rewrite the file in input order, one line per item (atomically: a reader sees the old or the new)."""
         self.close()
-        write_jsonl(self.path, items, records)
+        write_jsonl(self.path, items, records, self._mode)
 
     def close(self):
         with self._lock:

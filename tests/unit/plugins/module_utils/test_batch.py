@@ -5,6 +5,7 @@ import io
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import urllib.request
@@ -442,3 +443,21 @@ def test_another_users_output_file_is_refused(emulator, png, tmp_path):
 def test_resume_needs_an_output_path():
     with pytest.raises(TaoInferenceError, match="resume needs output_path"):
         batch.Options(resume=True)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_private_output_file_stays_private(emulator, png, tmp_path, resume):
+    # Answers may be confidential: the mode the user gave the file (or their umask gave a new one) is kept.
+    emu = emulator()
+    out = tmp_path / "answers.jsonl"
+    out.write_text("")
+    out.chmod(0o600)
+    run(emu, [{"id": "a", "prompt": "p", "media": png}], resume=resume, output_path=str(out))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    fresh = tmp_path / "fresh.jsonl"
+    old = os.umask(0o077)
+    try:
+        run(emu, [{"id": "a", "prompt": "p", "media": png}], output_path=str(fresh))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
