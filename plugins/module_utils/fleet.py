@@ -190,8 +190,8 @@ def _row(host, item):
     url = item.get("host_url")
     if url is not None:
         trust.check_http_url(url, "host_url of service %s of %s" % (job_id, host))
-    status = item.get("platform_status") or {}
-    readiness = item.get("readiness") or {}
+    status = item.get("platform_status") if isinstance(item.get("platform_status"), dict) else {}
+    readiness = item.get("readiness") if isinstance(item.get("readiness"), dict) else {}
     name = item.get("name")
     if name is not None and not (isinstance(name, str) and trust.SERVICE_NAME.fullmatch(name)):
         raise TaoInferenceError("service %s of %s has a bad name" % (job_id, host))

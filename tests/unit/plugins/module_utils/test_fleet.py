@@ -416,3 +416,9 @@ def test_a_hosts_url_never_sends_the_controller_to_its_own_loopback(url, bind):
     remote = fleet.InventoryHost.from_dict({"inventory_host": "gpu1", "ansible_host": "10.9.0.2"})
     row = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", url=url, bind=bind)]}])[0][0]
     assert fleet.direct_url(row, remote) is None
+
+
+@pytest.mark.parametrize("field", ["platform_status", "readiness", "shape"])
+def test_a_hosts_odd_status_fields_show_as_unknown_not_a_crash(field):
+    row = fleet.merge([{"inventory_host": "gpu1", "services": [dict(item("a"), **{field: "x"})]}])[0][0]
+    assert row["job_id"] == jid("a") and row["state"] in ("running", "unknown")
