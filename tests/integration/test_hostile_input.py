@@ -633,7 +633,7 @@ def run_case(test, module, args, check_mode, bad=(), registry=None, prepare=None
 
 def _check_children(test, module, args, before):
     """No process the case started may outlive it (a second's grace for one that is ending)."""
-    for _ in range(10):
+    for _attempt in range(10):
         left = dict((pid, command) for pid, command in _children().items() if pid not in before)
         if not left:
             return
@@ -1116,6 +1116,7 @@ def test_fleet(world):
     cases()
     _report(test)
 
+
 # -- tao_inference_pull -------------------------------------------------------------------------
 # Images of registries that do not exist (the fake engine answers for them as the real one would).
 PULL_IMAGES = st.sampled_from(["registry.example:5000/team/img:1", "registry.example:5000/team/img@sha256:" + "a" * 64,
@@ -1416,7 +1417,6 @@ def test_pull_watch(world):
 
     cases()
     _report(test)
-
 
 
 def test_request_with_no_service(world):
