@@ -142,10 +142,12 @@ class Pull(object):
             fd = os.open(self.state_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
+        # Looked at before fdopen, which refuses a folder with IsADirectoryError.
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            return None
         with os.fdopen(fd, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                return None
             try:
                 data = json.loads(handle.read(STATE_LIMIT).decode("utf-8"))
             except (ValueError, UnicodeDecodeError, RecursionError):
