@@ -164,7 +164,9 @@ def watch(pull, timeout):
             break
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
     if state is None:
-        return {"state": "none", "progress": dict(pulls.outcome(False), seconds=0.0), "error": None}
+        # The documented progress keys, all zero (not the keys of a pull's outcome).
+        return {"state": "none", "progress": {"bytes_done": 0, "bytes_total": 0, "layers_done": 0, "layers_total": 0,
+                                              "status": "", "seconds": 0.0}, "error": None}
     progress = dict(state["progress"], seconds=state["seconds"])
     if state["state"] == pulls.PULLING and state["updated_at"]:
         progress["seconds"] = round(state["seconds"] + max(0.0, time.time() - state["updated_at"]), 1)
