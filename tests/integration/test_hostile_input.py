@@ -807,12 +807,15 @@ class FakeEngine(object):
                 self.send_header("Transfer-Encoding", "chunked")
                 self.send_header("API-Version", "1.45")
                 self.end_headers()
-                for line in answer[1]:
-                    data = line.encode("utf-8", "surrogatepass") + b"\r\n"
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                if answer[0] == "stream":
-                    self.wfile.write(b"0\r\n\r\n")
                 self.close_connection = True
+                try:
+                    for line in answer[1]:
+                        data = line.encode("utf-8", "surrogatepass") + b"\r\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    if answer[0] == "stream":
+                        self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading at an error event: the engine would see the same
 
             def _change(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -1162,6 +1165,9 @@ PULL_FIXED = {"image": PULL_IMAGES, "docker_host": st.sampled_from(ENGINES[:4]),
               "tolerations": st.lists(st.just({"key": "gpu", "operator": "Exists"}), max_size=1)}
 
 
+PULL_DEPTH = collections.Counter()  # how deep the pull cases got (printed with their report)
+
+
 def _answer_fails(answer):
     """Whether the engine's answer is a failed pull (an error status, a cut stream, an error event)."""
     if answer[0] != "stream":
@@ -1214,6 +1220,7 @@ class _Holder(object):
         self.state_path = locks[0][:-len(".lock")] + ".json"
         self.fd = os.open(locks[0], os.O_RDWR)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        PULL_DEPTH["held by another run"] += 1
         self._rewrite("pulling")
 
     def _rewrite(self, state):
@@ -1281,6 +1288,18 @@ def _judge_pull(test, check_mode, watch, answer, baseline):
         if os.path.lexists(os.path.join(BASE, "state", "tao-inference", "pulls")):
             _defect(test, "tao_inference_pull", "a state file was written outside the case's folder", args, "")
         pull = result.get("pull") if isinstance(result, dict) else None
+        if watch and outcome == "exit_json":
+            progress = result.get("progress")
+            keys = ("bytes_done", "bytes_total", "layers_done", "layers_total", "status", "seconds")
+            if result.get("state") not in ("none", "pulling", "done", "failed", "interrupted") or \
+                    not isinstance(progress, dict) or sorted(progress) != sorted(keys):
+                _defect(test, "tao_inference_pull", "a watch returned a state or progress other than documented",
+                        args, json.dumps(result)[:2000])
+        PULL_DEPTH["engine asked to pull"] += bool(pulls_asked)
+        PULL_DEPTH["pulled"] += bool(isinstance(pull, dict) and pull.get("pulled"))
+        PULL_DEPTH["joined"] += bool(isinstance(pull, dict) and pull.get("joined"))
+        if watch and "state" in result:
+            PULL_DEPTH["watched: " + str(result["state"])] += 1
         if outcome == "exit_json" and pulls_asked and _answer_fails(answer) and isinstance(pull, dict) \
                 and pull.get("pulled") and not pull.get("joined"):
             _defect(test, "tao_inference_pull", "a failed pull was reported done", args,
@@ -1318,6 +1337,8 @@ def test_pull(world):
                  judge=_judge_pull(test, check_mode, False, answer, baseline))
 
     cases()
+    print("\nhostile input: pull cases: %s" % dict(PULL_DEPTH))
+    PULL_DEPTH.clear()
     _report(test)
 
 
@@ -1327,7 +1348,7 @@ FORGED_FIELDS = st.fixed_dictionaries({}, optional=dict((key, st.one_of(hostile,
     "image", "engine", "state", "error", "progress", "seconds", "updated_at", "pid", "started_at")))
 FORGED_PROGRESS = st.fixed_dictionaries({}, optional=dict((key, _BIG) for key in (
     "bytes_done", "bytes_total", "layers_done", "layers_total", "status")))
-FORGERY = st.one_of(st.none(), st.none(), st.just("held"), st.tuples(st.just("fields"), FORGED_FIELDS),
+FORGERY = st.one_of(st.none(), st.just("gone"), st.just("held"), st.tuples(st.just("fields"), FORGED_FIELDS),
                     st.tuples(st.just("progress"), FORGED_PROGRESS, st.sampled_from(["pulling", "done", "failed"])),
                     st.sampled_from(["link", "folder", "fifo", "big", "not-json", "open-mode", "folder-open",
                                      "folder-link", "lock-link"]))
@@ -1340,6 +1361,10 @@ def _forge(folder, forgery, undo):
         holder = _Holder(folder, None)
         undo.append(holder.undo)
         return
+    if forgery == "gone":  # no pull of it known
+        for path in glob.glob(os.path.join(directory, "*")):
+            os.unlink(path)
+        return
     if forgery in ("folder-open", "folder-link"):
         if os.path.isdir(directory):
             if forgery == "folder-open":
@@ -1348,6 +1373,7 @@ def _forge(folder, forgery, undo):
                 os.rename(directory, directory + "-real")
                 os.symlink(directory + "-real", directory)
         return
+    PULL_DEPTH["state files forged"] += len(states)
     for path in states:
         if isinstance(forgery, tuple):
             with open(path) as handle:
@@ -1392,7 +1418,7 @@ def test_pull_watch(world):
     test = "pull, watch"
 
     @_settings(400)
-    @given(drawn=module_args("tao_inference_pull", core=PULL_CORE + ("watch_timeout",),
+    @given(drawn=module_args("tao_inference_pull", core=PULL_CORE + ("watch", "watch_timeout"),
                              fixed=dict(PULL_FIXED, watch=st.just(True))),
            check_mode=st.booleans(), answer=PULL_ANSWER, forgery=FORGERY)
     def cases(drawn, check_mode, answer, forgery):
@@ -1416,6 +1442,8 @@ def test_pull_watch(world):
                  judge=_judge_pull(test, check_mode, args.get("watch") is True, answer, baseline))
 
     cases()
+    print("\nhostile input: watched pull cases: %s" % dict(PULL_DEPTH))
+    PULL_DEPTH.clear()
     _report(test)
 
 
