@@ -614,6 +614,14 @@ class DockerEngine(object):
             raise
         if response.will_close:
             self.close()
+        # A stream cut between two of its chunks reads as one that ended (http.client's readline takes
+        # the cut for the end): the pull is done only when the engine has the image.
+        try:
+            self.image_inspect(ref)
+        except NotFound:
+            raise EngineError("the pull of %s ended but the Docker engine at %s does not have the image (the "
+                              "engine stopped or the connection to it was cut before the pull finished); run the "
+                              "task again to pull it" % (ref, self.host))
         if on_progress is not None:
             on_progress(progress)
         return progress.last

@@ -206,13 +206,6 @@ def main():
             result["pull"] = driver.ensure_image(image)
         except EngineError as exc:
             raise TaoInferenceError(str(exc))
-        if result["pull"]["pulled"] and not driver.has_image(image):
-            # A progress stream cut between two of its chunks reads as one that ended (http.client's
-            # readline takes the cut for the end), so a pull is only done when the engine has the image.
-            raise TaoInferenceError(
-                "the pull of %s ended but the Docker engine at %s does not have the image (the engine stopped or "
-                "the connection to it was cut before the pull finished); run the task again to pull it"
-                % (image, driver.host))
         result["changed"] = result["pull"]["pulled"]
         return result
 

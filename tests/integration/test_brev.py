@@ -240,7 +240,8 @@ def test_a_refused_token_is_named_not_shown_and_puts_nothing_anywhere(brev):
         assert not os.path.exists(os.path.join(HOME, ".brev", ".invalid-refresh-token"))
     finally:
         brev.cli.run("login", "--token", "tao-test-token")
-    assert brev.entries() == {} and set(brev.cli.instances()) == before  # no instance was created
+    # No instance was created (one an earlier test deleted may finish going meanwhile).
+    assert brev.entries() == {} and set(brev.cli.instances()) <= before
 
 
 def test_the_preflight_role_logs_in_with_brev_api_token_given_as_an_option(brev):

@@ -19,7 +19,7 @@ import ssl
 import stat
 import sys
 import threading
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
@@ -31,6 +31,11 @@ from ansible_collections.tao.inference.plugins.module_utils.docker_engine import
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.local_docker import LocalDockerDriver
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
+
+
+def last_pull(fake):
+    """The last ``POST /images/create`` the fake engine received."""
+    return [sent for sent in fake.requests if sent["path"].endswith("/images/create")][-1]
 
 
 class FakeEngine(object):
@@ -47,6 +52,8 @@ class FakeEngine(object):
         self.requests = []
         self.pull_events = [{"status": "Pulling from library/x"}, {"status": "Digest: sha256:ab"},
                             {"status": "Status: Downloaded newer image for x:latest"}]
+        self.pull_cut = False  # end the pull's stream without its last chunk, as a dropped connection does
+        self.images = set()  # what a pull that streamed to its end (no error) left on the engine
         self.drop_after_response = False
         self.connections = 0
         self.start_error = (409, "conflict")
@@ -89,9 +96,14 @@ class FakeEngine(object):
                 if route == "/info":
                     return self._send(200, {"ServerVersion": "99.0", "Runtimes": {"runc": {}}})
                 if route.startswith("/images/") and route.endswith("/json"):
-                    return self._send(404, {"message": "No such image: %s" % route[8:-5]})
+                    name = unquote(route[8:-5])
+                    if name in engine.images or name + ":latest" in engine.images:
+                        return self._send(200, {"Id": "sha256:" + "e" * 64, "RepoTags": [name]})
+                    return self._send(404, {"message": "No such image: %s" % name})
                 if route == "/images/create":
-                    return self._stream(engine.pull_events)
+                    query = parse_qs(url.query)
+                    ref = query["fromImage"][0] + (":" + query["tag"][0] if "tag" in query else "")
+                    return self._stream(engine.pull_events, ref)
                 if route == "/containers/create":
                     return self._send(201, {"Id": "f" * 64, "Warnings": []})
                 if route.startswith("/containers/") and route.endswith("/logs"):
@@ -105,7 +117,7 @@ class FakeEngine(object):
                 status, message = engine.start_error
                 return self._send(status, {"message": "%s: %s" % (message, route)})
 
-            def _stream(self, events):
+            def _stream(self, events, ref):
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -113,7 +125,12 @@ class FakeEngine(object):
                 for event in events:
                     data = event if isinstance(event, bytes) else json.dumps(event).encode() + b"\r\n"
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                if engine.pull_cut:
+                    self.close_connection = True
+                    return
                 self.wfile.write(b"0\r\n\r\n")
+                if not any(isinstance(event, dict) and event.get("error") for event in events):
+                    engine.images.add(ref)
 
             def _raw(self, status, body, chunked=False):
                 if not chunked:
@@ -270,16 +287,28 @@ def test_a_pull_sends_the_stored_credentials_for_its_registry_and_defaults_to_la
         "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hubuser:hubpass").decode()}}})
     engine = client(fake, environ=environ)
     assert engine.image_pull("nvcr.io/nvidia/tao/tao-toolkit") == "Status: Downloaded newer image for x:latest"
-    sent = fake.requests[-1]
+    sent = last_pull(fake)
     assert sent["query"] == {"fromImage": ["nvcr.io/nvidia/tao/tao-toolkit"], "tag": ["latest"]}
     assert decode(sent["headers"]["X-Registry-Auth"]) == {
         "username": "$oauthtoken", "password": token, "serveraddress": "nvcr.io"}
     engine.image_pull("busybox:1.36")
-    assert fake.requests[-1]["query"] == {"fromImage": ["busybox"], "tag": ["1.36"]}
-    assert decode(fake.requests[-1]["headers"]["X-Registry-Auth"])["username"] == "hubuser"
+    assert last_pull(fake)["query"] == {"fromImage": ["busybox"], "tag": ["1.36"]}
+    assert decode(last_pull(fake)["headers"]["X-Registry-Auth"])["username"] == "hubuser"
     engine.image_pull("quay.io/other/thing@sha256:abc")
-    assert fake.requests[-1]["query"] == {"fromImage": ["quay.io/other/thing@sha256:abc"]}
-    assert "X-Registry-Auth" not in fake.requests[-1]["headers"]
+    assert last_pull(fake)["query"] == {"fromImage": ["quay.io/other/thing@sha256:abc"]}
+    assert "X-Registry-Auth" not in last_pull(fake)["headers"]
+
+
+def test_a_pull_whose_stream_is_cut_between_chunks_is_not_taken_for_done(fake):
+    # http.client's readline reads a stream that stops between two chunks as one that ended: only the
+    # engine having the image makes the pull done.
+    engine = client(fake)
+    fake.pull_cut = True
+    with pytest.raises(EngineError, match="ended but the Docker engine at .* does not have the image"):
+        engine.image_pull("nvcr.io/nvidia/x:1")
+    fake.pull_cut = False
+    assert engine.image_pull("nvcr.io/nvidia/x:1") == "Status: Downloaded newer image for x:latest"
+    assert fake.requests[-1]["path"].endswith("/images/nvcr.io/nvidia/x:1/json")
 
 
 def test_a_credential_helper_is_asked_and_its_secret_stays_in_the_header(fake, tmp_path, monkeypatch):
@@ -293,7 +322,7 @@ def test_a_credential_helper_is_asked_and_its_secret_stays_in_the_header(fake, t
         "username": "robot", "password": "s3cr3t-registry.example.com", "serveraddress": "registry.example.com"}
     assert registry_auth("other.example.com", environ) is None
     client(fake, environ=environ).image_pull("registry.example.com/team/img:1")
-    assert decode(fake.requests[-1]["headers"]["X-Registry-Auth"])["password"] == "s3cr3t-registry.example.com"
+    assert decode(last_pull(fake)["headers"]["X-Registry-Auth"])["password"] == "s3cr3t-registry.example.com"
 
 
 def test_a_pull_that_fails_half_way_raises_the_engines_reason(fake):
@@ -786,7 +815,7 @@ def test_credentials_go_to_a_loopback_engine_or_over_tls(tmp_path):
     local = FakeEngine(None)
     try:
         DockerEngine(local.address, timeout=5, environ=environ).image_pull("nvcr.io/nvidia/x:1")
-        assert decode(local.requests[-1]["headers"]["X-Registry-Auth"])["password"] == "nvapi-x"
+        assert decode(last_pull(local)["headers"]["X-Registry-Auth"])["password"] == "nvapi-x"
     finally:
         local.close()
     certs = write_certs(tmp_path / "certs", "ca.pem")
@@ -796,7 +825,7 @@ def test_credentials_go_to_a_loopback_engine_or_over_tls(tmp_path):
                               cert_path=certs)
         engine._connect = lambda: docker_engine._UnixConnection(remote.path, 5)  # TLS itself is tested above
         engine.image_pull("nvcr.io/nvidia/x:1")
-        assert decode(remote.requests[-1]["headers"]["X-Registry-Auth"])["password"] == "nvapi-x"
+        assert decode(last_pull(remote)["headers"]["X-Registry-Auth"])["password"] == "nvapi-x"
     finally:
         remote.close()
 
