@@ -87,6 +87,15 @@ def test_start_playbook_refuses_a_platform_that_has_not_landed(harness):
     assert harness.entries() == {}
 
 
+def test_services_per_host_outside_1_to_64_is_refused_before_anything_starts(harness):
+    for count in (0, -1, 65, 100000):
+        start = harness.playbook(playbook("start"), {
+            "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://a/b", "tao_image": IMAGE,
+            "tao_services_per_host": count})
+        assert start.rc != 0 and "must be from 1 to 64, got %d" % count in start.output, start.output
+        assert harness.entries() == {} and harness.containers() == []
+
+
 def test_demo_playbook(harness):
     demo = harness.playbook(playbook("demo"))
     assert demo.rc == 0, demo.output
