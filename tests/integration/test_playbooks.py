@@ -96,6 +96,18 @@ def test_services_per_host_outside_1_to_64_is_refused_before_anything_starts(har
         assert harness.entries() == {} and harness.containers() == []
 
 
+def test_a_max_fail_percentage_or_forward_choice_that_means_nothing_is_refused(harness):
+    given = {"tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://a/b", "tao_image": IMAGE}
+    for value in (-5, 101):
+        start = harness.playbook(playbook("start"), dict(given, tao_max_fail_percentage=value))
+        assert start.rc != 0 and "tao_max_fail_percentage must be a number from 0 to 100" in start.output, start.output
+    start = harness.playbook(playbook("start"), dict(given, tao_max_fail_percentage="half"))  # Ansible's own check
+    assert start.rc != 0 and "max_fail_percentage" in start.output, start.output
+    start = harness.playbook(playbook("start"), dict(given, tao_controller_forward="maybe"))
+    assert start.rc != 0 and "inference_service_controller_forward" in start.output, start.output
+    assert harness.entries() == {} and harness.containers() == []
+
+
 def test_demo_playbook(harness):
     demo = harness.playbook(playbook("demo"))
     assert demo.rc == 0, demo.output
