@@ -291,9 +291,13 @@ def test_a_failed_model_load_stops_the_batch(emulator, png):
     outcome = run(emu, [{"id": str(i), "prompt": "p", "media": png} for i in range(6)], concurrency=2)
     results = outcome["results"]
     assert [r["error_type"] for r in results] == ["model_load_error"] * 6
-    assert [r["http_status"] for r in results[:2]] == [503, 503] and "did not load" in results[0]["error"]
-    assert all(r["attempts"] == 0 and r["error"].startswith("not sent: ") for r in results[2:])
-    assert emu.stats()["requests"] == 2
+    assert results[0]["http_status"] == 503 and "did not load" in results[0]["error"]
+    # The second worker's item went out too unless the stop came first (a loaded machine): no more than two
+    # were ever sent, and every other item says it was not sent.
+    sent = [r for r in results if r["http_status"] == 503]
+    assert len(sent) <= 2 and sent == results[:len(sent)]
+    assert all(r["attempts"] == 0 and r["error"].startswith("not sent: ") for r in results[len(sent):])
+    assert emu.stats()["requests"] == len(sent)
 
 
 def test_an_unreachable_service_fails_each_item(png):
