@@ -36,6 +36,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 USER = "root"
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*$")
+# The hosts' networks tried in turn when TAO_FLEET_NET is not set: 10.198 first.
+DEFAULT_NETS = ("10.198", "10.197", "10.196", "10.195", "10.194", "10.193", "10.192", "10.191", "10.190")
+
+
+def _two_octets(net):
+    return bool(re.match(r"^(\d{1,3})\.(\d{1,3})$", net)) and max(int(p) for p in net.split(".")) <= 255
 
 
 def log(text):
@@ -59,8 +65,10 @@ class Settings:
             if _under(self.dir, os.path.realpath(private)):
                 raise ValueError("TAO_FLEET_DIR %s is under %s, which every test host replaces with its own: choose a "
                                  "folder elsewhere (e.g. /var/lib/tao-fleet)" % (self.dir, private))
-        self.net = (env.get("TAO_FLEET_NET") or "10.198").strip(".")
-        if not re.match(r"^(\d{1,3})\.(\d{1,3})$", self.net) or max(int(p) for p in self.net.split(".")) > 255:
+        # Without TAO_FLEET_NET: the net this fleet was made on (DIR/net), else the first free one (choose_net).
+        self.net_given = bool(env.get("TAO_FLEET_NET"))
+        self.net = (env.get("TAO_FLEET_NET") or self._recorded_net() or DEFAULT_NETS[0]).strip(".")
+        if not _two_octets(self.net):
             raise ValueError("TAO_FLEET_NET must be the first two octets of the hosts' networks, e.g. 10.198")
         self.bip_net = (env.get("TAO_FLEET_BIP_NET") or "172.30").strip(".")
         if not re.match(r"^(\d{1,3})\.(\d{1,3})$", self.bip_net) or max(int(p) for p in self.bip_net.split(".")) > 255:
@@ -80,6 +88,34 @@ class Settings:
         self.port = 22
         self.tag = hashlib.sha1(self.dir.encode("utf-8")).hexdigest()[:6]
         self.nsroot = "/run/tao-fleet-" + self.tag
+
+    def _recorded_net(self):
+        try:
+            with open(os.path.join(self.dir, "net"), encoding="utf-8") as handle:
+                net = handle.read().strip()
+        except OSError:
+            return None
+        return net if _two_octets(net) else None
+
+    def choose_net(self, count):
+        """Without TAO_FLEET_NET: the net this fleet was made on when its hosts 1..count are up there or free,
+        else the first of DEFAULT_NETS where they are (another checkout's fleet, a VPN... may hold 10.198).
+        Recorded in DIR/net by :func:`up`."""
+        if self.net_given:
+            return
+        recorded = self._recorded_net()
+        addresses = common.host_addresses()
+        for net in ((recorded,) if recorded else ()) + DEFAULT_NETS:
+            self.net = net
+            if all(host.namespaces_ok() or not (host.gateway in addresses or host.route_clash())
+                   for host in (Host(self, index) for index in range(1, count + 1))):
+                return
+        raise ValueError("%s.1-%d/24 are all in use on this machine: set TAO_FLEET_NET to a free /16"
+                         % (", ".join(DEFAULT_NETS), count))
+
+    def record_net(self):
+        """DIR/net: the net the hosts are on, so that later runs (and --status) keep it."""
+        common.update_file(self.path("net"), self.net + "\n", 0o644)
 
     @staticmethod
     def _path(value, what, resolve=True):
@@ -487,6 +523,7 @@ def up(settings, count, interpreter):
     """Hosts 1..count up (hosts with higher numbers left as they are); returns the inventory path.
     ``interpreter``: :meth:`Settings.interpreter_paths`."""
     needed = prepare(settings, interpreter)
+    settings.record_net()
     cache = settings.path("images")
     hosts = [Host(settings, index) for index in range(1, count + 1)]
     started = time.monotonic()
@@ -546,6 +583,7 @@ def main(argv):
             if not 1 <= count <= 250:
                 raise ValueError("the number of hosts must be between 1 and 250, not %d" % count)
             interpreter = settings.interpreter_paths()
+            settings.choose_net(count)
             for index in range(1, count + 1):
                 host = Host(settings, index)
                 clash = None if host.namespaces_ok() else host.route_clash()

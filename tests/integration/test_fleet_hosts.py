@@ -193,13 +193,23 @@ def test_down_leaves_nothing(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the fleet test hosts need root")
     folder = os.path.join(ROOT, ".build", "fleet-down-%d" % os.getpid())
-    # Networks of its own (10.150-10.189: not the shared fleet's 10.198, nor the Brev tests' 10.200-10.249),
-    # so that two runs of this test at once do not take each other's.
-    env = {"TAO_FLEET_DIR": folder, "TAO_FLEET_NET": "10.%d" % (150 + os.getpid() % 40), "TAO_FLEET_NAME": "downtest"}
+    # No TAO_FLEET_NET: the shared fleet (make test brings it up first) holds the first free default net, so this
+    # one must find another by itself, as a second checkout's fleet on the same machine does.
+    env = {"TAO_FLEET_DIR": folder, "TAO_FLEET_NAME": "downtest"}
+    shared = os.path.join(ROOT, ".build", "fleet", "hosts.json")
+    taken = set()
+    if os.path.exists(shared):
+        with open(shared, encoding="utf-8") as handle:
+            taken = {record["address"].rsplit(".", 2)[0] for record in json.load(handle)}
     proc = ensure(2, env)
     try:
         assert proc.returncode == 0, proc.stderr
         fleet = Fleet(folder, 2)
+        with open(os.path.join(folder, "net"), encoding="utf-8") as handle:
+            net = handle.read().strip()
+        assert net not in taken and all(host["address"].startswith(net + ".") for host in fleet.hosts), (net, taken)
+        again = ensure(2, env)  # idempotent: the same net, nothing remade
+        assert again.returncode == 0 and "up, unchanged" in again.stderr, again.stderr
         fleet.stop_sshd("downtest-2")  # a host gone from the network: Ansible says so, the other one answers
         results = ansible(fleet, "ansible.builtin.command", "hostname")
         assert results["downtest-1"][0] and results["downtest-2"][0] is False, results
