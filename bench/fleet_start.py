@@ -8,7 +8,8 @@ The time is from the first host's task start to the last host's ready result (th
 timestamps), so ansible-playbook's own start-up is not counted.
 
 Fleet: the same task on 1, then 4, fleet test hosts (each its own registry and engine), followed by the
-controller's forward to each service (``tao_inference_fleet``, as the inference_service role opens it); the
+controller's forwards (each host's entry by set_fact, then one ``tao_inference_fleet`` task on the controller for
+all hosts, as the inference_service role opens them); the
 time runs from the first start to the last forward. The 1-service case of each is the baseline of its ratio,
 measured in the same run, alternating.
 
@@ -16,6 +17,10 @@ The engine's own floor is measured in the same run: N bare ``docker run -d`` of 
 each polled for readiness every 10 ms (``raw_*``). On a 2-core machine the engine alone scales far worse than
 linearly (containers are created and started one after another by dockerd, and N servers start on 2 cores),
 so ``raw_scale_16_vs_1`` says how much of ``scale_16_vs_1`` is the machine's.
+
+Ansible's own floor is measured in the same run too: one ``ping`` task over the same 1/16 local hosts and 1/4
+fleet hosts (``ansible_ping_*``): a module run per host and nothing else. On 2 cores 16 local hosts' pings take
+about ten times one host's: the forks share the cores.
 
 The last line is one JSON object: ``scale_16_vs_1`` (goal <= 4) and ``scale_4_hosts_vs_1`` (goal <= 1.5) with
 the medians behind them, and ``raw_scale_16_vs_1``.
@@ -72,26 +77,47 @@ PLAY = """\
 FORWARD = """\
     - name: Forward
       tao.inference.tao_inference_fleet:
-        hosts:
-          - inventory_host: "{{ inventory_hostname }}"
-            services: [{job_id: "{{ svc.job_id }}", network_arch: cosmos-rl, host_url: "{{ svc.host_url }}",
-                        platform_status: {state: running}}]
-            connection:
-              ansible_host: "{{ hostvars[inventory_hostname].ansible_host }}"
-              ansible_user: "{{ hostvars[inventory_hostname].ansible_user }}"
-              ansible_port: "{{ hostvars[inventory_hostname].ansible_port }}"
-              ansible_ssh_private_key_file: "{{ hostvars[inventory_hostname].ansible_ssh_private_key_file }}"
-              ansible_ssh_common_args: "{{ hostvars[inventory_hostname].ansible_ssh_common_args }}"
+        hosts: "{{ ansible_play_batch | map('extract', hostvars) | map(attribute='fwd', default=none) | select | list }}"
         close_stale: false
+      run_once: true
       delegate_to: localhost
+"""
+
+# What the inference_service role does after its starts: each host says how it is reached (set_fact, no module
+# run), then one task on the controller opens every host's forward at once.
+ENTRY = """\
+    - name: Entry
+      ansible.builtin.set_fact:
+        fwd:
+          inventory_host: "{{ inventory_hostname }}"
+          services: [{job_id: "{{ svc.job_id }}", network_arch: cosmos-rl, host_url: "{{ svc.host_url }}",
+                      platform_status: {state: running}}]
+          connection:
+            ansible_host: "{{ hostvars[inventory_hostname].ansible_host }}"
+            ansible_user: "{{ hostvars[inventory_hostname].ansible_user }}"
+            ansible_port: "{{ hostvars[inventory_hostname].ansible_port }}"
+            ansible_ssh_private_key_file: "{{ hostvars[inventory_hostname].ansible_ssh_private_key_file }}"
+            ansible_ssh_common_args: "{{ hostvars[inventory_hostname].ansible_ssh_common_args }}"
 """
 
 CLOSE = """\
     - name: Close
       tao.inference.tao_inference_fleet:
         state: absent
-        job_ids: ["{{ svc.job_id }}"]
+        job_ids: "{{ ansible_play_batch | map('extract', hostvars, ['svc', 'job_id']) | list }}"
+      run_once: true
       delegate_to: localhost
+"""
+
+# Ansible's own floor: one ping task over the same hosts (a module run per host and nothing else).
+PING = """\
+- hosts: {hosts}
+  gather_facts: false
+  tasks:
+    - name: Warm up the connection
+      ansible.builtin.ping:
+    - name: Ping
+      ansible.builtin.ping:
 """
 
 
@@ -107,7 +133,7 @@ def run(tmp, inventory_text, hosts, forward=False):
     with open(inventory, "w") as handle:
         handle.write(inventory_text)
     text = PLAY.format(hosts=hosts, registry=os.path.join(tmp, "registry.json"), image=IMAGE,
-                       forward=FORWARD if forward else "", close=CLOSE if forward else "")
+                       forward=ENTRY + FORWARD if forward else "", close=CLOSE if forward else "")
     records = []
     env = {"ANSIBLE_FORKS": "16", "ANSIBLE_INVENTORY": inventory}
     _by_task, _whole = run_playbook(tmp, text, env=env, records=records)
@@ -115,6 +141,17 @@ def run(tmp, inventory_text, hosts, forward=False):
         if row["task"] == "Start":
             assert row["result"]["readiness"]["state"] == "ready", row
     return span(records, "Start", "Forward" if forward else "Start")
+
+
+def ping(tmp, inventory_text, hosts):
+    """Seconds of one ping task over ``hosts`` (first start to last result): Ansible's floor for a task."""
+    inventory = os.path.join(tmp, "inventory.ini")
+    with open(inventory, "w") as handle:
+        handle.write(inventory_text)
+    records = []
+    run_playbook(tmp, PING.format(hosts=hosts), env={"ANSIBLE_FORKS": "16", "ANSIBLE_INVENTORY": inventory},
+                 records=records)
+    return span(records, "Ping", "Ping")
 
 
 def _ready(port):
@@ -167,6 +204,7 @@ def main():
     one_host = dict((n, []) for n in (1, 4, 16))
     bare = {1: [], 16: []}
     fleet = {1: [], 4: []}
+    floor = {"one_1": [], "one_16": [], "fleet_1": [], "fleet_4": []}
     fleet_text = fleet_inventory()
     with tempfile.TemporaryDirectory() as tmp:
         run(tmp, local_inventory(1), "all")  # warm the engine's caches
@@ -177,6 +215,10 @@ def main():
                 one_host[count].append(run(tmp, local_inventory(count), "all"))
             for count in (1, 4):
                 fleet[count].append(run(tmp, fleet_text, "gpu[0:%d]" % (count - 1), forward=True))
+            for count in (1, 16):
+                floor["one_%d" % count].append(ping(tmp, local_inventory(count), "all"))
+            for count in (1, 4):
+                floor["fleet_%d" % count].append(ping(tmp, fleet_text, "gpu[0:%d]" % (count - 1)))
             print("run %d: bare docker 1/16 %s s; one host 1/4/16 services %s s; fleet 1/4 hosts %s s" % (
                 index + 1, "/".join("%.2f" % bare[n][-1] for n in (1, 16)),
                 "/".join("%.2f" % one_host[n][-1] for n in (1, 4, 16)),
@@ -185,6 +227,9 @@ def main():
     med.update(("raw_%d_s" % n, round(statistics.median(v), 3)) for n, v in bare.items())
     med.update(raw_scale_16_vs_1=round(med["raw_16_s"] / med["raw_1_s"], 2))
     med.update(("fleet_%d_hosts_s" % n, round(statistics.median(v), 3)) for n, v in fleet.items())
+    med.update(("ansible_ping_%s_s" % key, round(statistics.median(v), 3)) for key, v in floor.items())
+    med.update(ansible_ping_scale_16_vs_1=round(med["ansible_ping_one_16_s"] / med["ansible_ping_one_1_s"], 2),
+               ansible_ping_scale_4_hosts_vs_1=round(med["ansible_ping_fleet_4_s"] / med["ansible_ping_fleet_1_s"], 2))
     med.update(scale_16_vs_1=round(med["one_host_16_s"] / med["one_host_1_s"], 2),
                scale_4_hosts_vs_1=round(med["fleet_4_hosts_s"] / med["fleet_1_hosts_s"], 2), runs=RUNS,
                forks=16, goals={"scale_16_vs_1": 4.0, "scale_4_hosts_vs_1": 1.5})

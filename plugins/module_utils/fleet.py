@@ -19,6 +19,8 @@ import os
 import shlex
 import socket
 
+from concurrent.futures import ThreadPoolExecutor
+
 from urllib.parse import urlsplit
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, ssh, trust
@@ -29,6 +31,8 @@ LOCAL_SCOPE = "local"
 UNREACHABLE = "unreachable"
 ERROR = "error"
 ELSEWHERE = "elsewhere"
+# Forwards opened at once by one view (each is an ssh client setting up its connection).
+FORWARD_WORKERS = 8
 
 # ssh -o options a fleet's ansible_ssh_common_args may carry (lower case, as ssh compares them). Left
 # out on purpose: anything that runs a command (ProxyCommand, LocalCommand, KnownHostsCommand, Match
@@ -360,6 +364,15 @@ def close_forwards(registry, job_ids, inventory_host=None):
     return closed
 
 
+def _open_one(registry, row, where, opener):
+    """:func:`ensure_forward` for one row: ``(controller_url, opened, error message or None)``."""
+    try:
+        url, made = ensure_forward(registry, row, where, opener)
+    except TaoInferenceError as exc:
+        return None, False, exc.msg
+    return url, made, None
+
+
 def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel, missing=(), close_stale=True):
     """The merged view of ``hosts`` with each service's ``controller_url``: direct, or through a
     forward this opens when ``forward`` (and check mode does not stop it). ``missing``: hosts of the play
@@ -379,7 +392,7 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
             except TaoInferenceError as exc:  # this host's services are listed, with no URL from here
                 connections[name] = None
                 errors.append({"host": name, "job_id": None, "error": exc.msg})
-    opened = []
+    opened, to_open = [], []
     records = registry.read().forwards()
     for row in rows:
         if row["state"] in (UNREACHABLE, ERROR, ELSEWHERE) or not row["host_url"]:
@@ -394,15 +407,19 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
         if record is not None and _same_route(record, row, where) and forward_alive(record):
             row["controller_url"] = "http://127.0.0.1:%d" % record["local_port"]
         elif forward and not check_mode:
-            try:
-                row["controller_url"], made = ensure_forward(registry, row, where, opener)
-            except TaoInferenceError as exc:
-                errors.append({"host": row["host"], "job_id": row["job_id"], "error": exc.msg})
-                continue
-            if made:
-                opened.append(row["job_id"])
+            to_open.append((row, where))
         elif forward:
             opened.append(row["job_id"])  # check mode: would open it
+    # The forwards open at once (each its own ssh; ensure_forward holds the registry lock only around its records).
+    with ThreadPoolExecutor(max_workers=max(1, min(len(to_open), FORWARD_WORKERS))) as pool:
+        outcomes = list(pool.map(lambda item: _open_one(registry, item[0], item[1], opener), to_open))
+    for (row, _where), (url, made, error) in zip(to_open, outcomes):
+        if error is not None:
+            errors.append({"host": row["host"], "job_id": row["job_id"], "error": error})
+            continue
+        row["controller_url"] = url
+        if made:
+            opened.append(row["job_id"])
     # A forward whose service a reachable host no longer lists (stopped, pruned) is closed.
     listed = set(r["job_id"] for r in rows if r["job_id"])
     stale = [job_id for job_id, record in records.items()

@@ -190,6 +190,7 @@ def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
         raise TaoInferenceError("cannot run ssh (%s); install the OpenSSH client" % exc)
     try:
         deadline = time.monotonic() + timeout
+        delay = 0.01  # ssh listens once its connection is made (a tenth of a second or so): look often at first
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 errors.seek(0)
@@ -199,7 +200,8 @@ def open_tunnel(target, local_port, remote_host, remote_port, timeout=20):
             if _listens(proc.pid, local_port):
                 _state, started = procs.stat_of(proc.pid)
                 return proc.pid, started
-            time.sleep(0.05)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
         raise TaoInferenceError("the SSH tunnel %s through %s was not up after %ss"
                                 % (spec, target.destination, timeout))
     except BaseException:

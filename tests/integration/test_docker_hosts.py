@@ -124,8 +124,7 @@ LIFECYCLE = """\
 
 
 def lifecycle(host, ssh=""):
-    start = service_task(extra="docker_host: %s\n%s" % (host, ssh)).rstrip("\n")
-    start += "\n  register: svc"
+    start = service_task(extra="docker_host: %s\n%s" % (host, ssh)).rstrip("\n")  # registers svc
     return LIFECYCLE.format(image=IMAGE, host=host, start=start, png=os.path.join(ROOT, "playbooks", "files", "demo.png"),
                             ssh="".join("    %s\n" % line for line in ssh.splitlines()).rstrip("\n"))
 
