@@ -348,6 +348,10 @@ def test_the_playbooks_across_a_group(harness, fleet_hosts, cleanup):
     for name in names:
         assert "controller URL http://127.0.0.1:" in start.task("Show where the controller reaches it", host=name)[
             "result"]["msg"]
+    # Every host's forward comes from one task on the controller (one module run, the forwards opened at once).
+    opens = [r for r in start.records if r["task"] == "Open (or keep) the controller's forwards to the services"]
+    assert len(opens) == 1 and sorted(opens[0]["result"]["opened"]) == sorted(
+        r["job_id"] for r in opens[0]["result"]["services"]) and len(opens[0]["result"]["services"]) == len(names)
     status = harness.playbook(os.path.join(ROOT, "playbooks", "status.yml"), common, inventory=inv)
     assert status.rc == 0, status.output[-3000:]
     table = status.task("Show the services")["result"]["msg"]

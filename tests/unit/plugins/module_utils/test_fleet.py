@@ -6,11 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
 
-from ansible_collections.tao.inference.plugins.module_utils import fleet
+from ansible_collections.tao.inference.plugins.module_utils import fleet, procs
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry, is_this_machine, this_machine
 
@@ -422,3 +423,35 @@ def test_a_hosts_url_never_sends_the_controller_to_its_own_loopback(url, bind):
 def test_a_hosts_odd_status_fields_show_as_unknown_not_a_crash(field):
     row = fleet.merge([{"inventory_host": "gpu1", "services": [dict(item("a"), **{field: "x"})]}])[0][0]
     assert row["job_id"] == jid("a") and row["state"] in ("running", "unknown")
+
+
+def test_forwards_of_many_services_open_at_once_and_one_failure_stays_its_own(tmp_path):
+    """Every forward a view needs is being opened at the same moment (each opener waits at a barrier that only
+    all of them together pass: opened one after another, the first would wait alone and fail); a refused one is
+    that service's error, the others get their URL and their records."""
+    registry = Registry(str(tmp_path / "reg.json"))
+    names = ["a", "b", "c", "d"]
+    barrier = threading.Barrier(len(names), timeout=10)
+    pids = []
+
+    def opener(_target, local_port, _host, remote_port):
+        barrier.wait()
+        if remote_port == 8083:
+            raise TaoInferenceError("the SSH tunnel failed (exit 255): Connection refused")
+        proc = subprocess.Popen(["sleep", "30"])  # a process of our own to stand for the ssh
+        pids.append(proc)
+        return proc.pid, procs.stat_of(proc.pid)[1]
+
+    items = [item(name, port=8080 + index) for index, name in enumerate(names)]
+    try:
+        result = fleet.view(registry, hosts_with(*items), opener=opener)
+        rows = dict((row["job_id"], row) for row in result["services"])
+        assert result["opened"] == [jid(name) for name in names[:3]]
+        assert [e["job_id"] for e in result["errors"]] == [jid("d")] and "refused" in result["errors"][0]["error"]
+        assert rows[jid("d")]["controller_url"] is None
+        assert len(set(rows[jid(name)]["controller_url"] for name in names[:3])) == 3
+        assert sorted(registry.read().forwards()) == sorted(jid(name) for name in names[:3])
+    finally:
+        for proc in pids:
+            proc.kill()
+            proc.wait()
