@@ -8,6 +8,7 @@ import re
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, trust
 from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import MIN_SECRET_LENGTH
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
 
@@ -135,8 +136,16 @@ def check_secrets(secrets):
                                     "variable that is not defined gives an empty one), or leave the name out" % name)
         if "\0" in value:
             raise TaoInferenceError("secrets.%s holds a NUL character, which no environment can carry" % name)
+        _check_secret_length(value, "secrets.%s" % name)
         clean[name] = value
     return clean
+
+
+def _check_secret_length(value, what):
+    if len(value) < MIN_SECRET_LENGTH:
+        raise TaoInferenceError("%s is shorter than %d characters: a value that short cannot be kept out of logs "
+                                "and messages (masking it would mangle ordinary text) and guards nothing; give the "
+                                "real secret, or pass a value that is not secret in env" % (what, MIN_SECRET_LENGTH))
 
 
 def _check_secret_env(names, model_path, environ, given=()):
@@ -145,6 +154,7 @@ def _check_secret_env(names, model_path, environ, given=()):
     HF_TOKEN is set (or given)."""
     if names is None:
         if model_path.startswith(_HF_PREFIX) and environ.get("HF_TOKEN"):
+            _check_secret_length(environ["HF_TOKEN"], "HF_TOKEN (passed on for the hf_model:// model)")
             return tuple(sorted(set(("HF_TOKEN",)) | set(given)))
         return tuple(sorted(given))
     result = list(given)
@@ -161,6 +171,8 @@ def _check_secret_env(names, model_path, environ, given=()):
                                     % name)
         if name not in environ:
             missing.append(name)
+        else:
+            _check_secret_length(environ[name], "secret_env %s (its value in the environment)" % name)
         if name not in result:
             result.append(name)
     if missing:

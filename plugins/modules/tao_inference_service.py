@@ -117,7 +117,8 @@ options:
   secret_env:
     description:
       - Names (never values) of secret variables to pass from the environment of the host that
-        runs the module to the container, e.g. V([HF_TOKEN]). Each must be set.
+        runs the module to the container, e.g. V([HF_TOKEN]). Each must be set, to a value of 4 characters or
+        more (a shorter one could not be masked in messages and is refused).
       - Default is C(HF_TOKEN) when O(model_path) is an V(hf_model://) model and C(HF_TOKEN) is set.
       - A name may not be in both O(secret_env) and O(secrets).
     type: list
@@ -131,7 +132,8 @@ options:
         body, the Slurm job's exported environment over ssh's stdin, a Kubernetes Secret, Lepton secrets),
         never on a command line, in the registry, a label, a result, a diff or a log. The registry and the
         result's RV(secret_env) list their names only.
-      - A name given here and in O(secret_env) or O(env) is refused. Values must be non-empty strings.
+      - A name given here and in O(secret_env) or O(env) is refused. Values must be strings of 4 characters or
+        more (a shorter one could not be masked in messages and is refused; a value that is no secret goes in O(env)).
       - The value is not part of the spec's fingerprint (nothing about it is stored), so a changed value
         alone does not recreate a service started with O(name); stop it (O(state=absent)) and start it
         again to hand over a new value.

@@ -52,18 +52,21 @@ from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInf
 
 LABEL_PREFIX = "tao.inference."
 MASK = "********"
+# Shorter secret values are refused (spec.check_secrets): masking them would mangle ordinary text.
+MIN_SECRET_LENGTH = 4
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def mask(text, secrets):
-    """Replace every secret value in ``text`` (values of 4+ characters) and drop
+    """Replace every secret value in ``text`` (values of MIN_SECRET_LENGTH+ characters) and drop
     terminal colour codes (servers colour their logs; messages must stay readable)."""
     if not text:
         return text
     text = _ANSI.sub("", text)
-    for value in sorted(set(v for v in (secrets or {}).values() if v and len(v) >= 4), key=len, reverse=True):
+    for value in sorted(set(v for v in (secrets or {}).values() if v and len(v) >= MIN_SECRET_LENGTH), key=len,
+                        reverse=True):
         text = text.replace(value, MASK)
     return text
 

@@ -18,7 +18,7 @@ CANARY = "hf_OPTION_CANARY_0a1b2c3d"
 
 def test_option_names_join_secret_env_and_the_spec_holds_no_value():
     spec = make_spec(num_gpus=0, secrets={"HF_TOKEN": CANARY, "MYCORP_LOGIN": 12345}, secret_env=["WANDB_API_KEY"],
-                     environ={"WANDB_API_KEY": "w"})
+                     environ={"WANDB_API_KEY": "wandb-key"})
     assert spec.secret_env == ("HF_TOKEN", "MYCORP_LOGIN", "WANDB_API_KEY")
     assert CANARY not in json.dumps(spec.shape()) and "12345" not in json.dumps(spec.shape())
 
@@ -91,3 +91,19 @@ def test_the_value_reaches_only_the_launch_and_is_masked(world, monkeypatch):  #
                         lambda entry, lines=40, secrets=None: mask("auth with %s failed" % CANARY, secrets))
     info = manager.info()
     assert CANARY not in json.dumps(info) and "********" in json.dumps(info)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"secrets": {"MYCORP_LOGIN": "abc"}}, "secrets.MYCORP_LOGIN"),
+    ({"secrets": {"MYCORP_LOGIN": 7}}, "secrets.MYCORP_LOGIN"),
+    ({"secret_env": ["WANDB_API_KEY"], "environ": {"WANDB_API_KEY": "w"}}, "secret_env WANDB_API_KEY"),
+    ({"model_path": "hf_model://org/m", "environ": {"HF_TOKEN": "xy"}}, "HF_TOKEN"),
+])
+def test_a_secret_too_short_to_mask_is_refused_without_showing_it(kwargs, named):
+    """mask() cannot hide a value of 1-3 characters without mangling every message: such a value is refused,
+    by name, before anything starts."""
+    with pytest.raises(TaoInferenceError) as caught:
+        make_spec(num_gpus=0, **kwargs)
+    assert named in caught.value.msg and "shorter than 4 characters" in caught.value.msg and "env" in caught.value.msg
+    for value in ("abc", "xy"):
+        assert "'%s'" % value not in caught.value.msg and " %s " % value not in caught.value.msg

@@ -46,15 +46,15 @@ def test_callback_variables_are_refused(name):
 
 def test_missing_secret_names_the_variable_to_export():
     with pytest.raises(TaoInferenceError) as err:
-        make_spec(secret_env=["HF_TOKEN", "WANDB_API_KEY"], environ={"HF_TOKEN": "v"})
+        make_spec(secret_env=["HF_TOKEN", "WANDB_API_KEY"], environ={"HF_TOKEN": "hf-value"})
     assert "export WANDB_API_KEY" in err.value.msg
 
 
 def test_hf_token_passes_by_default_only_for_hub_models():
-    assert make_spec(environ={"HF_TOKEN": "v"}).secret_env == ("HF_TOKEN",)
-    assert make_spec(environ={"HF_TOKEN": "v"}, model_path="/m").secret_env == ()
+    assert make_spec(environ={"HF_TOKEN": "hf-value"}).secret_env == ("HF_TOKEN",)
+    assert make_spec(environ={"HF_TOKEN": "hf-value"}, model_path="/m").secret_env == ()
     assert make_spec(environ={}).secret_env == ()
-    assert make_spec(environ={"HF_TOKEN": "v"}, secret_env=[]).secret_env == ()
+    assert make_spec(environ={"HF_TOKEN": "hf-value"}, secret_env=[]).secret_env == ()
 
 
 def test_model_key_rules():
