@@ -90,7 +90,8 @@ options:
     description:
       - Lepton storage mounted into the container, each C(FROM_PATH:MOUNT_PATH:VOLUME) as C(lep endpoint create
         --mount) takes it, for example C(/shared/models:/models:node-nfs:lepton-shared-fs) or
-        C(/data:/data:node-local). C(volumes) (host folders) do not exist on Lepton and are refused.
+        C(/data:/data:node-local); both paths absolute, without C(..). C(volumes) (host folders) do not exist on
+        Lepton and are refused.
     type: list
     elements: str
   lepton_initial_delay_seconds:

@@ -165,6 +165,10 @@ def _check_mounts(items):
             raise TaoInferenceError(
                 "lepton_mounts entry %r is not FROM_PATH:MOUNT_PATH:VOLUME with absolute paths and VOLUME node-local "
                 "or node-<type>:<storage> (e.g. /shared/models:/models:node-nfs:lepton-shared-fs)" % (item,))
+        if ".." in parts[0].split("/") or ".." in parts[1].split("/"):
+            raise TaoInferenceError(
+                "lepton_mounts entry %r has a '..' in a path: give each path as it is, without '..' (a mount must "
+                "not reach above the folder it names)" % (item,))
         mounts.append({"path": parts[0], "mount_path": parts[1], "from": parts[2]})
     return mounts
 

@@ -136,6 +136,8 @@ def test_labels_carry_what_the_service_layer_reads_back():
     ({"lepton_mounts": ["relative:/b:node-local"]}, "lepton_mounts"),
     ({"lepton_mounts": ["/a:/b:s3://bucket"]}, "lepton_mounts"),
     ({"lepton_mounts": ["/a\n:/b:node-local"]}, "lepton_mounts"),
+    ({"lepton_mounts": ["/shared/../etc:/models:node-local"]}, "lepton_mounts"),
+    ({"lepton_mounts": ["/shared/models:/models/..:node-local"]}, "lepton_mounts"),
     ({"lepton_ip_allowlist": ["10.0.0.0/33"]}, "lepton_ip_allowlist"),
     ({"volumes": ["/data:/data"]}, "lepton_mounts"),
     ({"host_port": 8081}, "host_port does not apply"),
