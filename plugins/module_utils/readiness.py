@@ -235,9 +235,11 @@ def endpoint_headers(entry, environ, options=None):
         raise TaoInferenceError("the token in %s holds a character a token never has (a space, a newline...): strip "
                                 "it; the value is not shown and nothing is sent" % source, job_id=job_id)
     if not token:
+        # ``options`` None: the calling module has no such option (tao_inference_request reads the environment).
         raise TaoInferenceError(
-            "service %s (%s) answers only requests that carry the token it was started with, from %s: export %s "
-            "(or give %s) and run again" % (job_id, url, source, source, sources[source]), job_id=job_id)
+            "service %s (%s) answers only requests that carry the token it was started with, from %s: export %s%s "
+            "and run again" % (job_id, url, source, source,
+                               "" if options is None else " (or give %s)" % sources[source]), job_id=job_id)
     parts = urlsplit(url)
     if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
         raise TaoInferenceError("service %s is at %s: its token would cross the network in clear over http; it is "

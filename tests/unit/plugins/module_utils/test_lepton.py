@@ -536,3 +536,14 @@ def test_an_answer_larger_than_the_limit_is_refused_unread(api, monkeypatch):
     with pytest.raises(TaoInferenceError) as err:
         api.driver._request("GET", "/deployments", "list deployments")
     assert "answered more than 1 bytes" in err.value.msg
+
+
+def test_a_missing_token_names_an_option_only_to_a_module_that_has_it():
+    """The service module takes lepton_workspace_token; tao_inference_request reads the environment only."""
+    with pytest.raises(TaoInferenceError) as service:
+        readiness.endpoint_headers(entry(), {}, {})
+    assert "export LEPTON_WORKSPACE_TOKEN (or give lepton_workspace_token)" in service.value.msg
+    with pytest.raises(TaoInferenceError) as request:
+        readiness.endpoint_headers(entry(), {})
+    assert "export LEPTON_WORKSPACE_TOKEN and run again" in request.value.msg
+    assert "lepton_workspace_token" not in request.value.msg
