@@ -211,11 +211,22 @@ def _row(host, item):
     }
 
 
+def _host_row(host, state, reason, job_id=None):
+    """A row that stands for a host (or a job_id) the view cannot use: unreachable, or an error and why."""
+    return {"host": host, "machine": None, "job_id": job_id, "name": None, "network_arch": None, "platform": None,
+            "state": state, "ready": False, "readiness": " ".join(reason.split())[:300], "host_url": None,
+            "controller_url": None, "started_at": None, "bind_address": None}
+
+
 def merge(hosts):
     """``hosts``: one dict per inventory host (``inventory_host``, ``reachable``, ``error``, ``services``:
     its tao_inference_info items). Returns ``(rows, unreachable)``: one row per service (a service a shared
     registry shows on several hosts once, from the machine that runs it) and one row per host that could
-    not be asked (``state: unreachable``)."""
+    not be asked (``state: unreachable``).
+
+    What hosts publish is not trusted: a host that lists a service the checks refuse is one ``error`` row
+    (none of its services is used, the other hosts' are), and a job_id that two machines both claim to run
+    is one ``error`` row naming both (a request is never routed to either)."""
     rows, unreachable, seen = [], [], {}
     for data in hosts:
         host = _check_inventory_name((data or {}).get("inventory_host"))
@@ -225,21 +236,31 @@ def merge(hosts):
             state = ERROR if data.get("reachable", True) else UNREACHABLE
             if state == UNREACHABLE:
                 unreachable.append(host)
-            rows.append({"host": host, "machine": None, "job_id": None, "name": None, "network_arch": None,
-                         "platform": None, "state": state, "ready": False,
-                         "readiness": " ".join(reason.split())[:300], "host_url": None, "controller_url": None,
-                         "started_at": None, "bind_address": None})
+            rows.append(_host_row(host, state, reason))
             continue
-        for item in data.get("services") or []:
-            row = _row(host, item if isinstance(item, dict) else {})
+        try:
+            mine = [_row(host, item if isinstance(item, dict) else {}) for item in data.get("services") or []]
+        except TaoInferenceError as exc:
+            rows.append(_host_row(host, ERROR, "its registry lists a service that cannot be used (%s); none of its "
+                                               "services is listed: fix or prune the entry there" % exc.msg))
+            continue
+        for row in mine:
             other = seen.get(row["job_id"])
-            if other is not None:
-                if other["state"] == ELSEWHERE and row["state"] != ELSEWHERE:
-                    rows[rows.index(other)] = row
-                    seen[row["job_id"]] = row
-                continue
-            seen[row["job_id"]] = row
-            rows.append(row)
+            if other is None:
+                seen[row["job_id"]] = row
+                rows.append(row)
+            elif other["state"] == ELSEWHERE and row["state"] != ELSEWHERE:
+                rows[rows.index(other)] = row
+                seen[row["job_id"]] = row
+            elif ELSEWHERE not in (row["state"], other["state"]) and other["state"] != ERROR and \
+                    row["machine"] != other["machine"]:
+                # Two machines run the same service: one of them is lying (or a registry was copied).
+                conflict = _host_row(other["host"], ERROR, "service %s is listed as its own by %s (machine %s) and "
+                                     "by %s (machine %s): neither is used until one entry is removed"
+                                     % (row["job_id"], other["host"], other["machine"], host, row["machine"]),
+                                     job_id=row["job_id"])
+                rows[rows.index(other)] = conflict
+                seen[row["job_id"]] = conflict
     return rows, unreachable
 
 
@@ -382,10 +403,12 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
     hosts = list(hosts) + [{"inventory_host": name, "reachable": False,
                             "error": "failed or unreachable earlier in the play"} for name in missing]
     rows, unreachable = merge(hosts)
+    refused = set(r["host"] for r in rows if r["state"] == ERROR and r["job_id"] is None)
     connections, errors = {}, []
     for data in hosts:
-        # A host whose registry could not be read (error) lists nothing: its forwards are neither used nor closed.
-        if data.get("reachable", True) and not data.get("error"):
+        # A host whose registry could not be read, or listed what merge refused (error), lists nothing: its
+        # forwards are neither used nor closed.
+        if data.get("reachable", True) and not data.get("error") and data.get("inventory_host") not in refused:
             name = _check_inventory_name(data.get("inventory_host"))
             try:
                 connections[name] = InventoryHost.from_dict(dict(data.get("connection") or {}, inventory_host=name))

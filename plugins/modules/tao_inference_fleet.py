@@ -163,13 +163,15 @@ services:
       type: str
     state:
       description: What its platform says (V(running), V(exited), V(missing)...), V(unreachable) for a host that
-        could not be reached, or V(error) for a host whose registry could not be read.
+        could not be reached, or V(error) for a host whose registry could not be read or that listed a service
+        the checks refuse (none of its services is listed), and for a job_id that two machines both list as their
+        own (neither is used; the row names both hosts).
       type: str
     ready:
       description: Whether it answered ready.
       type: bool
     readiness:
-      description: Its readiness reason; for an unreachable host, why it could not be asked.
+      description: Its readiness reason; for an unreachable host or an error row, why.
       type: str
     host_url:
       description: Its URL on its host.

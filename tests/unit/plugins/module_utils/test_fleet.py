@@ -120,8 +120,26 @@ def test_merge_shows_a_shared_registrys_service_once_from_its_own_machine():
     dict(item("a"), name="$(id)"), dict(item("a"), host_url="file:///etc/passwd"),
 ])
 def test_merge_refuses_rows_a_host_could_have_forged(bad):
-    with pytest.raises(TaoInferenceError):
-        fleet.merge([{"inventory_host": "gpu1", "services": [bad]}])
+    """The host that published it is one error row (none of its services used); the other hosts stay in view."""
+    rows, unreachable = fleet.merge([{"inventory_host": "gpu1", "services": [item("ok1"), bad]},
+                                     {"inventory_host": "gpu2", "services": [item("b", machine="m2")]}])
+    assert [(r["host"], r["state"], r["job_id"]) for r in rows] == [("gpu1", "error", None), ("gpu2", "running", jid("b"))]
+    assert "cannot be used" in rows[0]["readiness"] and unreachable == []
+    assert fleet.checked_view(rows) == [rows[1]]
+
+
+def test_a_job_id_two_machines_claim_is_routed_to_neither():
+    """A host that copies (or forges) another's entry cannot take its requests: both claims become one error row
+    naming both hosts, whichever came first; the same machine listed twice (inventory aliases) is no conflict."""
+    real, forged = item("a", machine="m1"), item("a", machine="evil", port=9999)
+    for order in ([("gpu1", real), ("gpu2", forged)], [("gpu2", forged), ("gpu1", real)]):
+        rows = fleet.merge([{"inventory_host": host, "services": [it]} for host, it in order])[0]
+        assert len(rows) == 1 and rows[0]["state"] == "error" and rows[0]["job_id"] == jid("a")
+        assert "gpu1" in rows[0]["readiness"] and "gpu2" in rows[0]["readiness"]
+        with pytest.raises(TaoInferenceError):
+            fleet.pick(fleet.checked_view(rows), job_id=jid("a"))
+    aliases = fleet.merge([{"inventory_host": "svc1", "services": [real]}, {"inventory_host": "svc2", "services": [real]}])
+    assert [(r["host"], r["state"]) for r in aliases[0]] == [("svc1", "running")]
 
 
 def test_direct_urls():
@@ -382,6 +400,18 @@ def test_a_host_whose_registry_cannot_be_read_keeps_its_forwards(tmp_path, fake_
     busy = [dict(hosts_with()[0], error="the registry lock was not free within 30 s")]
     result = fleet.view(registry, busy)
     assert result["closed"] == [] and not result["changed"]
+    assert fleet.forward_alive(record) and list(registry.read().forwards()) == [jid("a")]
+    fleet.close_forwards(registry, [jid("a")])
+
+
+def test_a_host_that_lists_a_refused_service_keeps_its_forwards(tmp_path, fake_ssh):
+    # It did not say its services are gone either: one bad entry there must not close what the controller keeps.
+    registry = Registry(str(tmp_path / "reg.json"))
+    fleet.view(registry, hosts_with(item("a")))
+    record = registry.read().forwards()[jid("a")]
+    odd = [dict(hosts_with()[0], services=[item("a"), dict(item("b"), network_arch="evil")])]
+    result = fleet.view(registry, odd)
+    assert result["closed"] == [] and not result["changed"] and result["services"][0]["state"] == "error"
     assert fleet.forward_alive(record) and list(registry.read().forwards()) == [jid("a")]
     fleet.close_forwards(registry, [jid("a")])
 
