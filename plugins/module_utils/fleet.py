@@ -31,8 +31,10 @@ LOCAL_SCOPE = "local"
 UNREACHABLE = "unreachable"
 ERROR = "error"
 ELSEWHERE = "elsewhere"
-# Forwards opened at once by one view (each is an ssh client setting up its connection).
+# Forwards opened at once by one view (each is an ssh client setting up its connection), and at most this many
+# new ones per view: a host listing thousands of services must not make the controller start thousands of ssh.
 FORWARD_WORKERS = 8
+MAX_NEW_FORWARDS = 256
 
 # ssh -o options a fleet's ansible_ssh_common_args may carry (lower case, as ssh compares them). Left
 # out on purpose: anything that runs a command (ProxyCommand, LocalCommand, KnownHostsCommand, Match
@@ -272,11 +274,31 @@ def _points_here(host):
     if name == "localhost" or name.endswith(".localhost") or trust.is_loopback(name):
         return True
     try:
-        address = ipaddress.ip_address(name if ":" in name else socket.inet_aton(name))
+        addresses = [ipaddress.ip_address(name if ":" in name else socket.inet_aton(name))]
     except (OSError, ValueError):
-        return False  # a name: the host's own (a load balancer, a platform's endpoint...)
-    address = getattr(address, "ipv4_mapped", None) or address
-    return address.is_loopback or address.is_unspecified
+        # A name (a load balancer, a platform's endpoint...): where it leads from here decides, so that a name a
+        # host chose cannot point the controller at its own loopback.
+        addresses = _resolved(name)
+    for address in addresses:
+        address = getattr(address, "ipv4_mapped", None) or address
+        if address.is_loopback or address.is_unspecified:
+            return True
+    return False
+
+
+def _resolved(name):
+    """The addresses ``name`` resolves to on this machine (none when it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        return []
+    found = []
+    for info in infos:
+        try:
+            found.append(ipaddress.ip_address(info[4][0].split("%", 1)[0]))
+        except ValueError:
+            continue
+    return found
 
 
 def direct_url(row, inventory_host):
@@ -429,6 +451,10 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
         record = records.get(row["job_id"])
         if record is not None and _same_route(record, row, where) and forward_alive(record):
             row["controller_url"] = "http://127.0.0.1:%d" % record["local_port"]
+        elif forward and not check_mode and len(to_open) >= MAX_NEW_FORWARDS:
+            errors.append({"host": row["host"], "job_id": row["job_id"],
+                           "error": "not forwarded: one run opens at most %d forwards; run again for the rest, or bind "
+                                    "the services to an address the controller reaches" % MAX_NEW_FORWARDS})
         elif forward and not check_mode:
             to_open.append((row, where))
         elif forward:

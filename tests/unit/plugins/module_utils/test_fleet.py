@@ -485,3 +485,41 @@ def test_forwards_of_many_services_open_at_once_and_one_failure_stays_its_own(tm
         for proc in pids:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("answer, direct", [
+    ([("127.0.0.1", 0)], False), ([("::1", 0, 0, 0)], False), ([("0.0.0.0", 0)], False),
+    ([("203.0.113.7", 0), ("127.0.0.2", 0)], False),  # one loopback answer is enough
+    ([("203.0.113.7", 0)], True), ([], True),
+])
+def test_a_name_that_leads_to_the_controllers_loopback_is_not_used_directly(monkeypatch, answer, direct):
+    """A host's URL may name a load balancer or a platform's endpoint; where that name leads from the controller
+    decides: a name resolving to the controller's own loopback is reached through the forward, never directly."""
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host != "svc.example":
+            return real(host, *args, **kwargs)
+        if not answer:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a[0] else socket.AF_INET, socket.SOCK_STREAM, 6, "", a) for a in answer]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    remote = fleet.InventoryHost.from_dict({"inventory_host": "gpu1", "ansible_host": "10.9.0.2"})
+    row = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", url="http://svc.example:8085")]}])[0][0]
+    assert fleet.direct_url(row, remote) == ("http://svc.example:8085" if direct else None)
+
+
+def test_one_view_opens_a_bounded_number_of_forwards(tmp_path, monkeypatch):
+    """A host that lists more services than a run may forward gets the rest as errors that say what to do."""
+    monkeypatch.setattr(fleet, "MAX_NEW_FORWARDS", 2)
+    registry = Registry(str(tmp_path / "reg.json"))
+    opened = []
+
+    def opener(_target, local_port, _host, _remote_port):
+        opened.append(local_port)
+        return os.getpid(), procs.stat_of(os.getpid())[1]
+
+    result = fleet.view(registry, hosts_with(*[item(n, port=8080 + i) for i, n in enumerate("abcd")]), opener=opener)
+    assert len(opened) == 2 and len(result["opened"]) == 2
+    assert [e["job_id"] for e in result["errors"]] == [jid("c"), jid("d")] and "at most 2" in result["errors"][0]["error"]
