@@ -98,7 +98,7 @@ test: venv emulator-image real-server-image link ## Every test: checks, sanity, 
 	$(BIN)/python scripts/gen-catalog.py --check
 	$(MAKE) --no-print-directory syntax docs build lint sanity changelog
 	scripts/matrix.sh
-	$(BIN)/pytest -q tests/unit tests/integration
+	$(BIN)/pytest -q --durations=15 tests/unit tests/integration
 
 bench: venv emulator-image real-server-image link ## Benchmarks under bench/ (each prints one JSON line last)
 	$(BIN)/python bench/start_overhead.py
