@@ -140,6 +140,14 @@ def test_fleet_start_view_request_spread_stop(harness, fleet_hosts, cleanup):
         assert len(host_containers(fleet_hosts, name, harness.registry)) == 2
     # Their port scopes really differ: the same ports on both hosts at once.
     assert ports[names[0]] == ports[names[1]]
+    # On each host the platform is checked once, both services are started, and only then watched: they load at
+    # the same time (a host's second start never waits for its first to be ready).
+    for name in names:
+        order = [r["task"] for r in run.records if r["host"] == name]
+        assert order.count("Check that the platform can run the service") == 1
+        starts = [i for i, task in enumerate(order) if task == "Start the service"]
+        watches = [i for i, task in enumerate(order) if task == "Wait for a readiness change"]
+        assert len(starts) == 2 and watches and starts[-1] < watches[0], order
     # The controller's registry holds only the forwards, one per service.
     controller = harness.registry_data()
     assert len(controller["forwards"]) == 4 and not [k for k, v in controller.items() if isinstance(v, dict)]
