@@ -17,9 +17,10 @@ that cannot run a command or hand the forward to another process are kept.
 import ipaddress
 import os
 import shlex
+import signal
 import socket
-
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
 
 from urllib.parse import urlsplit
 
@@ -202,14 +203,19 @@ def _row(host, item):
     if name is not None and not (isinstance(name, str) and trust.SERVICE_NAME.fullmatch(name)):
         raise TaoInferenceError("service %s of %s has a bad name" % (job_id, host))
     shape = item.get("shape") if isinstance(item.get("shape"), dict) else {}
-    bind = (shape.get("platform_options") or {}).get("bind_address") if isinstance(
-        shape.get("platform_options"), dict) else None
+    bind = _text((shape.get("platform_options") or {}).get("bind_address") if isinstance(
+        shape.get("platform_options"), dict) else None)
+    if bind is not None:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise TaoInferenceError("service %s of %s has a bind_address that is not an IP address" % (job_id, host))
     return {
         "host": host, "machine": _text(item.get("machine")), "job_id": job_id, "name": name,
         "network_arch": arch, "platform": _text(item.get("platform")),
         "state": _text(status.get("state")) or "unknown", "ready": item.get("ready") is True,
         "readiness": _text(readiness.get("reason")), "host_url": url, "controller_url": None,
-        "started_at": _text(item.get("started_at")), "bind_address": _text(bind),
+        "started_at": _text(item.get("started_at")), "bind_address": bind,
     }
 
 
@@ -229,9 +235,14 @@ def merge(hosts):
     What hosts publish is not trusted: a host that lists a service the checks refuse is one ``error`` row
     (none of its services is used, the other hosts' are), and a job_id that two machines both claim to run
     is one ``error`` row naming both (a request is never routed to either)."""
-    rows, unreachable, seen = [], [], {}
+    rows, unreachable, seen, reached_at = [], [], {}, {}
     for data in hosts:
         host = _check_inventory_name((data or {}).get("inventory_host"))
+        if host in reached_at:
+            raise TaoInferenceError("inventory host %s is given twice: give each host once" % host)
+        connection = data.get("connection") if isinstance(data.get("connection"), dict) else {}
+        reached_at[host] = "local" if connection.get("ansible_connection") == "local" else \
+            str(connection.get("ansible_host") or host)
         if not data.get("reachable", True) or data.get("error"):
             # A host that could not be reached, or whose registry could not be read (state "error").
             reason = data.get("error") if isinstance(data.get("error"), str) else "the host could not be reached"
@@ -255,8 +266,9 @@ def merge(hosts):
                 rows[rows.index(other)] = row
                 seen[row["job_id"]] = row
             elif ELSEWHERE not in (row["state"], other["state"]) and other["state"] != ERROR and \
-                    row["machine"] != other["machine"]:
-                # Two machines run the same service: one of them is lying (or a registry was copied).
+                    (row["machine"] != other["machine"] or reached_at[host] != reached_at[other["host"]]):
+                # Two machines run the same service: one of them is lying (or a registry was copied). The same
+                # machine is reached at one address (inventory aliases); a host naming another's machine is not.
                 conflict = _host_row(other["host"], ERROR, "service %s is listed as its own by %s (machine %s) and "
                                      "by %s (machine %s): neither is used until one entry is removed"
                                      % (row["job_id"], other["host"], other["machine"], host, row["machine"]),
@@ -266,24 +278,29 @@ def merge(hosts):
     return rows, unreachable
 
 
-def _points_here(host):
-    """True when connecting to ``host`` from the controller reaches the controller itself: a loopback or
-    unspecified address in any spelling the resolver takes (``0``, ``127.1``, ``2130706433``, ``[::]``,
-    ``[::ffff:127.0.0.1]``), or a name under ``localhost``."""
-    name = (host or "").strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost") or trust.is_loopback(name):
-        return True
-    try:
-        addresses = [ipaddress.ip_address(name if ":" in name else socket.inet_aton(name))]
-    except (OSError, ValueError):
-        # A name (a load balancer, a platform's endpoint...): where it leads from here decides, so that a name a
-        # host chose cannot point the controller at its own loopback.
-        addresses = _resolved(name)
-    for address in addresses:
-        address = getattr(address, "ipv4_mapped", None) or address
-        if address.is_loopback or address.is_unspecified:
-            return True
-    return False
+class Resolver(object):
+    """Where names lead from this machine, each asked once, within ``budget`` seconds in all: a name that
+    does not answer in time counts as leading here (it is then reached through the forward, never directly)."""
+
+    PER_NAME = 2.0
+
+    def __init__(self, budget=5.0):
+        self.deadline = time.monotonic() + budget
+        self.cache = {}
+
+    def addresses(self, name):
+        """The addresses ``name`` resolves to ([] when it does not), or None when it did not answer in time."""
+        if name not in self.cache:
+            remaining = min(self.PER_NAME, self.deadline - time.monotonic())
+            answer = {}
+            if remaining > 0:
+                # A thread of its own, left behind if the resolver never answers: getaddrinfo has no timeout.
+                worker = threading.Thread(target=lambda: answer.update(found=_resolved(name)))
+                worker.daemon = True
+                worker.start()
+                worker.join(remaining)
+            self.cache[name] = answer.get("found")
+        return self.cache[name]
 
 
 def _resolved(name):
@@ -301,17 +318,52 @@ def _resolved(name):
     return found
 
 
-def direct_url(row, inventory_host):
+def _mine(address):
+    """True when ``address`` is one of this machine's own (a socket can be bound to it)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(address), 0))
+        return True
+    except OSError:
+        return False
+
+
+def _points_here(host, resolver=None):
+    """True when connecting to ``host`` from the controller reaches the controller itself: a loopback or
+    unspecified address in any spelling the resolver takes (``0``, ``127.1``, ``2130706433``, ``[::]``,
+    ``[::ffff:127.0.0.1]``), a name under ``localhost``, an address of this machine's own, or a name that
+    leads to one of those (or does not answer in time)."""
+    name = (host or "").strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost") or trust.is_loopback(name):
+        return True
+    try:
+        addresses = [ipaddress.ip_address(name if ":" in name else socket.inet_aton(name))]
+    except (OSError, ValueError):
+        # A name (a load balancer, a platform's endpoint...): where it leads from here decides, so that a name a
+        # host chose cannot point the controller at itself.
+        addresses = (resolver or Resolver()).addresses(name)
+        if addresses is None:
+            return True
+    for address in addresses:
+        address = getattr(address, "ipv4_mapped", None) or address
+        if address.is_loopback or address.is_unspecified or _mine(address):
+            return True
+    return False
+
+
+def direct_url(row, inventory_host, resolver=None):
     """The URL the controller reaches ``row``'s service at without a forward, or None when it needs one."""
     if not row.get("host_url"):
         return None
+    resolver = resolver or Resolver()
     host, port = _url_parts(row["host_url"])
-    if not _points_here(host):
+    if not _points_here(host, resolver):
         return row["host_url"]  # a platform's own address (a load balancer, a Lepton endpoint...)
     if inventory_host.local:
         return row["host_url"]  # the host is the controller itself
     bind = row.get("bind_address")
-    if bind and (bind in ("0.0.0.0", "::") or not _points_here(bind)):
+    if bind and (bind in ("0.0.0.0", "::") or not _points_here(bind, resolver)):
         address = inventory_host.address if bind in ("0.0.0.0", "::") else bind
         if ":" in address:
             address = "[%s]" % address.strip("[]")
@@ -329,10 +381,20 @@ def forward_alive(record):
 
 
 def close_forward(record):
-    """Stop exactly the forward process ``record`` names; True when it ran."""
-    if not record.get("pid"):
-        return False
-    return ssh.close_tunnel(record["pid"], record.get("start_time"), _spec(record))
+    """Stop exactly the forward process ``record`` names; True when it ran. A reservation without a pid whose
+    run is gone (killed while its ssh came up) has its ssh found by its exact ``-L`` (the reserved local port
+    was that run's alone) and stopped, so no forward outlives its record untracked."""
+    if record.get("pid"):
+        return ssh.close_tunnel(record["pid"], record.get("start_time"), _spec(record))
+    if record.get("owner_pid") and procs.alive(record["owner_pid"], record.get("owner_start_time")):
+        return False  # being opened right now by a live run: its own to finish or undo
+    stopped = False
+    if record.get("local_port") and record.get("remote_port"):
+        spec = _spec(record)
+        for pid, started, found in ssh.find_tunnels(record.get("remote_host") or "127.0.0.1", record["remote_port"]):
+            if found == spec:
+                stopped = ssh.close_tunnel(pid, started, spec) or stopped
+    return stopped
 
 
 def _same_route(record, row, inventory_host):
@@ -416,6 +478,57 @@ def _open_one(registry, row, where, opener):
     return url, made, None
 
 
+def _open_all(registry, to_open, opener):
+    """:func:`_open_one` for every ``(row, where)`` at once, FORWARD_WORKERS at a time (each its own ssh;
+    ensure_forward holds the registry lock only around its records). Interrupted (a signal, see
+    procs.interruptible), the forwards not begun are dropped and those under way finish and are recorded
+    before the interruption goes on: none is left untracked."""
+    if not to_open:
+        return []
+    outcomes, failures = [None] * len(to_open), []
+    pending, taking, stop = list(range(len(to_open))), threading.Lock(), threading.Event()
+    mask = {}
+
+    def work():
+        # A worker starts with the signals blocked (below); its ssh children must not inherit that, or a
+        # SIGTERM would never stop them.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask["previous"])
+        while not stop.is_set():
+            with taking:
+                if not pending:
+                    return
+                index = pending.pop(0)
+            try:
+                outcomes[index] = _open_one(registry, to_open[index][0], to_open[index][1], opener)
+            except BaseException as exc:  # pylint: disable=broad-except
+                failures.append(exc)
+                stop.set()
+
+    workers = [threading.Thread(target=work) for _dummy in range(min(len(to_open), FORWARD_WORKERS))]
+    try:
+        # Signals wait until every worker has started: one that cut a start short would leave a worker no
+        # one waits for.
+        mask["previous"] = signal.pthread_sigmask(signal.SIG_BLOCK, procs.CATCHABLE)
+        try:
+            for worker in workers:
+                worker.daemon = True
+                worker.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask["previous"])
+        for worker in workers:
+            worker.join()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join()
+    if failures:
+        raise failures[0]
+    return outcomes
+
+
 def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel, missing=(), close_stale=True):
     """The merged view of ``hosts`` with each service's ``controller_url``: direct, or through a
     forward this opens when ``forward`` (and check mode does not stop it). ``missing``: hosts of the play
@@ -437,18 +550,23 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
             except TaoInferenceError as exc:  # this host's services are listed, with no URL from here
                 connections[name] = None
                 errors.append({"host": name, "job_id": None, "error": exc.msg})
+    # A host's own "forward" (the role passes each host's inference_service_controller_forward) beats the module's.
+    forwards_of = dict((data.get("inventory_host"), forward if data.get("forward") is None else bool(data["forward"]))
+                       for data in hosts)
     opened, to_open = [], []
     records = registry.read().forwards()
+    resolver = Resolver()
     for row in rows:
         if row["state"] in (UNREACHABLE, ERROR, ELSEWHERE) or not row["host_url"]:
             continue
         where = connections[row["host"]]
         if where is None:
             continue
-        row["controller_url"] = direct_url(row, where)
+        row["controller_url"] = direct_url(row, where, resolver)
         if row["controller_url"] or row["state"] != "running":
             continue
         record = records.get(row["job_id"])
+        forward = forwards_of.get(row["host"], True)
         if record is not None and _same_route(record, row, where) and forward_alive(record):
             row["controller_url"] = "http://127.0.0.1:%d" % record["local_port"]
         elif forward and not check_mode and len(to_open) >= MAX_NEW_FORWARDS:
@@ -459,9 +577,7 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
             to_open.append((row, where))
         elif forward:
             opened.append(row["job_id"])  # check mode: would open it
-    # The forwards open at once (each its own ssh; ensure_forward holds the registry lock only around its records).
-    with ThreadPoolExecutor(max_workers=max(1, min(len(to_open), FORWARD_WORKERS))) as pool:
-        outcomes = list(pool.map(lambda item: _open_one(registry, item[0], item[1], opener), to_open))
+    outcomes = _open_all(registry, to_open, opener)
     for (row, _where), (url, made, error) in zip(to_open, outcomes):
         if error is not None:
             errors.append({"host": row["host"], "job_id": row["job_id"], "error": error})
@@ -487,7 +603,8 @@ def table(rows):
     lines = [layout % ("HOST", "JOB_ID", "NAME", "ARCH", "STATE", "READY", "CONTROLLER_URL")]
     for row in rows:
         if row["state"] in (UNREACHABLE, ERROR):
-            lines.append(layout % (row["host"], "-", "-", "-", row["state"], "-", row.get("readiness") or ""))
+            lines.append(layout % (row["host"], row.get("job_id") or "-", "-", "-", row["state"], "-",
+                                   row.get("readiness") or ""))
             continue
         lines.append(layout % (row["host"], row["job_id"], row.get("name") or "-", row["network_arch"], row["state"],
                                "yes" if row.get("ready") else "no", row.get("controller_url") or "-"))

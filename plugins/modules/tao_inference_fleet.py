@@ -46,7 +46,8 @@ options:
     default: present
   hosts:
     description:
-      - One item per inventory host (the C(tao.inference.registry_facts) role builds them from C(hostvars)).
+      - One item per inventory host (the C(tao.inference.registry_facts) role builds them from C(hostvars)); a
+        host given twice is refused.
     type: list
     elements: dict
     default: []
@@ -81,6 +82,11 @@ options:
           - V(ansible_connection=local) means the host is the controller; its services need no forward.
         type: dict
         default: {}
+      forward:
+        description:
+          - This host's own choice of O(forward) (the C(tao.inference.inference_service) role passes each host's
+            C(inference_service_controller_forward)); unset, O(forward) decides.
+        type: bool
   missing_hosts:
     description:
       - Inventory hosts of the play that published nothing (they failed or were unreachable before); each is
@@ -217,7 +223,7 @@ errors:
   elements: dict
 """
 
-from ansible_collections.tao.inference.plugins.module_utils import fleet
+from ansible_collections.tao.inference.plugins.module_utils import fleet, procs
 from ansible_collections.tao.inference.plugins.module_utils.common import REGISTRY_ARGS, new_module, open_registry, run
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_job_id
 
@@ -231,6 +237,7 @@ def main():
             error=dict(type="str"),
             services=dict(type="list", elements="dict", default=[]),
             connection=dict(type="dict", default={}),
+            forward=dict(type="bool"),
         )),
         forward=dict(type="bool", default=True),
         missing_hosts=dict(type="list", elements="str", default=[]),
@@ -253,8 +260,9 @@ def main():
             else:
                 closed = fleet.close_forwards(registry, job_ids, host)
             return {"changed": bool(closed), "closed": closed}
-        return fleet.view(registry, params["hosts"], params["forward"], module.check_mode,
-                          missing=params["missing_hosts"], close_stale=params["close_stale"])
+        with procs.interruptible():  # a cancelled job (SIGTERM) leaves every forward it opened recorded
+            return fleet.view(registry, params["hosts"], params["forward"], module.check_mode,
+                              missing=params["missing_hosts"], close_stale=params["close_stale"])
 
     run(module, action)
 

@@ -1,17 +1,20 @@
 """Fleets: inventory connection variables checked before ssh sees them, one merged view, controller
 forwards reserved, recorded and closed exactly, requests routed across the view."""
 
+import ipaddress
 import json
 import os
 import socket
 import subprocess
 import sys
+import signal
 import threading
+import time
 import uuid
 
 import pytest
 
-from ansible_collections.tao.inference.plugins.module_utils import fleet, procs
+from ansible_collections.tao.inference.plugins.module_utils import fleet, procs, ssh
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry, is_this_machine, this_machine
 
@@ -138,8 +141,57 @@ def test_a_job_id_two_machines_claim_is_routed_to_neither():
         assert "gpu1" in rows[0]["readiness"] and "gpu2" in rows[0]["readiness"]
         with pytest.raises(TaoInferenceError):
             fleet.pick(fleet.checked_view(rows), job_id=jid("a"))
-    aliases = fleet.merge([{"inventory_host": "svc1", "services": [real]}, {"inventory_host": "svc2", "services": [real]}])
+    local = {"ansible_connection": "local"}
+    aliases = fleet.merge([{"inventory_host": "svc1", "services": [real], "connection": local},
+                           {"inventory_host": "svc2", "services": [real], "connection": local}])
     assert [(r["host"], r["state"]) for r in aliases[0]] == [("svc1", "running")]
+    # Naming the real host's machine does not make a forged claim an alias: it is reached somewhere else.
+    copied = fleet.merge([{"inventory_host": "evil", "services": [dict(forged, machine="m1")],
+                           "connection": {"ansible_host": "10.9.0.66"}},
+                          {"inventory_host": "gpu1", "services": [real], "connection": {"ansible_host": "10.9.0.2"}}])[0]
+    assert len(copied) == 1 and copied[0]["state"] == "error" and copied[0]["job_id"] == jid("a")
+
+
+def test_a_host_given_twice_is_refused():
+    with pytest.raises(TaoInferenceError, match="given twice"):
+        fleet.merge([{"inventory_host": "gpu1", "services": []}, {"inventory_host": "gpu1", "services": []}])
+
+
+def test_a_bind_address_that_is_not_an_ip_makes_the_host_an_error_row():
+    rows = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", bind="127.0.0.1/")]}])[0]
+    assert rows[0]["state"] == "error" and "bind_address" in rows[0]["readiness"]
+
+
+def test_a_hosts_url_at_one_of_the_controllers_own_addresses_is_not_used_directly():
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # nothing is sent: this only picks the address a route would use
+            mine = probe.getsockname()[0]
+    except OSError:
+        pytest.skip("this machine has no route, so no address of its own to try")
+    assert fleet._mine(ipaddress.ip_address(mine)) and not ipaddress.ip_address(mine).is_loopback
+    remote = fleet.InventoryHost.from_dict({"inventory_host": "gpu1", "ansible_host": "10.9.0.2"})
+    row = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", url="http://%s:8085" % mine)]}])[0][0]
+    assert fleet.direct_url(row, remote) is None
+
+
+def test_a_name_that_does_not_answer_in_time_is_not_used_directly(monkeypatch):
+    gate = threading.Event()
+
+    def stuck(*_args, **_kwargs):
+        gate.wait(10)
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    monkeypatch.setattr(fleet.Resolver, "PER_NAME", 0.2)
+    try:
+        resolver = fleet.Resolver(budget=0.5)
+        remote = fleet.InventoryHost.from_dict({"inventory_host": "gpu1", "ansible_host": "10.9.0.2"})
+        row = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", url="http://slow.example:8085")]}])[0][0]
+        assert fleet.direct_url(row, remote, resolver) is None
+        assert resolver.addresses("slow.example") is None  # asked once: the answer is kept
+    finally:
+        gate.set()
 
 
 def test_direct_urls():
@@ -523,3 +575,68 @@ def test_one_view_opens_a_bounded_number_of_forwards(tmp_path, monkeypatch):
     result = fleet.view(registry, hosts_with(*[item(n, port=8080 + i) for i, n in enumerate("abcd")]), opener=opener)
     assert len(opened) == 2 and len(result["opened"]) == 2
     assert [e["job_id"] for e in result["errors"]] == [jid("c"), jid("d")] and "at most 2" in result["errors"][0]["error"]
+
+
+def test_a_forward_whose_run_died_before_recording_its_pid_is_found_and_stopped(tmp_path, fake_ssh):
+    """A run killed (SIGKILL) while its ssh came up leaves a reservation without a pid and that ssh running.
+    The next view stops exactly that ssh (its -L names the reserved port) and opens a new forward; an ssh with
+    another -L is left alone."""
+    registry = Registry(str(tmp_path / "reg.json"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    with registry.transaction() as state:
+        port = state.allocate_port(fleet.LOCAL_SCOPE, is_free=fleet.port_is_free)
+        state.put_forward(jid("a"), {"inventory_host": "gpu1", "local_port": port, "remote_host": "127.0.0.1",
+                                     "remote_port": 8080, "ssh_host": "10.9.0.2", "owner_pid": dead.pid,
+                                     "owner_start_time": "1"})
+    left = subprocess.Popen(["ssh", "-N", "-L", ssh.forward_spec(port, "127.0.0.1", 8080), "gpu1"])
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        other_port = spare.getsockname()[1]
+    other = subprocess.Popen(["ssh", "-N", "-L", ssh.forward_spec(other_port, "127.0.0.1", 8080), "gpu1"])
+    try:
+        deadline = time.monotonic() + 10
+        while not {left.pid, other.pid} <= set(pid for pid, _s, _spec in ssh.find_tunnels("127.0.0.1", 8080)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        result = view_of(registry, hosts_with(item("a")))
+        assert result["opened"] == [jid("a")] and registry.read().forwards()[jid("a")]["pid"]
+        assert left.wait(timeout=10) is not None  # stopped
+        assert other.poll() is None  # not ours to stop
+    finally:
+        for proc in (left, other):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        fleet.close_forwards(registry, [jid("a")])
+
+
+def test_an_interrupted_view_leaves_every_forward_it_began_recorded(tmp_path):
+    """SIGTERM (a cancelled job) while forwards open: those under way finish and are recorded (so a stop finds
+    them), those not begun are never started, and the interruption still ends the run."""
+    registry = Registry(str(tmp_path / "reg.json"))
+    began, release = [], threading.Event()
+    procs_made = []
+
+    def opener(_target, _local_port, _host, _remote_port):
+        began.append(1)
+        if len(began) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the interruption arrives while this forward opens
+        release.wait(5)
+        proc = subprocess.Popen(["sleep", "30"])
+        procs_made.append(proc)
+        return proc.pid, procs.stat_of(proc.pid)[1]
+
+    items = [item(n, port=8080 + i) for i, n in enumerate("abcdefghijkl")]
+    threading.Timer(0.5, release.set).start()
+    try:
+        with pytest.raises(procs.Interrupted):
+            with procs.interruptible():
+                fleet.view(registry, hosts_with(*items), opener=opener)
+        recorded = registry.read().forwards()
+        assert len(recorded) == len(procs_made) == len(began) < len(items)
+        assert all(record.get("pid") for record in recorded.values()), recorded
+    finally:
+        for proc in procs_made:
+            proc.kill()
+            proc.wait()
