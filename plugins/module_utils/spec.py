@@ -154,7 +154,8 @@ def _check_secret_env(names, model_path, environ, given=()):
     HF_TOKEN is set (or given)."""
     if names is None:
         if model_path.startswith(_HF_PREFIX) and environ.get("HF_TOKEN"):
-            _check_secret_length(environ["HF_TOKEN"], "HF_TOKEN (passed on for the hf_model:// model)")
+            if "HF_TOKEN" not in given:  # a value in secrets is the one passed on (and was checked there)
+                _check_secret_length(environ["HF_TOKEN"], "HF_TOKEN (passed on for the hf_model:// model)")
             return tuple(sorted(set(("HF_TOKEN",)) | set(given)))
         return tuple(sorted(given))
     result = list(given)

@@ -219,6 +219,10 @@ def test_the_token_comes_from_the_environment_too(home, monkeypatch):
     with pytest.raises(TaoInferenceError) as err:
         BrevDriver.from_options({}, {})
     assert "BREV_API_TOKEN" in err.value.msg and "two words" not in err.value.msg
+    monkeypatch.setenv("BREV_API_TOKEN", "x7")  # too short to be masked, and no Brev token
+    with pytest.raises(TaoInferenceError) as err:
+        BrevDriver.from_options({}, {})
+    assert "shorter than 4 characters" in err.value.msg and "x7" not in err.value.msg
 
 
 def test_a_working_login_is_never_touched(home):

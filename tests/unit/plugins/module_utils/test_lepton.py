@@ -531,6 +531,16 @@ def test_a_token_with_a_newline_is_refused_without_being_shown(option, monkeypat
     assert "SECRETTOKENabc123" not in err.value.msg and "newline" in err.value.msg
 
 
+@pytest.mark.parametrize("option", ["lepton_workspace_token", "lepton_endpoint_token"])
+def test_a_token_too_short_to_mask_is_refused_without_being_shown(option, monkeypatch):
+    for name in ("LEPTON_WORKSPACE_TOKEN", "LEPTON_ENDPOINT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    params = {"lepton_workspace_token": "good-token", option: "q9"}
+    with pytest.raises(TaoInferenceError) as err:
+        LeptonDriver.from_options({"workspace_id": "ws1"}, params)
+    assert option in err.value.msg and "shorter than 4 characters" in err.value.msg and "q9" not in err.value.msg
+
+
 def test_an_answer_larger_than_the_limit_is_refused_unread(api, monkeypatch):
     monkeypatch.setattr(lepton, "ANSWER_LIMIT", 1)
     with pytest.raises(TaoInferenceError) as err:

@@ -107,3 +107,8 @@ def test_a_secret_too_short_to_mask_is_refused_without_showing_it(kwargs, named)
     assert named in caught.value.msg and "shorter than 4 characters" in caught.value.msg and "env" in caught.value.msg
     for value in ("abc", "xy"):
         assert "'%s'" % value not in caught.value.msg and " %s " % value not in caught.value.msg
+
+
+def test_a_short_hf_token_in_the_environment_does_not_matter_when_secrets_gives_it():
+    spec = make_spec(num_gpus=0, secrets={"HF_TOKEN": CANARY}, environ={"HF_TOKEN": "x"})
+    assert spec.secret_env == ("HF_TOKEN",)
