@@ -567,6 +567,15 @@ def down(settings):
     return hosts
 
 
+def _machine_lock():
+    """An exclusive lock shared by every fleet on this machine (in /run/lock), held until the process ends."""
+    folder = "/run/lock" if os.path.isdir("/run/lock") else "/run"
+    handle = open(os.open(os.path.join(folder, "tao-fleet-nets.lock"), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600),
+                  "w", encoding="utf-8")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
 def main(argv):
     """``up N`` | ``down`` | ``status`` (what scripts/ensure-fleet.sh runs)."""
     if not (argv[:1] == ["up"] and len(argv) == 2 or argv in (["down"], ["status"])):
@@ -583,6 +592,9 @@ def main(argv):
             if not 1 <= count <= 250:
                 raise ValueError("the number of hosts must be between 1 and 250, not %d" % count)
             interpreter = settings.interpreter_paths()
+            # Fleets of other checkouts choose their nets too: one at a time on this machine, from the choice
+            # until their namespaces hold the nets (the lock is released when this process ends).
+            settings.machine_lock = _machine_lock()
             settings.choose_net(count)
             for index in range(1, count + 1):
                 host = Host(settings, index)
