@@ -357,7 +357,8 @@ def test_the_playbooks_across_a_group(harness, fleet_hosts, cleanup):
         assert "controller URL http://127.0.0.1:" in start.task("Show where the controller reaches it", host=name)[
             "result"]["msg"]
     # Every host's forward comes from one task on the controller (one module run, the forwards opened at once).
-    opens = [r for r in start.records if r["task"] == "Open (or keep) the controller's forwards to the services"]
+    opens = [r for r in start.records if r["task"] == "Open (or keep) the controller's forwards to the services"
+             and r["status"] != "skipped"]
     assert len(opens) == 1 and sorted(opens[0]["result"]["opened"]) == sorted(
         r["job_id"] for r in opens[0]["result"]["services"]) and len(opens[0]["result"]["services"]) == len(names)
     status = harness.playbook(os.path.join(ROOT, "playbooks", "status.yml"), common, inventory=inv)
@@ -398,3 +399,50 @@ def test_a_host_whose_registry_cannot_be_read_is_named_in_the_table(harness, fle
 def harness_rows(run):
     """The view the registry_facts role published, from its merge task's result."""
     return run.task("Merge every host's services on the controller")["result"]["services"]
+
+
+def test_a_later_run_on_some_hosts_forwards_only_what_it_started(harness, fleet_hosts, cleanup):
+    """Two plays: the role on every host, then on the second host only (the first is skipped, so it is no longer
+    the batch's first with something to forward). The second run opens its forward from the host that has one,
+    and never acts on the entry the first host kept from the first play."""
+    inv = inventory(fleet_hosts)
+    first, second = fleet_hosts.names
+    play = START.replace("{{ fleet_name }}", "one").replace("inference_service_per_host: 2",
+                                                             "inference_service_per_host: 1") + """\
+- name: Again on the second host only
+  hosts: gpu
+  gather_facts: false
+  module_defaults:
+    group/tao.inference.service:
+      registry_path: REGISTRY
+  tasks:
+    - name: Start on the second host only
+      ansible.builtin.include_role:
+        name: tao.inference.inference_service
+      vars:
+        inference_service_network_arch: cosmos-rl
+        inference_service_model_path: hf_model://nvidia/Cosmos-Reason1-7B
+        inference_service_image: %s
+        inference_service_num_gpus: 0
+        inference_service_name: two
+      when: inventory_hostname == '%s'
+""" % (IMAGE, second)
+    run = harness.playbook(play_file(harness, play), inventory=inv, args=["--forks", "8"])
+    try:
+        assert run.rc == 0, run.output[-3000:]
+        opens = [r for r in run.records if r["task"] == "Open (or keep) the controller's forwards to the services"
+                 and r["status"] != "skipped"]
+        assert len(opens) == 2, [(r["host"], r["status"]) for r in opens]
+        later = opens[-1]
+        assert later["host"] == second and [h["inventory_host"] for h in later["result"]["invocation"]["module_args"][
+            "hosts"]] == [second]
+        assert [r["name"] for r in later["result"]["services"]] == ["two"] and later["result"]["opened"]
+        shown = [r for r in run.records if r["task"] == "Show where the controller reaches it" and r["host"] == second]
+        assert "controller URL http://127.0.0.1:" in shown[-1]["result"]["msg"]
+        assert len(harness.registry_data()["forwards"]) == 3
+    finally:
+        stop = harness.playbook(play_file(harness, STOP), {"fleet_names": ["one", "two"]}, inventory=inv)
+        assert stop.rc == 0, stop.output[-3000:]
+    for name in fleet_hosts.names:
+        assert host_containers(fleet_hosts, name, harness.registry) == []
+    assert "forwards" not in harness.registry_data()
