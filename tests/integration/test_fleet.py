@@ -359,6 +359,8 @@ def test_the_playbooks_across_a_group(harness, fleet_hosts, cleanup):
     # Every host's forward comes from one task on the controller (one module run, the forwards opened at once).
     opens = [r for r in start.records if r["task"] == "Open (or keep) the controller's forwards to the services"
              and r["status"] != "skipped"]
+    assert not [r for r in start.records if r["task"] == "Open (or keep) this host's forwards on its own"
+                and r["status"] != "skipped"]  # hosts in step: the batch's task covered them all
     assert len(opens) == 1 and sorted(opens[0]["result"]["opened"]) == sorted(
         r["job_id"] for r in opens[0]["result"]["services"]) and len(opens[0]["result"]["services"]) == len(names)
     status = harness.playbook(os.path.join(ROOT, "playbooks", "status.yml"), common, inventory=inv)
@@ -407,8 +409,8 @@ def test_a_later_run_on_some_hosts_forwards_only_what_it_started(harness, fleet_
     and never acts on the entry the first host kept from the first play."""
     inv = inventory(fleet_hosts)
     first, second = fleet_hosts.names
-    play = START.replace("{{ fleet_name }}", "one").replace("inference_service_per_host: 2",
-                                                             "inference_service_per_host: 1") + """\
+    one = START.replace("{{ fleet_name }}", "one").replace("inference_service_per_host: 2", "inference_service_per_host: 1")
+    play = one + """\
 - name: Again on the second host only
   hosts: gpu
   gather_facts: false
@@ -445,4 +447,24 @@ def test_a_later_run_on_some_hosts_forwards_only_what_it_started(harness, fleet_
         assert stop.rc == 0, stop.output[-3000:]
     for name in fleet_hosts.names:
         assert host_containers(fleet_hosts, name, harness.registry) == []
+    assert "forwards" not in harness.registry_data()
+
+
+def test_hosts_that_do_not_move_in_step_each_get_their_forwards(harness, fleet_hosts, cleanup):
+    """strategy: free: hosts run the role at their own pace, so one task for the batch cannot cover them; each
+    host that the batch's task missed opens its own forwards, and every service gets a controller URL."""
+    inv = inventory(fleet_hosts)
+    play = START.replace("{{ fleet_name }}", "free").replace("inference_service_per_host: 2",
+                                                              "inference_service_per_host: 1")
+    play = play.replace("  gather_facts: false\n", "  gather_facts: false\n  strategy: free\n", 1)
+    run = harness.playbook(play_file(harness, play), inventory=inv, args=["--forks", "8"])
+    try:
+        assert run.rc == 0, run.output[-3000:]
+        for name in fleet_hosts.names:
+            shown = run.task("Show where the controller reaches it", host=name)["result"]["msg"]
+            assert "controller URL http://127.0.0.1:" in shown, shown
+        assert len(harness.registry_data()["forwards"]) == len(fleet_hosts.names)
+    finally:
+        stop = harness.playbook(play_file(harness, STOP), {"fleet_names": ["free"]}, inventory=inv)
+        assert stop.rc == 0, stop.output[-3000:]
     assert "forwards" not in harness.registry_data()
