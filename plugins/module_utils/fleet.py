@@ -205,11 +205,12 @@ def _row(host, item):
     shape = item.get("shape") if isinstance(item.get("shape"), dict) else {}
     bind = _text((shape.get("platform_options") or {}).get("bind_address") if isinstance(
         shape.get("platform_options"), dict) else None)
-    if bind is not None:
+    if bind is not None:  # an address or a host name (Brev's brev_bind_address may be one)
         try:
-            ipaddress.ip_address(bind)
-        except ValueError:
-            raise TaoInferenceError("service %s of %s has a bind_address that is not an IP address" % (job_id, host))
+            trust.check_host(bind, "bind_address")
+        except TaoInferenceError:
+            raise TaoInferenceError("service %s of %s has a bind_address that is not a host name or address"
+                                    % (job_id, host))
     return {
         "host": host, "machine": _text(item.get("machine")), "job_id": job_id, "name": name,
         "network_arch": arch, "platform": _text(item.get("platform")),
@@ -505,11 +506,12 @@ def _open_all(registry, to_open, opener):
                 stop.set()
 
     workers = [threading.Thread(target=work) for _dummy in range(min(len(to_open), FORWARD_WORKERS))]
+    mask["previous"] = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # only reads the mask
     try:
-        # Signals wait until every worker has started: one that cut a start short would leave a worker no
-        # one waits for.
-        mask["previous"] = signal.pthread_sigmask(signal.SIG_BLOCK, procs.CATCHABLE)
+        # This thread takes signals only once every worker has started: one that cut a start short would leave a
+        # worker that no one waits for. (A signal then raises here, after the mask is back: stop ends the work.)
         try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, procs.CATCHABLE)
             for worker in workers:
                 worker.daemon = True
                 worker.start()

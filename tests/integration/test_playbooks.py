@@ -79,6 +79,22 @@ def test_start_playbook_failure_stops_the_service_and_shows_the_cause(harness):
     assert harness.entries() == {} and harness.containers() == []
 
 
+def test_several_services_on_a_host_are_all_watched_and_every_failure_is_reported(harness):
+    """Two services of a host, both failing to load: each is watched (not only the first), each is stopped, and
+    the host fails once with both reasons and what still runs."""
+    start = harness.playbook(playbook("start"), {
+        "tao_network_arch": "tao-dataservices", "tao_model_path": "hf_model://org/m", "tao_image": IMAGE,
+        "tao_num_gpus": 0, "tao_services_per_host": 2, "tao_name": "twice",
+        "tao_env": {"TAO_EMULATOR_LOAD_FAIL": "weights file is truncated"}})
+    assert start.rc != 0
+    watched = [r for r in start.records if r["task"] == "Stop the service that did not become ready"]
+    assert len(watched) == 2
+    msg = start.task("Fail with every reason, naming what still runs")["result"]["msg"]
+    assert msg.startswith("2 of 2 services on localhost did not start or become ready")
+    assert msg.count("weights file is truncated") >= 2 and "Still running here: none" in msg
+    assert harness.entries() == {} and harness.containers() == []
+
+
 def test_start_playbook_refuses_a_platform_that_has_not_landed(harness):
     start = harness.playbook(playbook("start"), {
         "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://a/b", "tao_platform": "nomad"})

@@ -157,9 +157,12 @@ def test_a_host_given_twice_is_refused():
         fleet.merge([{"inventory_host": "gpu1", "services": []}, {"inventory_host": "gpu1", "services": []}])
 
 
-def test_a_bind_address_that_is_not_an_ip_makes_the_host_an_error_row():
+def test_a_bind_address_that_is_no_host_makes_the_host_an_error_row():
     rows = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", bind="127.0.0.1/")]}])[0]
     assert rows[0]["state"] == "error" and "bind_address" in rows[0]["readiness"]
+    # A host name is one (Brev's brev_bind_address may be a name): the service is listed.
+    named = fleet.merge([{"inventory_host": "gpu1", "services": [item("a", bind="inst-1.internal")]}])[0]
+    assert named[0]["state"] == "running" and named[0]["bind_address"] == "inst-1.internal"
 
 
 def test_a_hosts_url_at_one_of_the_controllers_own_addresses_is_not_used_directly():
@@ -619,6 +622,8 @@ def test_an_interrupted_view_leaves_every_forward_it_began_recorded(tmp_path):
     procs_made = []
 
     def opener(_target, _local_port, _host, _remote_port):
+        # The ssh it starts must be stoppable by SIGTERM: the worker does not keep the signals blocked.
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
         began.append(1)
         if len(began) == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # the interruption arrives while this forward opens
