@@ -454,8 +454,7 @@ def test_hosts_that_do_not_move_in_step_each_get_their_forwards(harness, fleet_h
     """strategy: free: hosts run the role at their own pace, so one task for the batch cannot cover them; each
     host that the batch's task missed opens its own forwards, and every service gets a controller URL."""
     inv = inventory(fleet_hosts)
-    play = START.replace("{{ fleet_name }}", "free").replace("inference_service_per_host: 2",
-                                                              "inference_service_per_host: 1")
+    play = START.replace("{{ fleet_name }}", "free").replace("inference_service_per_host: 2", "inference_service_per_host: 1")
     play = play.replace("  gather_facts: false\n", "  gather_facts: false\n  strategy: free\n", 1)
     run = harness.playbook(play_file(harness, play), inventory=inv, args=["--forks", "8"])
     try:
