@@ -111,5 +111,9 @@ bench: venv emulator-image real-server-image link ## Benchmarks under bench/ (ea
 	$(BIN)/python bench/lepton_start.py
 	$(BIN)/python bench/fleet_start.py
 
-clean: ## Remove the virtualenv and build outputs
+clean: ## Take down the test hosts and stand-ins this checkout started, then remove the virtualenv and build outputs
+	-scripts/ensure-fleet.sh --down
+	-scripts/ensure-brev.sh --down
+	-scripts/ensure-kubernetes.sh --down
+	-scripts/ensure-lepton.sh --down
 	rm -rf $(VENV) .build tests/output
