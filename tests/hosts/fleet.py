@@ -61,10 +61,13 @@ class Settings:
         env = os.environ if environ is None else environ
         self.home = pwd.getpwnam(USER).pw_dir
         self.dir = self._path(env.get("TAO_FLEET_DIR") or os.path.join(REPO, ".build", "fleet"), "TAO_FLEET_DIR")
+        # Checked before hosts are made (check_dir); --down and --status work wherever the folder is.
+        self.dir_problem = None
         for private in ("/tmp", "/run", "/var/run", self.home):
             if _under(self.dir, os.path.realpath(private)):
-                raise ValueError("TAO_FLEET_DIR %s is under %s, which every test host replaces with its own: choose a "
-                                 "folder elsewhere (e.g. /var/lib/tao-fleet)" % (self.dir, private))
+                self.dir_problem = ("TAO_FLEET_DIR %s is under %s, which every test host replaces with its own: "
+                                    "choose a folder elsewhere (e.g. /var/lib/tao-fleet)" % (self.dir, private))
+                break
         # Without TAO_FLEET_NET: the net this fleet was made on (DIR/net), else the first free one (choose_net).
         self.net_given = bool(env.get("TAO_FLEET_NET"))
         self.net = (env.get("TAO_FLEET_NET") or self._recorded_net() or DEFAULT_NETS[0]).strip(".")
@@ -591,6 +594,8 @@ def main(argv):
                 raise ValueError("the number of hosts must be a whole number, not %r" % argv[1]) from None
             if not 1 <= count <= 250:
                 raise ValueError("the number of hosts must be between 1 and 250, not %d" % count)
+            if settings.dir_problem:
+                raise ValueError(settings.dir_problem)
             interpreter = settings.interpreter_paths()
             # Fleets of other checkouts choose their nets too: one at a time on this machine, from the choice
             # until their namespaces hold the nets (the lock is released when this process ends).
