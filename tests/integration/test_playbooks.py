@@ -95,6 +95,20 @@ def test_several_services_on_a_host_are_all_watched_and_every_failure_is_reporte
     assert harness.entries() == {} and harness.containers() == []
 
 
+def test_start_playbook_in_check_mode_starts_nothing_and_says_so(harness):
+    """--check: the role checks the platform, says what it would start, watches nothing (nothing was made) and
+    leaves no entry or container; with several services per host too."""
+    for count in (1, 2):
+        start = harness.playbook(playbook("start"), {
+            "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://nvidia/Cosmos-Reason1-7B",
+            "tao_image": IMAGE, "tao_num_gpus": 0, "tao_services_per_host": count, "tao_name": "checked"},
+            args=["--check"])
+        assert start.rc == 0, start.output[-3000:]
+        assert "(check mode: not started)" in start.output
+        assert not [r for r in start.records if r["task"] == "Wait for a readiness change"]
+        assert harness.entries() == {} and harness.containers() == []
+
+
 def test_start_playbook_refuses_a_platform_that_has_not_landed(harness):
     start = harness.playbook(playbook("start"), {
         "tao_network_arch": "cosmos-rl", "tao_model_path": "hf_model://a/b", "tao_platform": "nomad"})
