@@ -77,7 +77,7 @@ PLAY = """\
 FORWARD = """\
     - name: Forward
       tao.inference.tao_inference_fleet:
-        hosts: "{{ ansible_play_batch | map('extract', hostvars) | map(attribute='fwd', default=none) | select | list }}"
+        hosts: "{{ ansible_play_batch | map('extract', hostvars) | selectattr('fwd', 'defined') | map(attribute='fwd') | list }}"
         close_stale: false
       run_once: true
       delegate_to: localhost

@@ -488,12 +488,12 @@ def _open_all(registry, to_open, opener):
         return []
     outcomes, failures = [None] * len(to_open), []
     pending, taking, stop = list(range(len(to_open))), threading.Lock(), threading.Event()
-    mask = {}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # only reads this thread's mask
 
     def work():
         # A worker starts with the signals blocked (below); its ssh children must not inherit that, or a
         # SIGTERM would never stop them.
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask["previous"])
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         while not stop.is_set():
             with taking:
                 if not pending:
@@ -506,7 +506,6 @@ def _open_all(registry, to_open, opener):
                 stop.set()
 
     workers = [threading.Thread(target=work) for _dummy in range(min(len(to_open), FORWARD_WORKERS))]
-    mask["previous"] = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # only reads the mask
     try:
         # This thread takes signals only once every worker has started: one that cut a start short would leave a
         # worker that no one waits for. (A signal then raises here, after the mask is back: stop ends the work.)
@@ -516,7 +515,7 @@ def _open_all(registry, to_open, opener):
                 worker.daemon = True
                 worker.start()
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask["previous"])
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         for worker in workers:
             worker.join()
     except BaseException:
@@ -568,16 +567,16 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
         if row["controller_url"] or row["state"] != "running":
             continue
         record = records.get(row["job_id"])
-        forward = forwards_of.get(row["host"], True)
+        wanted = forwards_of.get(row["host"], True)
         if record is not None and _same_route(record, row, where) and forward_alive(record):
             row["controller_url"] = "http://127.0.0.1:%d" % record["local_port"]
-        elif forward and not check_mode and len(to_open) >= MAX_NEW_FORWARDS:
+        elif wanted and not check_mode and len(to_open) >= MAX_NEW_FORWARDS:
             errors.append({"host": row["host"], "job_id": row["job_id"],
                            "error": "not forwarded: one run opens at most %d forwards; run again for the rest, or bind "
                                     "the services to an address the controller reaches" % MAX_NEW_FORWARDS})
-        elif forward and not check_mode:
+        elif wanted and not check_mode:
             to_open.append((row, where))
-        elif forward:
+        elif wanted:
             opened.append(row["job_id"])  # check mode: would open it
     outcomes = _open_all(registry, to_open, opener)
     for (row, _where), (url, made, error) in zip(to_open, outcomes):

@@ -8,7 +8,7 @@ import re
 
 from ansible_collections.tao.inference.plugins.module_utils import catalog, trust
 from ansible_collections.tao.inference.plugins.module_utils.platforms import drivers as platforms
-from ansible_collections.tao.inference.plugins.module_utils.platforms.base import MIN_SECRET_LENGTH
+from ansible_collections.tao.inference.plugins.module_utils.platforms.base import check_secret_length
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.image import resolve_image
 
@@ -142,10 +142,8 @@ def check_secrets(secrets):
 
 
 def _check_secret_length(value, what):
-    if len(value) < MIN_SECRET_LENGTH:
-        raise TaoInferenceError("%s is shorter than %d characters: a value that short cannot be kept out of logs "
-                                "and messages (masking it would mangle ordinary text) and guards nothing; give the "
-                                "real secret, or pass a value that is not secret in env" % (what, MIN_SECRET_LENGTH))
+    check_secret_length(value, what, "it guards nothing: give the real secret, or pass a value that is not secret "
+                                     "in env")
 
 
 def _check_secret_env(names, model_path, environ, given=()):

@@ -61,7 +61,7 @@ class Settings:
         env = os.environ if environ is None else environ
         self.home = pwd.getpwnam(USER).pw_dir
         self.dir = self._path(env.get("TAO_FLEET_DIR") or os.path.join(REPO, ".build", "fleet"), "TAO_FLEET_DIR")
-        # Checked before hosts are made (check_dir); --down and --status work wherever the folder is.
+        # Refused by main() before hosts are made; --down and --status work wherever the folder is.
         self.dir_problem = None
         for private in ("/tmp", "/run", "/var/run", self.home):
             if _under(self.dir, os.path.realpath(private)):
@@ -74,7 +74,7 @@ class Settings:
         if not _two_octets(self.net):
             raise ValueError("TAO_FLEET_NET must be the first two octets of the hosts' networks, e.g. 10.198")
         self.bip_net = (env.get("TAO_FLEET_BIP_NET") or "172.30").strip(".")
-        if not re.match(r"^(\d{1,3})\.(\d{1,3})$", self.bip_net) or max(int(p) for p in self.bip_net.split(".")) > 255:
+        if not _two_octets(self.bip_net):
             raise ValueError("TAO_FLEET_BIP_NET must be the first two octets of the hosts' docker0 networks, e.g. 172.30")
         self.name = env.get("TAO_FLEET_NAME") or "fleet"
         if not re.match(r"^[a-z][a-z0-9-]{0,30}$", self.name):

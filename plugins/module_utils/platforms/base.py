@@ -52,11 +52,19 @@ from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInf
 
 LABEL_PREFIX = "tao.inference."
 MASK = "********"
-# Shorter secret values are refused (spec.check_secrets): masking them would mangle ordinary text.
+# Shorter secret values are refused (check_secret_length): masking them would mangle ordinary text.
 MIN_SECRET_LENGTH = 4
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def check_secret_length(value, what, advice):
+    """Refuse a secret ``value`` too short for :func:`mask` to hide; ``what`` names it (never the value),
+    ``advice`` says what to give instead."""
+    if len(value) < MIN_SECRET_LENGTH:
+        raise TaoInferenceError("%s is shorter than %d characters: a value that short cannot be kept out of logs and "
+                                "messages (masking it would mangle ordinary text); %s" % (what, MIN_SECRET_LENGTH, advice))
 
 
 def mask(text, secrets):

@@ -45,7 +45,7 @@ import uuid
 
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
-    MIN_SECRET_LENGTH, Driver, PlatformStatus, PortTaken, mask)
+    Driver, PlatformStatus, PortTaken, check_secret_length, mask)
 from ansible_collections.tao.inference.plugins.module_utils.platforms.local_docker import LocalDockerDriver
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 from ansible_collections.tao.inference.plugins.module_utils.ssh import (
@@ -334,10 +334,8 @@ class BrevDriver(Driver):
             raise TaoInferenceError("brev_api_token (%s) holds a character a token never has (a space, a newline or "
                                     "another control character, e.g. from a file read as it is): strip it; the value "
                                     "is not shown" % ENV_TOKEN)
-        if token is not None and len(token) < MIN_SECRET_LENGTH:
-            raise TaoInferenceError("brev_api_token (%s) is shorter than %d characters, which no Brev token is (and "
-                                    "which could not be masked in messages): give the token Brev issued"
-                                    % (ENV_TOKEN, MIN_SECRET_LENGTH))
+        if token is not None:
+            check_secret_length(token, "brev_api_token (%s)" % ENV_TOKEN, "no Brev token is: give the one Brev issued")
         return cls(instance=instance, ssh_config=connection.get("ssh_config"), key_path=connection.get("key_path"),
                    pull=params.get("pull") or "missing", start_stopped=bool(params.get("brev_start_stopped")),
                    expose=params.get("brev_expose") or "tunnel", bind_address=params.get("brev_bind_address"),

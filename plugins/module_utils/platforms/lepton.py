@@ -49,7 +49,7 @@ from urllib.parse import quote, urlsplit
 from ansible_collections.tao.inference.plugins.module_utils import catalog, readiness
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.platforms.base import (
-    LABEL_PREFIX, MIN_SECRET_LENGTH, Driver, PlatformStatus, mask,
+    LABEL_PREFIX, Driver, PlatformStatus, check_secret_length, mask,
 )
 from ansible_collections.tao.inference.plugins.module_utils.spec import parse_size
 from ansible_collections.tao.inference.plugins.module_utils.trust import check_http_url, is_loopback, is_token, is_uuid
@@ -311,10 +311,8 @@ class LeptonDriver(Driver):
                 raise TaoInferenceError("%s holds a character a token never has (a space, a newline or another "
                                         "control character, e.g. from a file read as it is): strip it; the value "
                                         "is not shown" % what)
-            if value and len(value) < MIN_SECRET_LENGTH:
-                raise TaoInferenceError("%s is shorter than %d characters, which no Lepton token is (and which "
-                                        "could not be masked in messages): give the token the workspace issued"
-                                        % (what, MIN_SECRET_LENGTH))
+            if value:
+                check_secret_length(value, what, "no Lepton token is: give the one the workspace issued")
         return cls(workspace, url, token, endpoint_token=endpoint_token,
                    api_timeout=timeout, validate_certs=True if validate is None else bool(validate))
 
