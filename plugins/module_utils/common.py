@@ -60,7 +60,9 @@ def open_registry(module, read_only=False):
 def run(module, action, cleanup=None):
     """Run ``action()``; turn TaoInferenceError into fail_json; drop the diff
     unless diff mode is on. ``cleanup()`` runs before the module answers (it
-    closes connections, so no ssh process outlives the module)."""
+    closes connections, so no ssh process outlives the module). A module whose parent ends (an
+    ``async`` limit passed, the connection went away) is sent SIGTERM (see :func:`procs.end_with_parent`)."""
+    procs.end_with_parent()
     for option, value in sorted(module.params.items()):
         if isinstance(value, float) and not math.isfinite(value):
             module.fail_json(msg="%s must be a finite number of seconds, got %s" % (option, value))

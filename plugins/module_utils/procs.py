@@ -7,10 +7,14 @@ kernel gave it (``/proc/<pid>/stat`` field 22) names one process for good.
 """
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
+import sys
 import time
+
+PR_SET_PDEATHSIG = 1
 
 
 def stat_of(pid):
@@ -50,6 +54,23 @@ def terminate(pid, start_time, timeout=5):
     except OSError:
         pass
     return True
+
+
+def end_with_parent(signum=signal.SIGTERM):
+    """Have the kernel send ``signum`` to this process when the process that started it ends; True
+    when it will (Linux), False elsewhere.
+
+    A module run with ``async`` is started by a watcher that kills the module's process group when
+    the time is up; a module that forked before the watcher made that group escapes the kill and would
+    go on (a pull would finish that nobody waits for). The watcher's child, this module's parent, is
+    always killed, so its end stops this module too. The same holds when the connection that started
+    a module goes away."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError, TypeError, ValueError):
+        return False
 
 
 def this_process():

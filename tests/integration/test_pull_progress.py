@@ -167,6 +167,60 @@ def test_a_pull_cut_short_leaves_no_process_and_the_next_starts_afresh(harness, 
     assert pull["pulled"] and not pull["joined"] and pull["layers"] == 3
 
 
+def test_a_pull_whose_parent_is_killed_stops_though_it_left_the_killed_group(harness, registry, tmp_path):
+    """The async watcher kills its child's process group; a module forked before that group was made
+    is outside it. Here the module is put in a group of its own on purpose: killing its parent must
+    still stop the pull, and the image must not arrive later with nobody waiting for it."""
+    server = registry("--layers", SIZES, "--rate", "150000")
+    image = server.image()
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"image": image, "registry_path": str(tmp_path / "reg")}}))
+    module = "ansible_collections.tao.inference.plugins.modules.tao_inference_pull"
+    marker = tmp_path / "module.pid"
+    parent = subprocess.Popen([sys.executable, "-c", """\
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-m", sys.argv[1], sys.argv[2]], start_new_session=True,
+                         stdout=subprocess.DEVNULL)
+open(sys.argv[3], "w").write(str(child.pid))
+time.sleep(600)
+""", module, str(args), str(marker)], env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".build", "collections")))
+    try:
+        deadline = time.monotonic() + 20
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child = int(marker.read_text())
+        puller = pulls_of(image)
+        deadline = time.monotonic() + 20
+        while not puller() and time.monotonic() < deadline:  # the engine has begun the pull
+            time.sleep(0.1)
+        assert puller(), "the pull never began"
+    finally:
+        parent.kill()
+        parent.wait(10)
+    assert wait_gone(lambda: running(child), 10), "the pull module outlived its parent"
+    time.sleep(12)  # longer than the whole pull takes: a pull left running would have ended by now
+    assert docker("image", "inspect", image, check=False).returncode != 0
+
+
+def running(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def pulls_of(image):
+    """A function telling whether the engine is fetching blobs of ``image`` from the test registry."""
+    port = image.split(":")[1].split("/")[0]
+
+    def listing():
+        found = subprocess.run(["ss", "-Htn", "state", "established", "dst", "127.0.0.1:%s" % port],
+                               capture_output=True, text=True, check=False).stdout
+        return found.strip()
+    return listing
+
+
 def wait_gone(listing, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
