@@ -17,6 +17,10 @@ user's, ``pulls/`` beside the default registry (``~/.local/state/tao-inference/p
 A second pull of the same image on the same engine, while one is under way, joins it: it follows
 the state file until the first process lets the lock go, and reports that pull's outcome.
 
+The files of a pull that ended more than ``KEEP_DAYS`` ago are removed when a new pull begins (only
+this user's regular files, and a lock only while holding it), so the folder does not grow with every
+image ever pulled.
+
 The machine is in the key because a home shared between machines (NFS) holds one ``pulls/`` for all
 of them, and the same engine address (the local socket) names another engine on each: a pull on one
 machine never stands in for another machine's.
@@ -36,6 +40,7 @@ from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInf
 from ansible_collections.tao.inference.plugins.module_utils.registry import default_path, this_machine, write_atomically
 
 STATE_LIMIT = 64 << 10
+KEEP_DAYS = 30
 PULLING, DONE, FAILED = "pulling", "done", "failed"
 INTERRUPTED = "interrupted"  # a state file saying "pulling" whose process is gone
 
@@ -96,17 +101,21 @@ class Pull(object):
     def claim(self):
         """True when this process now holds the pull (no other pull of it is under way)."""
         _private_dir(self.directory)
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise TaoInferenceError("cannot open the pull lock %s: %s" % (self.lock_path, exc.strerror or exc))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
+        for _attempt in range(3):
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise TaoInferenceError("cannot open the pull lock %s: %s" % (self.lock_path, exc.strerror or exc))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            if _still_named(fd, self.lock_path):
+                self._lock_fd = fd
+                return True
+            os.close(fd)  # swept away between our open and our flock: open the new one
+        raise TaoInferenceError("the pull lock %s kept being removed while it was taken; try again" % self.lock_path)
 
     def under_way(self):
         """True when another process holds the pull now."""
@@ -168,6 +177,7 @@ class Pull(object):
     def run(self, engine):
         """Pull with ``engine`` (this process holds the claim, and lets it go at the end); the outcome
         (see :func:`outcome`). The state file says ``done`` or ``failed`` before the claim goes."""
+        sweep(self.directory, keep=(self.lock_path, self.state_path))
         self.started = time.monotonic()
         self.started_at = time.time()
         last = [None]
@@ -206,6 +216,65 @@ class Pull(object):
             if deadline is not None and time.monotonic() >= deadline:
                 return state
             time.sleep(interval if deadline is None else max(0.01, min(interval, deadline - time.monotonic())))
+
+
+def _still_named(fd, path):
+    """True when ``path`` still names the file open at ``fd``."""
+    try:
+        named = os.lstat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _own_file(path):
+    """``os.lstat(path)`` when it is a regular file of this user's, else None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() else None
+
+
+def sweep(directory, keep=(), days=KEEP_DAYS, now=None):
+    """Remove from ``directory`` the files of pulls that ended more than ``days`` ago: a key whose
+    files were all last written before then, and whose lock no process holds (the lock is removed
+    while held, so a claim that opened it sees it gone and opens anew). Anything that is not this
+    user's regular ``<hex>.json``/``<hex>.lock`` is left alone. The names removed."""
+    cutoff = (time.time() if now is None else now) - days * 86400
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    keys = sorted(set(name.rsplit(".", 1)[0] for name in names if name.endswith((".json", ".lock"))))
+    for key in keys:
+        if not key or any(c not in "0123456789abcdef" for c in key):
+            continue
+        state_path, lock_path = (os.path.join(directory, key + suffix) for suffix in (".json", ".lock"))
+        if state_path in keep or lock_path in keep:
+            continue
+        found = [(path, _own_file(path)) for path in (state_path, lock_path) if os.path.lexists(path)]
+        if not found or any(st is None or st.st_mtime > cutoff for _path, st in found):
+            continue
+        fd = None
+        try:
+            if os.path.lexists(lock_path):
+                fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a pull of it is under way
+                if not _still_named(fd, lock_path):
+                    continue
+            for path in (state_path, lock_path):
+                if os.path.lexists(path):
+                    os.unlink(path)
+                    removed.append(os.path.basename(path))
+        except OSError:
+            continue
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
 
 
 def outcome(pulled, seconds=0.0, progress=None, joined=False):

@@ -177,3 +177,67 @@ def test_machines_sharing_a_home_each_pull_on_their_own_engine(tmp_path, monkeyp
         assert pulls.Pull(FakeEngine.host, "img:1", folder).read()["state"] == "done"
     finally:
         first.release()
+
+
+def _age(path, days):
+    then = time.time() - days * 86400
+    os.utime(path, (then, then), follow_symlinks=False)
+
+
+def test_a_new_pull_removes_the_files_of_pulls_that_ended_long_ago_and_nothing_else(tmp_path):
+    folder = str(tmp_path / "pulls")
+    for image in ("old:1", "recent:1", "held:1", "lock-only:1"):
+        pulls.pull_or_join(FakeEngine(), image, folder)
+    old, recent, held, lock_only = (pulls.Pull(FakeEngine.host, image, folder)
+                                    for image in ("old:1", "recent:1", "held:1", "lock-only:1"))
+    os.unlink(lock_only.state_path)  # a watch of an image never pulled leaves a lock alone
+    for pull in (old, held, lock_only):
+        for path in (pull.state_path, pull.lock_path):
+            if os.path.exists(path):
+                _age(path, 31)
+    _age(recent.state_path, 29)
+    _age(recent.lock_path, 40)  # one recent file keeps the pair
+    # Files the sweep must leave alone however old: not named as ours, a link, another kind of file.
+    strangers = [os.path.join(folder, name) for name in ("notes.json", "ABC.json", "feed.lock.bak")]
+    for path in strangers:
+        with open(path, "w") as handle:
+            handle.write("{}")
+        _age(path, 99)
+    link = os.path.join(folder, "abcdef.json")
+    os.symlink(old.state_path, link)
+    _age(link, 99)
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX);"
+            "print('held', flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, held.lock_path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        engine = FakeEngine()
+        assert pulls.pull_or_join(engine, "new:1", folder)["pulled"] and engine.pulls == 1
+        left = set(os.listdir(folder))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not {os.path.basename(p) for p in (old.state_path, old.lock_path, lock_only.lock_path)} & left
+    assert {os.path.basename(p) for p in (recent.state_path, recent.lock_path, held.state_path, held.lock_path)} <= left
+    assert {os.path.basename(p) for p in strangers} | {"abcdef.json"} <= left
+    assert recent.read()["state"] == "done"
+
+
+def test_a_claim_whose_lock_was_swept_before_it_took_it_takes_the_new_one(tmp_path, monkeypatch):
+    folder = str(tmp_path / "pulls")
+    pull = pulls.Pull(FakeEngine.host, "img:1", folder)
+    real = pulls.fcntl.flock
+    swept = []
+
+    def flock(fd, how):
+        if not swept:  # a sweep removes the lock between this claim's open and its flock
+            swept.append(None)
+            swept[0] = pulls.sweep(folder, days=0, now=time.time() + 1)
+        return real(fd, how)
+
+    monkeypatch.setattr(pulls.fcntl, "flock", flock)
+    assert pull.claim()
+    assert swept == [[os.path.basename(pull.lock_path)]]
+    held = os.fstat(pull._lock_fd)
+    assert (held.st_dev, held.st_ino) == (os.stat(pull.lock_path).st_dev, os.stat(pull.lock_path).st_ino)
+    pull.release()
