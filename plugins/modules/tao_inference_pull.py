@@ -14,9 +14,9 @@ description:
     twice; this run waits for it and reports its outcome (C(joined) in RV(pull)).
   - While it pulls, its progress (bytes and layers done and in all) is kept in a state file of the user's
     (C(pulls/) beside the default registry, C(~/.local/state/tao-inference/pulls), mode C(0600), never a
-    credential). A new pull removes the files of pulls that ended more than 30 days ago. With O(watch=true) the module only reads it, so that a play can run the pull as an
+    credential). With O(watch=true) the module only reads it, so that a play can run the pull as an
     C(async) task and show its progress at a steady pace; the C(local_docker) role's C(pull) entry point
-    does that.
+    does that. A new pull removes the files of pulls that ended more than 30 days ago.
   - A pull that is cut short (the C(async) timeout, a signal) leaves no process behind, and the next pull
     starts afresh.
 author:
