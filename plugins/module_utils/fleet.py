@@ -24,7 +24,7 @@ import time
 
 from urllib.parse import urlsplit
 
-from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, ssh, trust
+from ansible_collections.tao.inference.plugins.module_utils import catalog, procs, readiness, ssh, trust
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import port_is_free
 
@@ -198,7 +198,7 @@ def _row(host, item):
     if url is not None:
         trust.check_http_url(url, "host_url of service %s of %s" % (job_id, host))
     status = item.get("platform_status") if isinstance(item.get("platform_status"), dict) else {}
-    readiness = item.get("readiness") if isinstance(item.get("readiness"), dict) else {}
+    probe = item.get("readiness") if isinstance(item.get("readiness"), dict) else {}
     name = item.get("name")
     if name is not None and not (isinstance(name, str) and trust.SERVICE_NAME.fullmatch(name)):
         raise TaoInferenceError("service %s of %s has a bad name" % (job_id, host))
@@ -211,12 +211,17 @@ def _row(host, item):
         except TaoInferenceError:
             raise TaoInferenceError("service %s of %s has a bind_address that is not a host name or address"
                                     % (job_id, host))
+    auth = item.get("endpoint_auth")
+    if auth is not None and readiness.endpoint_auth_problem(auth):
+        raise TaoInferenceError("service %s of %s has an endpoint_auth that %s"
+                                % (job_id, host, readiness.endpoint_auth_problem(auth)))
     return {
         "host": host, "machine": _text(item.get("machine")), "job_id": job_id, "name": name,
         "network_arch": arch, "platform": _text(item.get("platform")),
         "state": _text(status.get("state")) or "unknown", "ready": item.get("ready") is True,
-        "readiness": _text(readiness.get("reason")), "host_url": url, "controller_url": None,
+        "readiness": _text(probe.get("reason")), "host_url": url, "controller_url": None,
         "started_at": _text(item.get("started_at")), "bind_address": bind,
+        "endpoint_auth": dict(auth) if auth else None,
     }
 
 
@@ -224,7 +229,7 @@ def _host_row(host, state, reason, job_id=None):
     """A row that stands for a host (or a job_id) the view cannot use: unreachable, or an error and why."""
     return {"host": host, "machine": None, "job_id": job_id, "name": None, "network_arch": None, "platform": None,
             "state": state, "ready": False, "readiness": " ".join(reason.split())[:300], "host_url": None,
-            "controller_url": None, "started_at": None, "bind_address": None}
+            "controller_url": None, "started_at": None, "bind_address": None, "endpoint_auth": None}
 
 
 def merge(hosts):
@@ -634,8 +639,29 @@ def checked_view(rows):
             raise TaoInferenceError("fleet service %s has an unknown network_arch" % row["job_id"])
         if row.get("controller_url") is not None:
             trust.check_http_url(row["controller_url"], "controller_url of fleet service %s" % row["job_id"])
+        if row.get("endpoint_auth") is not None:
+            problem = readiness.endpoint_auth_problem(row["endpoint_auth"])
+            if problem:
+                raise TaoInferenceError("fleet service %s has an endpoint_auth that %s" % (row["job_id"], problem))
         checked.append(dict(row))
     return checked
+
+
+def endpoint_headers(row, environ):
+    """The headers requests to ``row``'s service carry: ``{}`` when its endpoint takes no token, else its
+    token from this run's ``environ`` (as for a service of this host, see readiness.endpoint_headers), sent
+    only to the URL the row's binding proves the token was given to, and only when the controller reaches
+    the service there (not through a forward, whose far end the binding says nothing of)."""
+    auth = row.get("endpoint_auth")
+    if not auth:
+        return {}
+    if row.get("controller_url") != row.get("host_url"):
+        raise TaoInferenceError(
+            "service %s on %s takes the token it was started with at %s, but the controller reaches it at %s; "
+            "the token goes only to the URL it is bound to, so nothing is sent"
+            % (row["job_id"], row["host"], row.get("host_url"), row.get("controller_url")), job_id=row["job_id"])
+    return readiness.endpoint_headers(dict((key, row.get(key)) for key in (
+        "job_id", "host_url", "platform", "endpoint_auth")), environ)
 
 
 def _servable(row):

@@ -188,6 +188,16 @@ services:
     started_at:
       description: When it started.
       type: str
+    bind_address:
+      description: The address its port binds on its host, as its start chose it (V(0.0.0.0) is reached at the host's
+        address), or null.
+      type: str
+    endpoint_auth:
+      description:
+        - For a service whose endpoint takes a token (a Lepton endpoint), where the token comes from (C(source))
+          and C(binding), the one-way proof that binds it to RV(services[].host_url)
+          (never the token); else null. M(tao.inference.tao_inference_request) sends that token only to that URL.
+      type: dict
   sample:
     - {host: gpu1, machine: gpu1, job_id: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e, name: eval, network_arch: cosmos-rl,
        platform: local-docker, state: running, ready: true, readiness: ready, host_url: "http://localhost:8080",

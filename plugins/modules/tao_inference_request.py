@@ -190,7 +190,11 @@ options:
         O(network_arch) choose one service of any host (several matches fail, listing each candidate with
         its host), and the request goes to its C(controller_url)."
       - Every row is checked (job_ids, arches, URLs) before anything is sent; hosts listed as unreachable
-        are left out. No endpoint token is sent to a fleet's services.
+        are left out.
+      - A service whose endpoint takes a token (a Lepton endpoint, C(endpoint_auth) in its row) gets the token
+        from this run's environment (C(LEPTON_WORKSPACE_TOKEN) or C(LEPTON_ENDPOINT_TOKEN), as its row's
+        C(endpoint_auth.source) says), only when the row's binding proves that token was given to that service at
+        that URL and the controller reaches it there (never through a forward); else nothing is sent to it.
     type: list
     elements: dict
   spread:

@@ -420,6 +420,100 @@ def test_the_endpoint_token_goes_only_where_the_registry_binding_holds(lep):
     assert_nothing_left(lep)
 
 
+FLEET_ASK = """\
+- name: Info
+  tao.inference.tao_inference_info:
+  register: info
+
+- name: View
+  tao.inference.tao_inference_fleet:
+    hosts:
+      - inventory_host: localhost
+        services: "{{ info.services }}"
+        connection: {ansible_connection: local}
+  register: view
+
+- name: Ask through the view
+  tao.inference.tao_inference_request:
+    fleet: "{{ view.services }}"
+    name: %s
+    prompt: What is in the picture?
+    media: [%s]
+    sampling: {}
+  register: answer
+  failed_when: false
+
+- name: Spread through the view
+  tao.inference.tao_inference_request:
+    fleet: "{{ view.services }}"
+    network_arch: cosmos-rl
+    spread: true
+    requests: [{prompt: one, media: [%s]}, {prompt: two, media: [%s]}]
+    sampling: {}
+  register: spread
+  failed_when: false
+"""
+
+
+def test_a_fleets_lepton_service_gets_its_token_only_where_its_binding_holds(lep):
+    name = "lep-fleet-%s" % RUN
+    token = "endpoint-" + uuid.uuid4().hex
+    env = dict(lep.lepton_env, LEPTON_ENDPOINT_TOKEN=token)
+    run = lep.play(start_task(name, extra="lepton_endpoint_auth: endpoint_token"), env=env)
+    assert run.rc == 0, run.output[-3000:]
+    service = run.task("Start")["result"]
+    lep.job_ids.add(service["job_id"])
+    ask = FLEET_ASK % (name, DEMO, DEMO, DEMO)
+
+    routed = lep.play(ask, env=env)
+    row = next(r for r in routed.task("View")["result"]["services"] if r["job_id"] == service["job_id"])
+    assert row["endpoint_auth"] == service["endpoint_auth"] and row["controller_url"] == service["host_url"]
+    answer = routed.task("Ask through the view")["result"]
+    assert answer.get("content") and answer["controller_url"] == service["host_url"], routed.output[-3000:]
+    spread = routed.task("Spread through the view")["result"]
+    assert spread["summary"]["ok"] == 2, routed.output[-3000:]
+    assert token not in routed.output
+
+    # The same view asked without the token, or with another one: nothing reaches the endpoint.
+    def reached():
+        return [e for e in lep.workspace.journal() if e.get("kind") == "ingress" and e.get("deployment") == name]
+
+    view = json.dumps(routed.task("View")["result"]["services"])
+    asks_only = ask.split("- name: Ask through the view")[1].replace('"{{ view.services }}"', view)
+    before = reached()
+    for other, why in (("", "export LEPTON_ENDPOINT_TOKEN"), ("another-token", "is not the one service")):
+        refused = lep.play("- name: Ask through the view" + asks_only, env=dict(env, LEPTON_ENDPOINT_TOKEN=other))
+        for task in ("Ask through the view", "Spread through the view"):
+            assert why in refused.task(task)["result"]["msg"], refused.output[-3000:]
+    assert reached() == before
+
+    # A view whose row was pointed elsewhere (a forged fact) sends the token nowhere.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        elsewhere = "http://127.0.0.1:%d" % server.server_address[1]
+        forged = lep.play("""\
+- name: Ask a forged view
+  tao.inference.tao_inference_request:
+    fleet:
+      - %s
+    name: %s
+    prompt: hi
+    media: [%s]
+    sampling: {}
+  register: answer
+  failed_when: false
+""" % (json.dumps(dict(row, controller_url=elsewhere, host_url=elsewhere)), name, DEMO), env=env)
+        assert "is not the one service" in forged.task("Ask a forged view")["result"]["msg"], forged.output[-2000:]
+        assert Recorder.seen == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    stop = lep.play(stop_task(name), env=env)
+    assert stop.task("Stop")["status"] == "changed", stop.output[-2000:]
+    assert_nothing_left(lep)
+
+
 def test_an_endpoint_open_to_anyone_needs_no_token(lep):
     name = "lep-open-%s" % RUN
     run = lep.play(start_task(name, extra="lepton_endpoint_auth: none"), env=lep.lepton_env)

@@ -94,7 +94,9 @@ def ask_fleet(params, check_mode=False, tmpdir=None, warn=None):
                                     "name to keep to the services of that name), not job_id")
         arch = params["network_arch"]
         chosen = fleet.spread_targets(rows, arch, params["name"])
+        # Each service's token (its platform may ask for one) is checked before anything is sent.
         targets = [batch.Target(catalog.chat_url_of({"host_url": r["controller_url"]}),
+                                headers=fleet.endpoint_headers(r, os.environ) or None,
                                 tags={"job_id": r["job_id"], "host": r["host"]}) for r in chosen]
         result = {"changed": False, "network_arch": arch,
                   "services": [dict((k, r[k]) for k in ("job_id", "host", "name", "controller_url")) for r in chosen]}
@@ -102,9 +104,10 @@ def ask_fleet(params, check_mode=False, tmpdir=None, warn=None):
     row = fleet.pick(rows, params["job_id"], params["name"], params["network_arch"])
     result = {"changed": False, "job_id": row["job_id"], "network_arch": row["network_arch"], "host": row["host"],
               "host_url": row.get("host_url"), "controller_url": row["controller_url"]}
+    headers = fleet.endpoint_headers(row, os.environ)
     send_it = send_batch if is_batch(params) else send_one
     return send_it(params, catalog.chat_url_of({"host_url": row["controller_url"]}), row["network_arch"], result,
-                   check_mode, tmpdir, warn)
+                   check_mode, tmpdir, warn, headers)
 
 
 def _counts(records):

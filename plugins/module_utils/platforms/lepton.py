@@ -303,8 +303,8 @@ class LeptonDriver(Driver):
         if not 0 < timeout <= 3600:
             raise TaoInferenceError("lepton_api_timeout must be more than 0 and at most 3600 seconds, got %s" % timeout)
         validate = params.get("lepton_validate_certs")
-        token = params.get("lepton_workspace_token") or os.environ.get(ENV_TOKEN)
-        endpoint_token = params.get("lepton_endpoint_token") or os.environ.get(ENV_ENDPOINT_TOKEN)
+        token = params.get("lepton_workspace_token") or os.environ.get(ENV_TOKEN) or None
+        endpoint_token = params.get("lepton_endpoint_token") or os.environ.get(ENV_ENDPOINT_TOKEN) or None
         for what, value in (("lepton_workspace_token (%s)" % ENV_TOKEN, token),
                             ("lepton_endpoint_token (%s)" % ENV_ENDPOINT_TOKEN, endpoint_token)):
             if value is not None and not is_token(value):

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from ansible_collections.tao.inference.plugins.module_utils import fleet, procs, ssh
+from ansible_collections.tao.inference.plugins.module_utils import fleet, procs, readiness, ssh
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 from ansible_collections.tao.inference.plugins.module_utils.registry import Registry, is_this_machine, this_machine
 
@@ -121,6 +121,8 @@ def test_merge_shows_a_shared_registrys_service_once_from_its_own_machine():
 @pytest.mark.parametrize("bad", [
     {"job_id": "x"}, dict(item("a"), network_arch="evil"), dict(item("a"), host_url="http://-o:1"),
     dict(item("a"), name="$(id)"), dict(item("a"), host_url="file:///etc/passwd"),
+    dict(item("a"), endpoint_auth={"scheme": "bearer", "source": "$(id)", "binding": "0" * 64}),
+    dict(item("a"), endpoint_auth="Bearer abc"),
 ])
 def test_merge_refuses_rows_a_host_could_have_forged(bad):
     """The host that published it is one error row (none of its services used); the other hosts stay in view."""
@@ -386,6 +388,48 @@ def test_checked_view_refuses_forged_rows():
         with pytest.raises(TaoInferenceError):
             fleet.checked_view([bad])
     assert fleet.checked_view([{"host": "h", "state": "unreachable", "job_id": None}]) == []
+
+
+LEPTON_URL = "https://ep.example.lepton.run"
+
+
+def lepton_row(token="endpoint-token-1", source="LEPTON_ENDPOINT_TOKEN", **changes):
+    url = LEPTON_URL
+    item_ = dict(item("l"), platform="lepton", host_url=url,
+                 endpoint_auth=readiness.endpoint_auth(jid("l"), url, source, token))
+    row = fleet.merge([{"inventory_host": "gpu1", "services": [item_]}])[0][0]
+    row["controller_url"] = url
+    row.update(changes)
+    return row
+
+
+def test_a_lepton_rows_token_goes_only_to_the_url_its_binding_names():
+    row = lepton_row()
+    assert row["endpoint_auth"]["source"] == "LEPTON_ENDPOINT_TOKEN" and "endpoint-token-1" not in repr(row)
+    assert fleet.endpoint_headers(fleet.checked_view([row])[0], {"LEPTON_ENDPOINT_TOKEN": "endpoint-token-1"}) == {
+        "Authorization": "Bearer endpoint-token-1"}
+    assert fleet.endpoint_headers(dict(row, endpoint_auth=None), {"LEPTON_ENDPOINT_TOKEN": "x" * 8}) == {}
+    refusals = [
+        (row, {}, "export LEPTON_ENDPOINT_TOKEN"),
+        (row, {"LEPTON_ENDPOINT_TOKEN": "another-token"}, "is not the one service"),
+        (dict(row, controller_url="http://127.0.0.1:9000"), {"LEPTON_ENDPOINT_TOKEN": "endpoint-token-1"},
+         "the token goes only to the URL it is bound to"),
+        (dict(row, host_url="https://evil.example", controller_url="https://evil.example"),
+         {"LEPTON_ENDPOINT_TOKEN": "endpoint-token-1"}, "is not the one service"),
+        (dict(row, platform="local-docker"), {"LEPTON_ENDPOINT_TOKEN": "endpoint-token-1"}, "never gives an endpoint"),
+        (lepton_row(source="HOME"), {"HOME": "endpoint-token-1"}, "never gives an endpoint"),
+    ]
+    for bad, environ, why in refusals:
+        with pytest.raises(TaoInferenceError) as err:
+            fleet.endpoint_headers(bad, environ)
+        assert why in err.value.msg and "endpoint-token-1" not in err.value.msg
+
+
+def test_checked_view_refuses_a_malformed_endpoint_auth():
+    for bad in ({"scheme": "bearer"}, "Bearer abc", dict(lepton_row()["endpoint_auth"], binding="zz")):
+        with pytest.raises(TaoInferenceError) as err:
+            fleet.checked_view([lepton_row(endpoint_auth=bad)])
+        assert "endpoint_auth" in err.value.msg
 
 
 def test_table_has_a_header_and_a_line_per_row():

@@ -534,6 +534,16 @@ def test_a_bad_token_is_refused_without_being_shown(option, value, message, monk
     assert option in err.value.msg and message in err.value.msg and value.strip() not in err.value.msg
 
 
+def test_an_empty_token_variable_counts_as_unset(monkeypatch):
+    """``export LEPTON_ENDPOINT_TOKEN=`` is how a shell user clears it: not a token with a bad character."""
+    monkeypatch.setenv("LEPTON_WORKSPACE_TOKEN", "good-token")
+    monkeypatch.setenv("LEPTON_ENDPOINT_TOKEN", "")
+    driver = LeptonDriver.from_options({"workspace_id": "ws1"}, {})
+    assert driver.endpoint_token is None and driver.token == "good-token"
+    monkeypatch.setenv("LEPTON_WORKSPACE_TOKEN", "")
+    assert LeptonDriver.from_options({"workspace_id": "ws1"}, {}).token is None
+
+
 def test_an_answer_larger_than_the_limit_is_refused_unread(api, monkeypatch):
     monkeypatch.setattr(lepton, "ANSWER_LIMIT", 1)
     with pytest.raises(TaoInferenceError) as err:
