@@ -25,7 +25,9 @@ WAIT_ARGS = dict(
 def new_module(**kwargs):
     """``AnsibleModule(**kwargs)``, failing cleanly where ansible-core itself would raise a traceback
     (an int option given an infinite number overflows in its type check), with null options at their
-    defaults."""
+    defaults. A module run with ``async`` stops when the watcher's child that started it ends (see
+    :func:`procs.end_with_parent`), set before anything else."""
+    procs.end_with_parent()
     try:
         module = AnsibleModule(**kwargs)
     except OverflowError:
@@ -60,9 +62,7 @@ def open_registry(module, read_only=False):
 def run(module, action, cleanup=None):
     """Run ``action()``; turn TaoInferenceError into fail_json; drop the diff
     unless diff mode is on. ``cleanup()`` runs before the module answers (it
-    closes connections, so no ssh process outlives the module). A module whose parent ends (an
-    ``async`` limit passed, the connection went away) is sent SIGTERM (see :func:`procs.end_with_parent`)."""
-    procs.end_with_parent()
+    closes connections, so no ssh process outlives the module)."""
     for option, value in sorted(module.params.items()):
         if isinstance(value, float) and not math.isfinite(value):
             module.fail_json(msg="%s must be a finite number of seconds, got %s" % (option, value))

@@ -7,7 +7,6 @@ kernel gave it (``/proc/<pid>/stat`` field 22) names one process for good.
 """
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -56,21 +55,42 @@ def terminate(pid, start_time, timeout=5):
     return True
 
 
-def end_with_parent(signum=signal.SIGTERM):
-    """Have the kernel send ``signum`` to this process when the process that started it ends; True
-    when it will (Linux), False elsewhere.
+def _argv_of(pid):
+    try:
+        with open("/proc/%d/cmdline" % int(pid), "rb") as handle:
+            return handle.read().split(b"\0")
+    except (IOError, OSError, ValueError):
+        return []
 
-    A module run with ``async`` is started by a watcher that kills the module's process group when
-    the time is up; a module that forked before the watcher made that group escapes the kill and would
-    go on (a pull would finish that nobody waits for). The watcher's child, this module's parent, is
-    always killed, so its end stops this module too. The same holds when the connection that started
-    a module goes away."""
+
+def under_async_watcher(pid):
+    """True when process ``pid`` is Ansible's ``async_wrapper`` (it runs ``async_wrapper.py <jid> <limit> ...``)."""
+    return any(os.path.basename(arg).startswith(b"async_wrapper") for arg in _argv_of(pid)[:3])
+
+
+def end_with_parent(signum=signal.SIGTERM):
+    """When this module runs under Ansible's ``async`` watcher, have the kernel send ``signum`` to it
+    when the watcher's child that started it ends; True when it will. Elsewhere (a task without
+    ``async``, Mitogen, not Linux) nothing changes.
+
+    The watcher kills its child's process group at the time limit; a module its child started before
+    the group was made is outside it and would go on (a pull would finish that nobody waits for). Its
+    parent is always killed, so its end stops the module too. A parent that ended before this was
+    set is seen (the parent changed) and the module stops at once."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
-    except (OSError, AttributeError, TypeError, ValueError):
+    parent = os.getppid()
+    if not under_async_watcher(parent):
         return False
+    try:
+        import ctypes  # here: a Python built without ctypes still runs every module
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (ImportError, OSError, AttributeError, TypeError, ValueError):
+        return False
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
+    return True
 
 
 def this_process():

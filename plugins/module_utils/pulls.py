@@ -260,15 +260,20 @@ def sweep(directory, keep=(), days=KEEP_DAYS, now=None):
             continue
         fd = None
         try:
-            if os.path.lexists(lock_path):
-                fd = os.open(lock_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a pull of it is under way
-                if not _still_named(fd, lock_path):
-                    continue
-            for path in (state_path, lock_path):
-                if os.path.lexists(path):
-                    os.unlink(path)
-                    removed.append(os.path.basename(path))
+            # Taken (made when missing) as a claim takes it, so nothing is removed while a pull holds it.
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while a pull of it is under way
+            if not _still_named(fd, lock_path):
+                continue
+            st = _own_file(state_path)
+            if os.path.lexists(state_path) and (st is None or st.st_mtime > cutoff):
+                continue  # a pull ran and ended since the first look
+            if st is not None:
+                os.unlink(state_path)
+                removed.append(os.path.basename(state_path))
+            os.unlink(lock_path)  # while held: a claim that opened it sees it gone and opens anew
+            if any(path == lock_path for path, _st in found):
+                removed.append(os.path.basename(lock_path))
         except OSError:
             continue
         finally:

@@ -8,6 +8,7 @@ sending each blob slowly, so the engine really pulls and its progress is seen as
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -167,23 +168,32 @@ def test_a_pull_cut_short_leaves_no_process_and_the_next_starts_afresh(harness, 
     assert pull["pulled"] and not pull["joined"] and pull["layers"] == 3
 
 
-def test_a_pull_whose_parent_is_killed_stops_though_it_left_the_killed_group(harness, registry, tmp_path):
-    """The async watcher kills its child's process group; a module forked before that group was made
-    is outside it. Here the module is put in a group of its own on purpose: killing its parent must
-    still stop the pull, and the image must not arrive later with nobody waiting for it."""
+WATCHER = """\
+import os, subprocess, sys, time
+# Stands in for Ansible's async watcher (its file name and arguments are the real one's), with the
+# race made certain: the module runs in a process group of its own, out of reach of the group kill.
+child = subprocess.Popen([sys.executable, "-m", sys.argv[3], sys.argv[4]], start_new_session=True,
+                         stdout=subprocess.DEVNULL)
+open(sys.argv[5], "w").write(str(child.pid))
+time.sleep(600)
+"""
+
+
+def test_a_pull_whose_async_parent_is_killed_stops_though_it_left_the_killed_group(harness, registry, tmp_path):
+    """Ansible's async watcher kills its child's process group at the time limit; a module its child
+    started before the group was made is outside it. Killing that parent must still stop the pull, and
+    the image must not arrive later with nobody waiting for it."""
     server = registry("--layers", SIZES, "--rate", "150000")
     image = server.image()
     args = tmp_path / "args.json"
     args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"image": image, "registry_path": str(tmp_path / "reg")}}))
     module = "ansible_collections.tao.inference.plugins.modules.tao_inference_pull"
     marker = tmp_path / "module.pid"
-    parent = subprocess.Popen([sys.executable, "-c", """\
-import os, subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-m", sys.argv[1], sys.argv[2]], start_new_session=True,
-                         stdout=subprocess.DEVNULL)
-open(sys.argv[3], "w").write(str(child.pid))
-time.sleep(600)
-""", module, str(args), str(marker)], env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".build", "collections")))
+    watcher = tmp_path / "async_wrapper.py"
+    watcher.write_text(WATCHER)
+    parent = subprocess.Popen([sys.executable, str(watcher), "j1", "3", module, str(args), str(marker)],
+                              env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".build", "collections")))
+    child = None
     try:
         deadline = time.monotonic() + 20
         while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
@@ -193,13 +203,28 @@ time.sleep(600)
         deadline = time.monotonic() + 20
         while not puller() and time.monotonic() < deadline:  # the engine has begun the pull
             time.sleep(0.1)
-        assert puller(), "the pull never began"
-    finally:
+        assert puller(), "the engine never began the pull (no connection to the test registry)"
         parent.kill()
         parent.wait(10)
-    assert wait_gone(lambda: running(child), 10), "the pull module outlived its parent"
+        assert wait_gone(lambda: running(child), 10), "the pull module outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if child and running(child):
+            os.kill(child, signal.SIGKILL)
     time.sleep(12)  # longer than the whole pull takes: a pull left running would have ended by now
     assert docker("image", "inspect", image, check=False).returncode != 0
+
+
+def test_a_module_not_run_by_the_async_watcher_is_not_tied_to_its_parent(tmp_path):
+    """Without async nothing changes: a module whose parent is something else keeps its own life."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
+            "from ansible_collections.tao.inference.plugins.module_utils import procs;"
+            "print(procs.end_with_parent())")
+    done = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, ".build", "collections")],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def running(pid):
