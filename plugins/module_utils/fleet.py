@@ -221,7 +221,7 @@ def _row(host, item):
         "state": _text(status.get("state")) or "unknown", "ready": item.get("ready") is True,
         "readiness": _text(probe.get("reason")), "host_url": url, "controller_url": None,
         "started_at": _text(item.get("started_at")), "bind_address": bind,
-        "endpoint_auth": dict(auth) if auth else None,
+        "endpoint_auth": dict(auth) if auth else None, "forwarded": False,
     }
 
 
@@ -229,7 +229,8 @@ def _host_row(host, state, reason, job_id=None):
     """A row that stands for a host (or a job_id) the view cannot use: unreachable, or an error and why."""
     return {"host": host, "machine": None, "job_id": job_id, "name": None, "network_arch": None, "platform": None,
             "state": state, "ready": False, "readiness": " ".join(reason.split())[:300], "host_url": None,
-            "controller_url": None, "started_at": None, "bind_address": None, "endpoint_auth": None}
+            "controller_url": None, "started_at": None, "bind_address": None, "endpoint_auth": None,
+            "forwarded": False}
 
 
 def merge(hosts):
@@ -575,6 +576,7 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
         wanted = forwards_of.get(row["host"], True)
         if record is not None and _same_route(record, row, where) and forward_alive(record):
             row["controller_url"] = "http://127.0.0.1:%d" % record["local_port"]
+            row["forwarded"] = True
         elif wanted and not check_mode and len(to_open) >= MAX_NEW_FORWARDS:
             errors.append({"host": row["host"], "job_id": row["job_id"],
                            "error": "not forwarded: one run opens at most %d forwards; run again for the rest, or bind "
@@ -589,6 +591,7 @@ def view(registry, hosts, forward=True, check_mode=False, opener=ssh.open_tunnel
             errors.append({"host": row["host"], "job_id": row["job_id"], "error": error})
             continue
         row["controller_url"] = url
+        row["forwarded"] = True
         if made:
             opened.append(row["job_id"])
     # A forward whose service a reachable host no longer lists (stopped, pruned) is closed.
@@ -637,8 +640,9 @@ def checked_view(rows):
         trust.check_job_id(row.get("job_id"), "job_id of a fleet service of %s" % host)
         if row.get("network_arch") not in catalog.NETWORK_ARCHS:
             raise TaoInferenceError("fleet service %s has an unknown network_arch" % row["job_id"])
-        if row.get("controller_url") is not None:
-            trust.check_http_url(row["controller_url"], "controller_url of fleet service %s" % row["job_id"])
+        for field in ("controller_url", "host_url"):
+            if row.get(field) is not None:
+                trust.check_http_url(row[field], "%s of fleet service %s" % (field, row["job_id"]))
         if row.get("endpoint_auth") is not None:
             problem = readiness.endpoint_auth_problem(row["endpoint_auth"])
             if problem:
@@ -655,7 +659,7 @@ def endpoint_headers(row, environ):
     auth = row.get("endpoint_auth")
     if not auth:
         return {}
-    if row.get("controller_url") != row.get("host_url"):
+    if row.get("forwarded") is not False or row.get("controller_url") != row.get("host_url"):
         raise TaoInferenceError(
             "service %s on %s takes the token it was started with at %s, but the controller reaches it at %s; "
             "the token goes only to the URL it is bound to, so nothing is sent"

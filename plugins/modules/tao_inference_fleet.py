@@ -188,10 +188,10 @@ services:
     started_at:
       description: When it started.
       type: str
-    bind_address:
-      description: The address its port binds on its host, as its start chose it (V(0.0.0.0) is reached at the host's
-        address), or null.
-      type: str
+    forwarded:
+      description: True when the controller reaches it through a forward (RV(services[].controller_url) is the
+        forward's loopback end).
+      type: bool
     endpoint_auth:
       description:
         - For a service whose endpoint takes a token (a Lepton endpoint), where the token comes from (C(source))

@@ -194,7 +194,9 @@ options:
       - A service whose endpoint takes a token (a Lepton endpoint, C(endpoint_auth) in its row) gets the token
         from this run's environment (C(LEPTON_WORKSPACE_TOKEN) or C(LEPTON_ENDPOINT_TOKEN), as its row's
         C(endpoint_auth.source) says), only when the row's binding proves that token was given to that service at
-        that URL and the controller reaches it there (never through a forward); else nothing is sent to it.
+        that URL and the controller reaches it there (never through a forward); else nothing is sent to it. A
+        request to one service then fails; a O(spread) batch leaves that service out (a warning, and
+        RV(left_out)) and goes to the others, failing only when none is left.
     type: list
     elements: dict
   spread:
@@ -307,6 +309,13 @@ services:
   type: list
   elements: dict
   sample: [{job_id: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e, host: gpu1, name: eval, controller_url: "http://127.0.0.1:8081"}]
+left_out:
+  description: With O(spread), the services of the arch that were left out because their endpoint's token could not
+    be sent to them (none in this run's environment, another token, a row whose binding does not hold), and why.
+  returned: with O(spread)
+  type: list
+  elements: dict
+  sample: [{job_id: 0b6c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e, host: gpu2, reason: "service ... export LEPTON_ENDPOINT_TOKEN and run again"}]
 content:
   description:
     - The answer, C(choices[0].message.content). For cosmos-predict2.5 a C(data:video/mp4;base64,...) URI.

@@ -468,6 +468,7 @@ def test_a_fleets_lepton_service_gets_its_token_only_where_its_binding_holds(lep
     routed = lep.play(ask, env=env)
     row = next(r for r in routed.task("View")["result"]["services"] if r["job_id"] == service["job_id"])
     assert row["endpoint_auth"] == service["endpoint_auth"] and row["controller_url"] == service["host_url"]
+    assert row["forwarded"] is False
     answer = routed.task("Ask through the view")["result"]
     assert answer.get("content") and answer["controller_url"] == service["host_url"], routed.output[-3000:]
     spread = routed.task("Spread through the view")["result"]
@@ -492,19 +493,25 @@ def test_a_fleets_lepton_service_gets_its_token_only_where_its_binding_holds(lep
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         elsewhere = "http://127.0.0.1:%d" % server.server_address[1]
-        forged = lep.play("""\
+        forged_ask = """\
 - name: Ask a forged view
   tao.inference.tao_inference_request:
     fleet:
-      - %s
+      - {row}
     name: %s
     prompt: hi
     media: [%s]
     sampling: {}
   register: answer
   failed_when: false
-""" % (json.dumps(dict(row, controller_url=elsewhere, host_url=elsewhere)), name, DEMO), env=env)
+""" % (name, DEMO)
+        forged = lep.play(forged_ask.replace("{row}", json.dumps(dict(row, controller_url=elsewhere, host_url=elsewhere))),
+                          env=env)
         assert "is not the one service" in forged.task("Ask a forged view")["result"]["msg"], forged.output[-2000:]
+        # Only the controller URL pointed elsewhere (as if through a forward): no token leaves either.
+        forwarded = lep.play(forged_ask.replace("{row}", json.dumps(dict(row, controller_url=elsewhere))), env=env)
+        assert "the token goes only to the URL it is bound to" in forwarded.task(
+            "Ask a forged view")["result"]["msg"], forwarded.output[-2000:]
         assert Recorder.seen == []
     finally:
         server.shutdown()

@@ -93,13 +93,25 @@ def ask_fleet(params, check_mode=False, tmpdir=None, warn=None):
             raise TaoInferenceError("spread sends a batch to every service of one arch: give network_arch (and "
                                     "name to keep to the services of that name), not job_id")
         arch = params["network_arch"]
-        chosen = fleet.spread_targets(rows, arch, params["name"])
-        # Each service's token (its platform may ask for one) is checked before anything is sent.
-        targets = [batch.Target(catalog.chat_url_of({"host_url": r["controller_url"]}),
-                                headers=fleet.endpoint_headers(r, os.environ) or None,
-                                tags={"job_id": r["job_id"], "host": r["host"]}) for r in chosen]
-        result = {"changed": False, "network_arch": arch,
-                  "services": [dict((k, r[k]) for k in ("job_id", "host", "name", "controller_url")) for r in chosen]}
+        # Each service's token (its platform may ask for one) is checked before anything is sent; a service
+        # whose token cannot go to it is left out (and said so), so one bad row does not stop the others.
+        targets, taken, left_out = [], [], []
+        for r in fleet.spread_targets(rows, arch, params["name"]):
+            try:
+                headers = fleet.endpoint_headers(r, os.environ) or None
+            except TaoInferenceError as exc:
+                left_out.append({"job_id": r["job_id"], "host": r["host"], "reason": exc.msg})
+                warn("service %s on %s is left out of the spread: %s" % (r["job_id"], r["host"], exc.msg))
+                continue
+            targets.append(batch.Target(catalog.chat_url_of({"host_url": r["controller_url"]}), headers=headers,
+                                        tags={"job_id": r["job_id"], "host": r["host"]}))
+            taken.append(r)
+        if not targets:
+            raise TaoInferenceError("no %s service of the fleet can take this batch: %s" % (arch, "; ".join(
+                "%s on %s: %s" % (item["job_id"], item["host"], item["reason"]) for item in left_out)),
+                left_out=left_out)
+        result = {"changed": False, "network_arch": arch, "left_out": left_out,
+                  "services": [dict((k, r[k]) for k in ("job_id", "host", "name", "controller_url")) for r in taken]}
         return send_batch(params, targets, arch, result, check_mode, tmpdir, warn)
     row = fleet.pick(rows, params["job_id"], params["name"], params["network_arch"])
     result = {"changed": False, "job_id": row["job_id"], "network_arch": row["network_arch"], "host": row["host"],

@@ -5,6 +5,8 @@ import uuid
 
 import pytest
 
+from ansible_collections.tao.inference.plugins.module_utils import readiness
+from ansible_collections.tao.inference.plugins.module_utils.chat import ask as ask_module
 from ansible_collections.tao.inference.plugins.module_utils.chat.ask import ask
 from ansible_collections.tao.inference.plugins.module_utils.errors import TaoInferenceError
 
@@ -79,3 +81,42 @@ def test_a_forged_view_sends_nothing(emulator, png):
     with pytest.raises(TaoInferenceError):
         ask(None, params(fleet=forged, name="a", prompt="p", media=[png]))
     assert emu.stats()["requests"] == 0
+
+
+def token_row(name, host, emu, token, bound_token=None):
+    """A Lepton-like service on ``emu`` whose endpoint takes ``bound_token`` (``token`` unless given)."""
+    bound = readiness.endpoint_auth(jid(name), emu.base, "LEPTON_ENDPOINT_TOKEN", bound_token or token)
+    return dict(row(name, host, emu), platform="lepton", host_url=emu.base, controller_url=emu.base,
+                forwarded=False, endpoint_auth=bound)
+
+
+def test_a_spread_gives_each_service_its_own_headers_and_leaves_out_one_whose_token_cannot_go(
+        emulator, png, monkeypatch):
+    plain, tokened, other = emulator(), emulator(), emulator()
+    monkeypatch.setenv("LEPTON_ENDPOINT_TOKEN", "endpoint-token-1")
+    fleet = [row("a", "gpu1", plain), token_row("b", "gpu2", tokened, "endpoint-token-1"),
+             token_row("c", "gpu3", other, "endpoint-token-1", bound_token="another-token")]
+    seen, warnings = [], []
+    real = ask_module.batch.run
+
+    def spy(url, *args, **kwargs):
+        seen.extend((target.tags["job_id"], target.headers) for target in url)
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(ask_module.batch, "run", spy)
+    requests = [{"id": "q%d" % i, "prompt": "p%d" % i, "media": [png]} for i in range(4)]
+    result = ask(None, params(fleet=fleet, network_arch="cosmos-rl", spread=True, requests=requests),
+                 warn=warnings.append)
+    assert sorted(seen, key=lambda s: s[0]) == sorted([
+        (jid("a"), None), (jid("b"), {"Authorization": "Bearer endpoint-token-1"})], key=lambda s: s[0])
+    assert [s["job_id"] for s in result["services"]] == [jid("a"), jid("b")]
+    assert [(o["job_id"], o["host"]) for o in result["left_out"]] == [(jid("c"), "gpu3")]
+    assert "is not the one service" in result["left_out"][0]["reason"] and "left out" in warnings[-1]
+    assert result["summary"]["ok"] == 4 and other.stats()["requests"] == 0
+    assert "endpoint-token-1" not in repr(result) + repr(warnings)
+
+    monkeypatch.delenv("LEPTON_ENDPOINT_TOKEN")
+    with pytest.raises(TaoInferenceError) as err:
+        ask(None, params(fleet=fleet[1:], network_arch="cosmos-rl", spread=True, requests=requests))
+    assert "no cosmos-rl service of the fleet can take this batch" in err.value.msg
+    assert tokened.stats()["requests"] == 2 and other.stats()["requests"] == 0
