@@ -7,6 +7,7 @@ as a Lepton user sets it (LEPTON_WORKSPACE_ID, _URL, _TOKEN). Every test names i
 checks that nothing of them is left: deployments, secrets, containers.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -381,6 +382,24 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def recording():
+    """A loopback server that records whatever reaches it (Recorder.seen); yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield "http://127.0.0.1:%d" % server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def stop_and_check(lep, name, env):
+    stop = lep.play(stop_task(name), env=env)
+    assert stop.task("Stop")["status"] == "changed", stop.output[-2000:]
+    assert_nothing_left(lep)
+
+
 def test_the_endpoint_token_goes_only_where_the_registry_binding_holds(lep):
     name = "lep-token-%s" % RUN
     token = "endpoint-" + uuid.uuid4().hex
@@ -400,11 +419,9 @@ def test_the_endpoint_token_goes_only_where_the_registry_binding_holds(lep):
     assert "is not the one service" in other.task("Ask")["result"]["msg"]
 
     # A registry entry pointed at another address (planted, or edited) gets no token: nothing is sent there.
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with recording() as elsewhere:
         data = lep.registry_data()
-        data[service["job_id"]]["host_url"] = "http://127.0.0.1:%d" % server.server_address[1]
+        data[service["job_id"]]["host_url"] = elsewhere
         with open(lep.registry, "w") as handle:
             json.dump(data, handle)
         planted = lep.play(ASK % (name, DEMO), env=env)
@@ -412,12 +429,7 @@ def test_the_endpoint_token_goes_only_where_the_registry_binding_holds(lep):
         info = lep.play("- name: Info\n  tao.inference.tao_inference_info:\n", env=env)
         assert info.task("Info")["result"]["services"][0]["readiness"]["reason"] == "unauthenticated"
         assert Recorder.seen == []
-    finally:
-        server.shutdown()
-        server.server_close()
-    stop = lep.play(stop_task(name), env=env)
-    assert stop.task("Stop")["status"] == "changed", stop.output[-2000:]
-    assert_nothing_left(lep)
+    stop_and_check(lep, name, env)
 
 
 FLEET_ASK = """\
@@ -489,10 +501,7 @@ def test_a_fleets_lepton_service_gets_its_token_only_where_its_binding_holds(lep
     assert reached() == before
 
     # A view whose row was pointed elsewhere (a forged fact) sends the token nowhere.
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        elsewhere = "http://127.0.0.1:%d" % server.server_address[1]
+    with recording() as elsewhere:
         forged_ask = """\
 - name: Ask a forged view
   tao.inference.tao_inference_request:
@@ -513,12 +522,7 @@ def test_a_fleets_lepton_service_gets_its_token_only_where_its_binding_holds(lep
         assert "the token goes only to the URL it is bound to" in forwarded.task(
             "Ask a forged view")["result"]["msg"], forwarded.output[-2000:]
         assert Recorder.seen == []
-    finally:
-        server.shutdown()
-        server.server_close()
-    stop = lep.play(stop_task(name), env=env)
-    assert stop.task("Stop")["status"] == "changed", stop.output[-2000:]
-    assert_nothing_left(lep)
+    stop_and_check(lep, name, env)
 
 
 def test_an_endpoint_open_to_anyone_needs_no_token(lep):
