@@ -659,11 +659,16 @@ def endpoint_headers(row, environ):
     auth = row.get("endpoint_auth")
     if not auth:
         return {}
-    if row.get("forwarded") is not False or row.get("controller_url") != row.get("host_url"):
+    if row.get("controller_url") != row.get("host_url"):
         raise TaoInferenceError(
             "service %s on %s takes the token it was started with at %s, but the controller reaches it at %s; "
             "the token goes only to the URL it is bound to, so nothing is sent"
             % (row["job_id"], row["host"], row.get("host_url"), row.get("controller_url")), job_id=row["job_id"])
+    if row.get("forwarded") is not False:
+        raise TaoInferenceError(
+            "service %s on %s takes a token, and its row does not say it is reached without a forward (forwarded must "
+            "be false, as tao_inference_fleet gives it); the token goes only to the URL it is bound to, never through "
+            "a forward, so nothing is sent" % (row["job_id"], row["host"]), job_id=row["job_id"])
     return readiness.endpoint_headers(dict((key, row.get(key)) for key in (
         "job_id", "host_url", "platform", "endpoint_auth")), environ)
 
