@@ -665,12 +665,14 @@ def endpoint_headers(row, environ):
             "the token goes only to the URL it is bound to, so nothing is sent"
             % (row["job_id"], row["host"], row.get("host_url"), row.get("controller_url")), job_id=row["job_id"])
     if row.get("forwarded") is not False:
+        why = ("the controller reaches it through a forward" if row.get("forwarded") is True else
+               "its row does not say it is reached without a forward (a view from an older tao_inference_fleet, or "
+               "made by hand: build it again)")
         raise TaoInferenceError(
-            "service %s on %s takes a token, and its row does not say it is reached without a forward (forwarded must "
-            "be false, as tao_inference_fleet gives it); the token goes only to the URL it is bound to, never through "
-            "a forward, so nothing is sent" % (row["job_id"], row["host"]), job_id=row["job_id"])
+            "service %s on %s takes a token, and %s; the token goes only to the URL it is bound to, never through a "
+            "forward, so nothing is sent" % (row["job_id"], row["host"], why), job_id=row["job_id"])
     return readiness.endpoint_headers(dict((key, row.get(key)) for key in (
-        "job_id", "host_url", "platform", "endpoint_auth")), environ)
+        "job_id", "host_url", "platform", "endpoint_auth")), environ, what="fleet row")
 
 
 def _servable(row):

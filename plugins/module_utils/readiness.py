@@ -210,26 +210,27 @@ def endpoint_auth_problem(value):
     return None
 
 
-def endpoint_headers(entry, environ, options=None):
+def endpoint_headers(entry, environ, options=None, what="registry entry"):
     """The headers requests to ``entry``'s service carry: ``{}`` when its endpoint takes no token,
     else ``Authorization: Bearer <token>``, the token taken from this run (``options``, then
     ``environ``) under the name the platform's driver declares (``ENDPOINT_TOKENS``: source name ->
     option). Refuses (and sends nothing) when the entry's binding does not prove that this token was
-    given to this service at this URL, or when the token would cross the network in clear."""
+    given to this service at this URL, or when the token would cross the network in clear. ``what`` names
+    where ``entry`` came from in messages (a ``registry entry``, or a ``fleet row``)."""
     auth = entry.get("endpoint_auth")
     if not auth:
         return {}
     job_id, url = entry.get("job_id"), entry.get("host_url") or ""
     problem = endpoint_auth_problem(auth)
     if problem:
-        raise TaoInferenceError("the registry entry of service %s has an endpoint_auth that %s; the token is not sent"
-                                % (job_id, problem), job_id=job_id)
+        raise TaoInferenceError("the %s of service %s has an endpoint_auth that %s; the token is not sent"
+                                % (what, job_id, problem), job_id=job_id)
     sources = platforms.driver_class(entry.get("platform")).ENDPOINT_TOKENS
     source = auth["source"]
     if source not in sources:
         raise TaoInferenceError(
-            "the registry entry of service %s asks for the token in %s, which platform %s never gives an endpoint; "
-            "nothing is sent (was the entry edited?)" % (job_id, source, entry.get("platform")), job_id=job_id)
+            "the %s of service %s asks for the token in %s, which platform %s never gives an endpoint; "
+            "nothing is sent (was it edited?)" % (what, job_id, source, entry.get("platform")), job_id=job_id)
     token = (options or {}).get(sources[source]) or environ.get(source)
     if token and not is_token(token):
         raise TaoInferenceError("the token in %s holds a character a token never has (a space, a newline...): strip "
@@ -248,6 +249,8 @@ def endpoint_headers(entry, environ, options=None):
         raise TaoInferenceError(
             "the token in %s is not the one service %s was started with at %s, so it is not sent there. Use the "
             "token the service was started with (if the token has changed since, stop the service and start it "
-            "again); if you did not start it, its registry entry may have been planted or edited: remove it"
-            % (source, job_id, url), job_id=job_id)
+            "again); if you did not start it, its %s may have been %s" % (
+                source, job_id, url, what, "planted or edited: remove it" if what == "registry entry" else
+                "forged or edited: build the view again (the status playbook, or the registry_facts role)"),
+            job_id=job_id)
     return {"Authorization": "Bearer " + token}

@@ -194,14 +194,16 @@ services:
       type: bool
     endpoint_auth:
       description:
-        - For a service whose endpoint takes a token (a Lepton endpoint), where the token comes from (C(source))
-          and C(binding), the one-way proof that binds it to RV(services[].host_url)
-          (never the token); else null. M(tao.inference.tao_inference_request) sends that token only to that URL.
+        - For a service whose endpoint takes a token (a Lepton endpoint), C(scheme) (V(bearer)), C(source) (the
+          environment variable the token comes from) and C(binding), a one-way proof binding that token to the
+          service's job_id, RV(services[].host_url) and C(source) (never the token); else null.
+          M(tao.inference.tao_inference_request) sends the token only where the binding holds.
       type: dict
   sample:
     - {host: gpu1, machine: gpu1, job_id: 6f1c1f5e-4f7e-4c39-9d59-0c3c8d8f9b1e, name: eval, network_arch: cosmos-rl,
        platform: local-docker, state: running, ready: true, readiness: ready, host_url: "http://localhost:8080",
-       controller_url: "http://127.0.0.1:8081", started_at: "2026-01-01T00:00:00.000000Z"}
+       controller_url: "http://127.0.0.1:8081", forwarded: true, endpoint_auth: null,
+       started_at: "2026-01-01T00:00:00.000000Z"}
     - {host: gpu2, state: unreachable, readiness: "Failed to connect to the host via ssh", job_id: null}
 table:
   description: The view as lines of text, a header and one line per row (host, job_id, name, arch, state, ready,

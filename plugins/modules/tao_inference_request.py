@@ -202,7 +202,8 @@ options:
   spread:
     description:
       - With O(fleet) and a batch, send the batch over every service of O(network_arch) (and of O(name)
-        when given) that can take requests, on every host, at once. Each service gets its share (every
+        when given) that can take requests and whose endpoint token, if it takes one, can be sent to it (see
+        O(fleet) and RV(left_out)), on every host, at once. Each service gets its share (every
         n-th request, in input order) and at most O(concurrency) of its requests are in flight at a time.
       - Every result carries the C(job_id) and C(host) that answered it, and RV(summary.services) counts
         each service's share.

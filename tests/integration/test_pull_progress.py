@@ -217,16 +217,6 @@ def test_a_pull_whose_async_parent_is_killed_stops_though_it_left_the_killed_gro
     assert docker("image", "inspect", image, check=False).returncode != 0
 
 
-def test_a_module_not_run_by_the_async_watcher_is_not_tied_to_its_parent(tmp_path):
-    """Without async nothing changes: a module whose parent is something else keeps its own life."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
-            "from ansible_collections.tao.inference.plugins.module_utils import procs;"
-            "print(procs.end_with_parent())")
-    done = subprocess.run([sys.executable, "-c", code, os.path.join(ROOT, ".build", "collections")],
-                          capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
-
-
 def running(pid):
     try:
         with open("/proc/%d/stat" % pid) as handle:
