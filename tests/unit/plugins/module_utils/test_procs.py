@@ -1,5 +1,6 @@
 """A module run with ``async`` ends with the watcher's process that started it; nothing else is tied to its parent."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,22 +39,33 @@ def _alive(pid):
     return state is not None and state not in ("Z", "X")
 
 
+@contextlib.contextmanager
 def _run_under(tmp_path, parent_name, *parent_args):
+    """Start the module under a parent named ``parent_name``; yields (parent, module pid, what the module said)
+    and kills whatever is left of both at the end."""
     parent_file = tmp_path / parent_name
     parent_file.write_text(PARENT)
     out = tmp_path / "module.out"
     parent = subprocess.Popen([sys.executable, str(parent_file), MODULE, COLLECTIONS, str(out)] + list(parent_args),
                               stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
-    deadline = time.monotonic() + 20
-    while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return parent, child, out.read_text().split()
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 20
+        while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield parent, child, out.read_text().split()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.wait(10)
+        parent.stdout.close()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_a_module_under_the_async_watcher_ends_when_the_watcher_child_ends(tmp_path):
-    parent, child, said = _run_under(tmp_path, "async_wrapper.py", "j1", "3")
-    try:
+    with _run_under(tmp_path, "async_wrapper.py", "j1", "3") as (parent, child, said):
         assert said == ["True", str(int(signal.SIGTERM))]
         parent.kill()
         parent.wait(10)
@@ -61,25 +73,12 @@ def test_a_module_under_the_async_watcher_ends_when_the_watcher_child_ends(tmp_p
         while _alive(child) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(child), "the module outlived the watcher's child that started it"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(10)
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
 
 
 def test_a_module_started_by_anything_else_keeps_its_own_life(tmp_path):
-    parent, child, said = _run_under(tmp_path, "runner.py", "async_wrapper.py")  # the name as a later word only
-    try:
+    with _run_under(tmp_path, "runner.py", "async_wrapper.py") as (parent, child, said):  # the name as a later word
         assert said == ["False", "0"]
         parent.kill()
         parent.wait(10)
         time.sleep(0.5)
         assert _alive(child)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(10)
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
