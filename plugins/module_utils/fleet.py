@@ -212,9 +212,9 @@ def _row(host, item):
             raise TaoInferenceError("service %s of %s has a bind_address that is not a host name or address"
                                     % (job_id, host))
     auth = item.get("endpoint_auth")
-    if auth is not None and readiness.endpoint_auth_problem(auth):
-        raise TaoInferenceError("service %s of %s has an endpoint_auth that %s"
-                                % (job_id, host, readiness.endpoint_auth_problem(auth)))
+    problem = None if auth is None else readiness.endpoint_auth_problem(auth)
+    if problem:
+        raise TaoInferenceError("service %s of %s has an endpoint_auth that %s" % (job_id, host, problem))
     return {
         "host": host, "machine": _text(item.get("machine")), "job_id": job_id, "name": name,
         "network_arch": arch, "platform": _text(item.get("platform")),

@@ -55,17 +55,19 @@ def terminate(pid, start_time, timeout=5):
     return True
 
 
-def _argv_of(pid):
+def argv_of(pid):
+    """The command line of ``pid`` as bytes words (from /proc), or ``[]`` when it is gone."""
     try:
         with open("/proc/%d/cmdline" % int(pid), "rb") as handle:
-            return handle.read().split(b"\0")
+            words = handle.read().split(b"\0")
     except (IOError, OSError, ValueError):
         return []
+    return words[:-1] if words and not words[-1] else words
 
 
 def under_async_watcher(pid):
     """True when process ``pid`` is Ansible's ``async_wrapper`` (it runs ``async_wrapper.py <jid> <limit> ...``)."""
-    return any(os.path.basename(arg).startswith(b"async_wrapper") for arg in _argv_of(pid)[:3])
+    return any(os.path.basename(arg).startswith(b"async_wrapper") for arg in argv_of(pid)[:3])
 
 
 def end_with_parent(signum=signal.SIGTERM):
@@ -75,8 +77,9 @@ def end_with_parent(signum=signal.SIGTERM):
 
     The watcher kills its child's process group at the time limit; a module its child started before
     the group was made is outside it and would go on (a pull would finish that nobody waits for). Its
-    parent is always killed, so its end stops the module too. A parent that ended before this was
-    set is seen (the parent changed) and the module stops at once."""
+    parent is always killed, so its end stops the module too. A parent that ends between the check
+    and the request is seen (the parent changed) and the module stops at once; one that ended before
+    the check cannot be told from any other parent."""
     if not sys.platform.startswith("linux"):
         return False
     parent = os.getppid()

@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -41,6 +42,7 @@ from ansible_collections.tao.inference.plugins.module_utils.registry import defa
 
 STATE_LIMIT = 64 << 10
 KEEP_DAYS = 30
+_KEY = re.compile(r"[0-9a-f]{32}")  # what Pull names its two files by
 PULLING, DONE, FAILED = "pulling", "done", "failed"
 INTERRUPTED = "interrupted"  # a state file saying "pulling" whose process is gone
 
@@ -249,14 +251,13 @@ def sweep(directory, keep=(), days=KEEP_DAYS, now=None):
     except OSError:
         return removed
     keys = sorted(set(name.rsplit(".", 1)[0] for name in names if name.endswith((".json", ".lock"))))
-    for key in keys:
-        if not key or any(c not in "0123456789abcdef" for c in key):
-            continue
+    for key in (key for key in keys if _KEY.fullmatch(key)):
         state_path, lock_path = (os.path.join(directory, key + suffix) for suffix in (".json", ".lock"))
         if state_path in keep or lock_path in keep:
             continue
-        found = [(path, _own_file(path)) for path in (state_path, lock_path) if os.path.lexists(path)]
-        if not found or any(st is None or st.st_mtime > cutoff for _path, st in found):
+        had_lock = os.path.lexists(lock_path)
+        found = [_own_file(path) for path in (state_path, lock_path) if os.path.lexists(path)]
+        if not found or any(st is None or st.st_mtime > cutoff for st in found):
             continue
         fd = None
         try:
@@ -272,7 +273,7 @@ def sweep(directory, keep=(), days=KEEP_DAYS, now=None):
                 os.unlink(state_path)
                 removed.append(os.path.basename(state_path))
             os.unlink(lock_path)  # while held: a claim that opened it sees it gone and opens anew
-            if any(path == lock_path for path, _st in found):
+            if had_lock:
                 removed.append(os.path.basename(lock_path))
         except OSError:
             continue

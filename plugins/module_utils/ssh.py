@@ -121,20 +121,12 @@ def forward_spec(local_port, remote_host, remote_port):
     return "127.0.0.1:%d:%s:%d" % (local_port, remote_host, remote_port)
 
 
-def _proc_cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return handle.read().split(b"\0")
-    except (IOError, OSError):
-        return []
-
-
 def tunnel_alive(pid, start_time, spec):
     """True when ``pid`` is still our ssh forward: not a zombie, not a reused pid, an ``ssh -N`` whose
     ``-L`` is exactly ``spec`` (another process that merely mentions it is not)."""
     if not spec or not procs.alive(pid, start_time):
         return False
-    argv = _proc_cmdline(int(pid))
+    argv = procs.argv_of(pid)
     return bool(argv) and os.path.basename(argv[0]) == b"ssh" and b"-N" in argv and \
         any(argv[i] == b"-L" and argv[i + 1] == spec.encode("utf-8") for i in range(len(argv) - 1))
 
@@ -222,7 +214,7 @@ def find_tunnels(remote_host, remote_port):
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        argv = _proc_cmdline(int(name))
+        argv = procs.argv_of(name)
         if not argv or os.path.basename(argv[0]) != b"ssh" or b"-N" not in argv or not _own(name):
             continue
         for word in argv:

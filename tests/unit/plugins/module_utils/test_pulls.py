@@ -208,7 +208,8 @@ def test_a_new_pull_removes_the_files_of_pulls_that_ended_long_ago_and_nothing_e
     with open(kept, "w") as handle:
         handle.write("{}")
     _age(kept, 99)
-    link = os.path.join(folder, "abcdef.json")
+    named_like_ours = "ab" * 16  # a key as Pull makes them
+    link = os.path.join(folder, named_like_ours + ".json")
     os.symlink(kept, link)
     _age(link, 99)
     code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX);"
@@ -224,8 +225,8 @@ def test_a_new_pull_removes_the_files_of_pulls_that_ended_long_ago_and_nothing_e
         holder.wait()
     assert not {os.path.basename(p) for p in (old.state_path, old.lock_path, lock_only.lock_path)} & left
     assert {os.path.basename(p) for p in (recent.state_path, recent.lock_path, held.state_path, held.lock_path)} <= left
-    assert {os.path.basename(p) for p in strangers} | {"abcdef.json", "kept.txt"} <= left
-    assert "abcdef.lock" not in left  # a key whose files are not all ours is not even locked
+    assert {os.path.basename(p) for p in strangers} | {named_like_ours + ".json", "kept.txt"} <= left
+    assert named_like_ours + ".lock" not in left  # a key whose files are not all ours is not even locked
     assert recent.read()["state"] == "done"
 
 
