@@ -110,7 +110,7 @@ class Settings:
         addresses = common.host_addresses()
         for net in ((recorded,) if recorded else ()) + DEFAULT_NETS:
             self.net = net
-            if all(host.namespaces_ok() or not (host.gateway in addresses or host.route_clash())
+            if all(host.network_ours() or not (host.gateway in addresses or host.route_clash())
                    for host in (Host(self, index) for index in range(1, count + 1))):
                 return
         raise ValueError("%s.1-%d/24 are all in use on this machine: set TAO_FLEET_NET to a free /16"
@@ -202,9 +202,29 @@ class Host:
             return False
 
     def namespaces_ok(self):
-        """Namespace, veth, addresses and the mount and UTS namespaces are there."""
-        return (netns.link_ok(self.netns, self.host_if, self.gateway, self.address, "eth0")
-                and mounted(self.mnt) and mounted(self.uts))
+        """Namespace, veth, addresses and the mount and UTS namespaces are there, and the mount namespace's
+        /tmp and home are this folder's."""
+        return self.network_ours() and mounted(self.mnt) and mounted(self.uts) and self.binds_current()
+
+    def network_ours(self):
+        """The host's network namespace, veth and addresses are there (its /24 is this fleet's, even when
+        the rest of the host has to be made again)."""
+        return netns.link_ok(self.netns, self.host_if, self.gateway, self.address, "eth0")
+
+    def binds_current(self):
+        """Whether /tmp and the home inside the host are DIR/hosts/<name>/tmp and home. Namespaces outlive
+        their folder: a checkout removed and cloned again at the same path finds them up, with /tmp and home
+        bound to folders that were deleted, where nothing can be created any more."""
+        wanted = []
+        for name in ("tmp", "home"):
+            try:
+                info = os.stat(self.file(name))
+            except OSError:
+                return False
+            wanted.append("%d:%d" % (info.st_dev, info.st_ino))
+        proc = common.run("nsenter", "--mount=" + self.mnt, "--", "stat", "-L", "-c", "%d:%i", "/tmp",
+                          self.settings.home, cwd="/")
+        return proc.returncode == 0 and proc.stdout.split() == wanted
 
     def dockerd_pid(self):
         """The host's dockerd when it runs inside the host."""
@@ -603,7 +623,7 @@ def main(argv):
             settings.choose_net(count)
             for index in range(1, count + 1):
                 host = Host(settings, index)
-                clash = None if host.namespaces_ok() else host.route_clash()
+                clash = None if host.network_ours() else host.route_clash()
                 if clash:
                     raise ValueError("%s/24 of %s is already in use on this machine (%s): set TAO_FLEET_NET to a "
                                      "free /16 (e.g. 10.197)" % (host.gateway, host.name, clash))

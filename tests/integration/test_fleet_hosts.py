@@ -245,6 +245,48 @@ def test_down_leaves_nothing(tmp_path):
     assert not os.path.exists("/run/tao-fleet-%s" % tag)
 
 
+def test_namespaces_left_by_a_removed_checkout_are_made_again(tmp_path):
+    """The host's namespaces outlive its folder: a CI runner kills every process and clones the checkout again
+    at the same path. The next run must not take those namespaces as up (their /tmp and home are bound to
+    folders that were deleted, where nothing can be created): it makes them again, on the same net."""
+    if os.geteuid() != 0:
+        pytest.skip("the fleet test hosts need root")
+    from hosts import fleet as fleet_hosts_module  # pylint: disable=import-error,import-outside-toplevel
+    folder = os.path.join(ROOT, ".build", "fleet-reclone-%d" % os.getpid())
+    env = {"TAO_FLEET_DIR": folder, "TAO_FLEET_NAME": "reclone"}
+    proc = ensure(1, env)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        with open(os.path.join(folder, "net"), encoding="utf-8") as handle:
+            net = handle.read().strip()
+        settings = fleet_hosts_module.Settings(dict(os.environ, **env))
+        settings.net = net
+        host = fleet_hosts_module.Host(settings, 1)
+        host.kill_inside()
+        subprocess.run(["rm", "-rf", "--one-file-system", folder], check=True)
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert host.netns in listed and fleet_hosts_module.mounted(host.mnt)  # what the clone finds
+        again = ensure(1, env)
+        assert again.returncode == 0, again.stderr
+        assert "namespaces" in again.stderr, again.stderr
+        fleet = Fleet(folder, 1)
+        assert fleet.hosts[0]["address"].startswith(net + "."), (fleet.hosts, net)
+        token = "fleet-probe-%s" % uuid.uuid4().hex
+        out = fleet.ssh("reclone-1", "echo a > /tmp/%s && echo b > ~/%s && cat /tmp/%s ~/%s" % ((token,) * 4)).stdout
+        assert out.split() == ["a", "b"]
+        with open(os.path.join(folder, "hosts", "reclone-1", "tmp", token), encoding="utf-8") as handle:
+            assert handle.read() == "a\n"
+        unchanged = ensure(1, env)
+        assert unchanged.returncode == 0 and "up, unchanged" in unchanged.stderr, unchanged.stderr
+    finally:
+        down = subprocess.run([SCRIPT, "--down"], capture_output=True, text=True, timeout=120, check=False,
+                              env=dict(os.environ, **env), stdin=subprocess.DEVNULL)
+    assert down.returncode == 0, down.stderr
+    assert not os.path.exists(folder)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert host.netns not in listed
+
+
 @pytest.mark.parametrize("env, args, message", [
     ({}, ["abc"], "whole number"),
     ({}, ["0"], "between 1 and 250"),
