@@ -107,6 +107,8 @@ class Settings:
         if self.net_given:
             return
         recorded = self._recorded_net()
+        if not recorded:  # DIR/net gone with its folder: the net this fleet's namespaces still hold
+            recorded = next((net for net in DEFAULT_NETS if self._holds(net)), None)
         addresses = common.host_addresses()
         for net in ((recorded,) if recorded else ()) + DEFAULT_NETS:
             self.net = net
@@ -115,6 +117,15 @@ class Settings:
                 return
         raise ValueError("%s.1-%d/24 are all in use on this machine: set TAO_FLEET_NET to a free /16"
                          % (", ".join(DEFAULT_NETS), count))
+
+    def _holds(self, net):
+        """Whether host 1 of this fleet has its network namespace on ``net``."""
+        kept, self.net = self.net, net
+        try:
+            host = Host(self, 1)
+            return netns.exists(host.netns) and host.network_ours()
+        finally:
+            self.net = kept
 
     def record_net(self):
         """DIR/net: the net the hosts are on, so that later runs (and --status) keep it."""
@@ -504,7 +515,7 @@ def write_files(settings, hosts, listed):
     identity = os.path.join(keys, "id_ed25519")
     known = settings.path("known_hosts")
     lines = [sshd.known_hosts_line(host.address, settings.port, sshd.public_key(host.file("ssh_host_ed25519_key")))
-             for host in hosts]
+             for host in hosts if os.path.exists(host.file("ssh_host_ed25519_key"))]
     common.update_file(known, "".join(lines), 0o644)
     config = "# ssh -F %s <host>: the fleet test hosts (scripts/ensure-fleet.sh)\n" % settings.path("ssh_config")
     for host in hosts:
@@ -562,7 +573,15 @@ def up(settings, count, interpreter):
             log("%s: %s" % (host.name, error))
         raise RuntimeError("%d of %d test hosts did not come up (scripts/ensure-fleet.sh --down removes what was "
                            "made)" % (len(failed), count))
-    others = [host for host in existing_hosts(settings) if host.index > count]
+    others = []
+    for host in existing_hosts(settings):
+        if host.index <= count:
+            continue
+        if os.path.exists(host.file("host.json")):
+            others.append(host)
+        else:  # its folder is gone (a checkout removed and cloned again): nothing can log in to it any more
+            host.destroy()
+            log("%s: removed what was left of it without its folder" % host.name)
     if others:
         log("also up, not in the inventory: %s (--down removes them)" % ", ".join(host.name for host in others))
     inventory = write_files(settings, hosts + others, hosts)

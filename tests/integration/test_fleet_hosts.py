@@ -246,31 +246,38 @@ def test_down_leaves_nothing(tmp_path):
 
 
 def test_namespaces_left_by_a_removed_checkout_are_made_again(tmp_path):
-    """The host's namespaces outlive its folder: a CI runner kills every process and clones the checkout again
+    """The hosts' namespaces outlive their folder: a CI runner kills every process and clones the checkout again
     at the same path. The next run must not take those namespaces as up (their /tmp and home are bound to
-    folders that were deleted, where nothing can be created): it makes them again, on the same net."""
+    folders that were deleted, where nothing can be created): it makes them again, on the same net, and removes
+    what is left of hosts it was not asked for (nothing could log in to them)."""
     if os.geteuid() != 0:
         pytest.skip("the fleet test hosts need root")
     from hosts import fleet as fleet_hosts_module  # pylint: disable=import-error,import-outside-toplevel
     folder = os.path.join(ROOT, ".build", "fleet-reclone-%d" % os.getpid())
     env = {"TAO_FLEET_DIR": folder, "TAO_FLEET_NAME": "reclone"}
-    proc = ensure(1, env)
+    proc = ensure(2, env)
+    namespaces = []
     try:
         assert proc.returncode == 0, proc.stderr
         with open(os.path.join(folder, "net"), encoding="utf-8") as handle:
             net = handle.read().strip()
         settings = fleet_hosts_module.Settings(dict(os.environ, **env))
         settings.net = net
-        host = fleet_hosts_module.Host(settings, 1)
-        host.kill_inside()
+        hosts = [fleet_hosts_module.Host(settings, index) for index in (1, 2)]
+        namespaces = [host.netns for host in hosts]
+        for host in hosts:
+            host.kill_inside()
         subprocess.run(["rm", "-rf", "--one-file-system", folder], check=True)
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-        assert host.netns in listed and fleet_hosts_module.mounted(host.mnt)  # what the clone finds
+        assert all(name in listed for name in namespaces)  # what the clone finds
+        assert all(fleet_hosts_module.mounted(host.mnt) for host in hosts)
         again = ensure(1, env)
         assert again.returncode == 0, again.stderr
-        assert "namespaces" in again.stderr, again.stderr
+        assert "reclone-1 %s.1.2: started namespaces" % net in again.stderr, again.stderr
+        assert "reclone-2: removed" in again.stderr, again.stderr
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert namespaces[1] not in listed and not os.path.exists(hosts[1].nsdir)
         fleet = Fleet(folder, 1)
-        assert fleet.hosts[0]["address"].startswith(net + "."), (fleet.hosts, net)
         token = "fleet-probe-%s" % uuid.uuid4().hex
         out = fleet.ssh("reclone-1", "echo a > /tmp/%s && echo b > ~/%s && cat /tmp/%s ~/%s" % ((token,) * 4)).stdout
         assert out.split() == ["a", "b"]
@@ -282,9 +289,10 @@ def test_namespaces_left_by_a_removed_checkout_are_made_again(tmp_path):
         down = subprocess.run([SCRIPT, "--down"], capture_output=True, text=True, timeout=120, check=False,
                               env=dict(os.environ, **env), stdin=subprocess.DEVNULL)
     assert down.returncode == 0, down.stderr
-    assert not os.path.exists(folder)
+    assert not os.path.exists(folder) and not os.path.exists(folder + ".lock")
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    assert host.netns not in listed
+    assert not any(name in listed for name in namespaces)
+    assert not os.path.exists(settings.nsroot)
 
 
 @pytest.mark.parametrize("env, args, message", [
