@@ -3,7 +3,8 @@
 # host is): N network namespaces on veths (<net>.<i>.2; net 10.198, else the first free one of 10.197..10.190,
 # kept in DIR/net), each with its own hostname, home, /tmp and /run (a mount namespace), its own dockerd with the
 # reference image loaded, and its own sshd on port 22.
-# Writes DIR/inventory.ini (group gpu) and prints its path. Idempotent: hosts already up are left as they are.
+# Writes DIR/inventory.ini (group gpu) and prints its path. Idempotent: hosts already up are left as they are;
+# namespaces left by a removed DIR (a checkout cloned again at the same path) are made again.
 # DIR is TAO_FLEET_DIR, default .build/fleet; TAO_FLEET_NET, TAO_FLEET_NAME, TAO_FLEET_PYTHON (the modules'
 # interpreter, default .venv/bin/python) and TAO_FLEET_IMAGES change the rest. Needs root.
 #
