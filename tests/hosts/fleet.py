@@ -123,7 +123,7 @@ class Settings:
         kept, self.net = self.net, net
         try:
             host = Host(self, 1)
-            return netns.exists(host.netns) and host.network_ours()
+            return host.network_ours()
         finally:
             self.net = kept
 
@@ -515,7 +515,7 @@ def write_files(settings, hosts, listed):
     identity = os.path.join(keys, "id_ed25519")
     known = settings.path("known_hosts")
     lines = [sshd.known_hosts_line(host.address, settings.port, sshd.public_key(host.file("ssh_host_ed25519_key")))
-             for host in hosts if os.path.exists(host.file("ssh_host_ed25519_key"))]
+             for host in hosts if host in listed or os.path.exists(host.file("ssh_host_ed25519_key.pub"))]
     common.update_file(known, "".join(lines), 0o644)
     config = "# ssh -F %s <host>: the fleet test hosts (scripts/ensure-fleet.sh)\n" % settings.path("ssh_config")
     for host in hosts:
@@ -580,8 +580,11 @@ def up(settings, count, interpreter):
         if os.path.exists(host.file("host.json")):
             others.append(host)
         else:  # its folder is gone (a checkout removed and cloned again): nothing can log in to it any more
-            host.destroy()
-            log("%s: removed what was left of it without its folder" % host.name)
+            try:
+                host.destroy()
+                log("%s: removed what was left of it without its folder" % host.name)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                log("%s: left without its folder, could not be removed (--down tries again): %s" % (host.name, exc))
     if others:
         log("also up, not in the inventory: %s (--down removes them)" % ", ".join(host.name for host in others))
     inventory = write_files(settings, hosts + others, hosts)
