@@ -35,13 +35,14 @@ from . import common, engine, netns, sshd
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 USER = "root"
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*$")
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._+/-]*")  # fullmatch: no newline at the end
+STAT = "/usr/bin/stat" if os.path.exists("/usr/bin/stat") else "/bin/stat"
 # The hosts' networks tried in turn when TAO_FLEET_NET is not set: 10.198 first.
 DEFAULT_NETS = ("10.198", "10.197", "10.196", "10.195", "10.194", "10.193", "10.192", "10.191", "10.190")
 
 
 def _two_octets(net):
-    return bool(re.match(r"^(\d{1,3})\.(\d{1,3})$", net)) and max(int(p) for p in net.split(".")) <= 255
+    return bool(re.fullmatch(r"(\d{1,3})\.(\d{1,3})", net)) and max(int(p) for p in net.split(".")) <= 255
 
 
 def log(text):
@@ -77,7 +78,7 @@ class Settings:
         if not _two_octets(self.bip_net):
             raise ValueError("TAO_FLEET_BIP_NET must be the first two octets of the hosts' docker0 networks, e.g. 172.30")
         self.name = env.get("TAO_FLEET_NAME") or "fleet"
-        if not re.match(r"^[a-z][a-z0-9-]{0,30}$", self.name):
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", self.name):
             raise ValueError("TAO_FLEET_NAME must be lower-case letters, digits and '-' (starting with a letter), "
                              "at most 31 characters")
         self.python = self._path(env.get("TAO_FLEET_PYTHON") or os.path.join(REPO, ".venv", "bin", "python"),
@@ -134,7 +135,7 @@ class Settings:
     @staticmethod
     def _path(value, what, resolve=True):
         path = os.path.realpath(value) if resolve else os.path.abspath(value)
-        if not SAFE_PATH.match(path):
+        if not SAFE_PATH.fullmatch(path):
             raise ValueError("%s %r: use a path of letters, digits and . _ + - / only (it goes into sshd and "
                              "inventory files unquoted)" % (what, value))
         return path
@@ -223,19 +224,23 @@ class Host:
         return netns.link_ok(self.netns, self.host_if, self.gateway, self.address, "eth0")
 
     def binds_current(self):
-        """Whether /tmp and the home inside the host are DIR/hosts/<name>/tmp and home. Namespaces outlive
-        their folder: a checkout removed and cloned again at the same path finds them up, with /tmp and home
-        bound to folders that were deleted, where nothing can be created any more."""
+        """Whether /tmp, the home and the host's folder, seen inside the host, are DIR/hosts/<name>/tmp, home
+        and DIR/hosts/<name>. Namespaces outlive their folder: a checkout removed and cloned again at the same
+        path finds them up, with /tmp and home bound to folders that were deleted, where nothing can be created
+        any more. Raises RuntimeError when the host's mount namespace cannot be looked into at all."""
         wanted = []
-        for name in ("tmp", "home"):
+        for path in (self.file("tmp"), self.file("home"), self.dir):
             try:
-                info = os.stat(self.file(name))
+                info = os.stat(path)
             except OSError:
                 return False
             wanted.append("%d:%d" % (info.st_dev, info.st_ino))
-        proc = common.run("nsenter", "--mount=" + self.mnt, "--", "stat", "-L", "-c", "%d:%i", "/tmp",
-                          self.settings.home, cwd="/")
-        return proc.returncode == 0 and proc.stdout.split() == wanted
+        proc = common.run("nsenter", "--mount=" + self.mnt, "--", STAT, "-L", "-c", "%d:%i", "--", "/tmp",
+                          self.settings.home, self.dir, cwd="/")
+        if proc.returncode:
+            raise RuntimeError("cannot look into the mount namespace of %s (%s): %s (scripts/ensure-fleet.sh --down "
+                               "removes it)" % (self.name, self.mnt, (proc.stderr or proc.stdout).strip()))
+        return proc.stdout.split() == wanted
 
     def dockerd_pid(self):
         """The host's dockerd when it runs inside the host."""
@@ -380,6 +385,10 @@ class Host:
         pid = common.pid_from(self.file("dockerd.pid"), self.file("dockerd.pid"))
         if pid:
             engine.stop(pid, self.file("dockerd.pid"))
+        else:  # no pid file (its folder is gone): the dockerd running inside, so that its containers stop with it
+            for found in all_pids():
+                if self.in_host(found) and os.path.basename(common.cmdline(found).split(" ", 1)[0]) == "dockerd":
+                    engine.stop(found, "dockerd")
         self.kill_inside()
         for name in (self.mnt, self.uts):
             if mounted(name):
@@ -613,9 +622,9 @@ def down(settings):
 
 
 def _machine_lock():
-    """An exclusive lock shared by every fleet on this machine (in /run/lock), held until the process ends."""
-    folder = "/run/lock" if os.path.isdir("/run/lock") else "/run"
-    handle = open(os.open(os.path.join(folder, "tao-fleet-nets.lock"), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600),
+    """An exclusive lock shared by every fleet on this machine, held until the process ends. In /run itself,
+    where only root writes (anyone may create files in /run/lock and hold them)."""
+    handle = open(os.open("/run/tao-fleet-nets.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600),
                   "w", encoding="utf-8")
     fcntl.flock(handle, fcntl.LOCK_EX)
     return handle

@@ -249,7 +249,7 @@ def test_namespaces_left_by_a_removed_checkout_are_made_again(tmp_path):
     """The hosts' namespaces outlive their folder: a CI runner kills every process and clones the checkout again
     at the same path. The next run must not take those namespaces as up (their /tmp and home are bound to
     folders that were deleted, where nothing can be created): it makes them again, on the same net, and removes
-    what is left of hosts it was not asked for (nothing could log in to them)."""
+    what is left of hosts it was not asked for (nothing could log in to them), their containers with them."""
     if os.geteuid() != 0:
         pytest.skip("the fleet test hosts need root")
     from hosts import fleet as fleet_hosts_module  # pylint: disable=import-error,import-outside-toplevel
@@ -270,18 +270,25 @@ def test_namespaces_left_by_a_removed_checkout_are_made_again(tmp_path):
         proc = ensure(2, dict(env, TAO_FLEET_NET=net))
         assert proc.returncode == 0, proc.stderr
         namespaces = [host.netns for host in hosts]
-        for host in hosts:
-            host.kill_inside()
-        subprocess.run(["rm", "-rf", "--one-file-system", folder], check=True)
+        # Host 1 as CI leaves it (every process killed); host 2 still running a container.
+        first = Fleet(folder, 2)
+        container = first.ssh("reclone-2", "docker run -d --init %s sleep 600" % IMAGE).stdout.strip()
+        sleeper = int(first.ssh("reclone-2", "docker inspect -f '{{.State.Pid}}' %s" % container).stdout)
+        assert _alive(sleeper)
+        hosts[0].kill_inside()
+        subprocess.run(["rm", "-rf", "--one-file-system", folder], check=False)
+        assert not os.path.exists(os.path.join(folder, "hosts", "reclone-2", "host.json"))
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
         assert all(name in listed for name in namespaces)  # what the clone finds
         assert all(fleet_hosts_module.mounted(host.mnt) for host in hosts)
+        env["TAO_FLEET_NET"] = ""  # none given, whatever the outer environment says
         again = ensure(1, env)
         assert again.returncode == 0, again.stderr
         assert "reclone-1 %s.1.2: started namespaces" % net in again.stderr, again.stderr
         assert "reclone-2: removed" in again.stderr, again.stderr
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
         assert namespaces[1] not in listed and not os.path.exists(hosts[1].nsdir)
+        assert not _alive(sleeper), "the container of a host removed without its folder outlived it"
         fleet = Fleet(folder, 1)
         token = "fleet-probe-%s" % uuid.uuid4().hex
         out = fleet.ssh("reclone-1", "echo a > /tmp/%s && echo b > ~/%s && cat /tmp/%s ~/%s" % ((token,) * 4)).stdout
@@ -308,7 +315,10 @@ def test_namespaces_left_by_a_removed_checkout_are_made_again(tmp_path):
     ({"TAO_FLEET_DIR": "/work/x'y"}, ["1"], "letters, digits"),
     ({"TAO_FLEET_DIR": "/tmp/fleet-here"}, ["1"], "under /tmp"),
     ({"TAO_FLEET_NAME": "a\nb"}, ["1"], "TAO_FLEET_NAME"),
+    ({"TAO_FLEET_NAME": "fleet\n"}, ["1"], "TAO_FLEET_NAME"),
+    ({"TAO_FLEET_DIR": "/work/fleet\n"}, ["1"], "letters, digits"),
     ({"TAO_FLEET_NET": "10.198.1"}, ["1"], "TAO_FLEET_NET"),
+    ({"TAO_FLEET_NET": "10.198\n"}, ["1"], "TAO_FLEET_NET"),
     ({"TAO_FLEET_PYTHON": "/usr/bin/python3"}, ["1"], "import httpx"),
     ({"TAO_FLEET_NET": "172.17"}, ["1"], "already in use on this machine"),
 ])
