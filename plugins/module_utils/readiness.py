@@ -210,13 +210,18 @@ def endpoint_auth_problem(value):
     return None
 
 
+# Where a service's entry came from (``what`` below), and what to do when its binding does not hold.
+_REMEDY = {"registry entry": "planted or edited: remove it",
+           "fleet row": "forged or edited: build the view again (the status playbook, or the registry_facts role)"}
+
+
 def endpoint_headers(entry, environ, options=None, what="registry entry"):
     """The headers requests to ``entry``'s service carry: ``{}`` when its endpoint takes no token,
     else ``Authorization: Bearer <token>``, the token taken from this run (``options``, then
     ``environ``) under the name the platform's driver declares (``ENDPOINT_TOKENS``: source name ->
     option). Refuses (and sends nothing) when the entry's binding does not prove that this token was
     given to this service at this URL, or when the token would cross the network in clear. ``what`` names
-    where ``entry`` came from in messages (a ``registry entry``, or a ``fleet row``)."""
+    where ``entry`` came from in messages: a key of ``_REMEDY``."""
     auth = entry.get("endpoint_auth")
     if not auth:
         return {}
@@ -249,8 +254,6 @@ def endpoint_headers(entry, environ, options=None, what="registry entry"):
         raise TaoInferenceError(
             "the token in %s is not the one service %s was started with at %s, so it is not sent there. Use the "
             "token the service was started with (if the token has changed since, stop the service and start it "
-            "again); if you did not start it, its %s may have been %s" % (
-                source, job_id, url, what, "planted or edited: remove it" if what == "registry entry" else
-                "forged or edited: build the view again (the status playbook, or the registry_facts role)"),
+            "again); if you did not start it, its %s may have been %s" % (source, job_id, url, what, _REMEDY[what]),
             job_id=job_id)
     return {"Authorization": "Bearer " + token}

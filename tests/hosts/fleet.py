@@ -108,8 +108,11 @@ class Settings:
         if self.net_given:
             return
         recorded = self._recorded_net()
-        if not recorded:  # DIR/net gone with its folder: the net this fleet's namespaces still hold
-            recorded = next((net for net in DEFAULT_NETS if self._holds(net)), None)
+        for net in () if recorded else DEFAULT_NETS:  # DIR/net gone with its folder: the net host 1 still holds
+            self.net = net
+            if Host(self, 1).network_ours():
+                recorded = net
+                break
         addresses = common.host_addresses()
         for net in ((recorded,) if recorded else ()) + DEFAULT_NETS:
             self.net = net
@@ -118,15 +121,6 @@ class Settings:
                 return
         raise ValueError("%s.1-%d/24 are all in use on this machine: set TAO_FLEET_NET to a free /16"
                          % (", ".join(DEFAULT_NETS), count))
-
-    def _holds(self, net):
-        """Whether host 1 of this fleet has its network namespace on ``net``."""
-        kept, self.net = self.net, net
-        try:
-            host = Host(self, 1)
-            return host.network_ours()
-        finally:
-            self.net = kept
 
     def record_net(self):
         """DIR/net: the net the hosts are on, so that later runs (and --status) keep it."""
@@ -207,11 +201,21 @@ class Host:
 
     def in_host(self, pid):
         """Whether ``pid`` runs in the host's mount namespace."""
+        return pid in self.pids_inside((pid,))
+
+    def pids_inside(self, pids=None):
+        """Those of ``pids`` (default: every pid on this machine) that run in the host's mount namespace."""
         inode = self.mnt_inode()
-        try:
-            return inode is not None and os.readlink("/proc/%d/ns/mnt" % pid) == "mnt:[%d]" % inode
-        except OSError:
-            return False
+        if inode is None:
+            return []
+        wanted, found = "mnt:[%d]" % inode, []
+        for pid in all_pids() if pids is None else pids:
+            try:
+                if os.readlink("/proc/%d/ns/mnt" % pid) == wanted:
+                    found.append(pid)
+            except OSError:
+                continue
+        return found
 
     def namespaces_ok(self):
         """Namespace, veth, addresses and the mount and UTS namespaces are there, and the mount namespace's
@@ -386,8 +390,8 @@ class Host:
         if pid:
             engine.stop(pid, self.file("dockerd.pid"))
         else:  # no pid file (its folder is gone): the dockerd running inside, so that its containers stop with it
-            for found in all_pids():
-                if self.in_host(found) and os.path.basename(common.cmdline(found).split(" ", 1)[0]) == "dockerd":
+            for found in self.pids_inside():
+                if os.path.basename(common.cmdline(found).split(" ", 1)[0]) == "dockerd":
                     engine.stop(found, "dockerd")
         self.kill_inside()
         for name in (self.mnt, self.uts):
@@ -414,7 +418,7 @@ class Host:
     def kill_inside(self):
         """SIGTERM, then SIGKILL, every process left in the host's mount or network namespace."""
         for sig_wait in (2.0, 1.0):
-            found = [pid for pid in all_pids() if self.in_host(pid)] + netns.pids(self.netns)
+            found = self.pids_inside() + netns.pids(self.netns)
             found = sorted(set(pid for pid in found if pid != os.getpid()))
             if not found:
                 return

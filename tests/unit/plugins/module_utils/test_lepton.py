@@ -226,6 +226,7 @@ def test_the_token_goes_where_the_binding_says():
 @pytest.mark.parametrize("change, environ, message", [
     (lambda e: e.update(host_url="https://evil.example"), {"LEPTON_WORKSPACE_TOKEN": TOKEN}, "not the one service"),
     (lambda e: None, {"LEPTON_WORKSPACE_TOKEN": "another-token"}, "not the one service"),
+    (lambda e: None, {"LEPTON_WORKSPACE_TOKEN": "another-token"}, "registry entry may have been planted or edited"),
     (lambda e: None, {}, "export LEPTON_WORKSPACE_TOKEN"),
     (lambda e: e["endpoint_auth"].update(source="AWS_SECRET_ACCESS_KEY"), {"AWS_SECRET_ACCESS_KEY": "x"},
      "never gives an endpoint"),
